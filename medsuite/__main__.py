@@ -1,0 +1,3 @@
+from medsuite.cli import main
+
+main()

@@ -1,0 +1,27 @@
+"""The `medsuite` command. Each sub-command lives in `medsuite.commands.<name>` as a function `command`;
+heavy libraries are imported inside those functions so that `medsuite --help` stays fast."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import typer
+
+# (sub-command, module under medsuite.commands, one-line purpose shown by --help)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+)
+
+app = typer.Typer(
+    name="medsuite",
+    help="Medical imaging suite: read DICOM correctly, train 2.5D models, explain, score in batch, review.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _name, _module, _help in COMMANDS:
+    app.command(_name, help=_help)(import_module(f"medsuite.commands.{_module}").command)
+
+
+def main() -> None:
+    app()

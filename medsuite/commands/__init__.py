@@ -1,0 +1,1 @@
+"""One module per `medsuite` sub-command; each exposes `command`, a Typer-compatible function."""

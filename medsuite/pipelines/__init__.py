@@ -1,0 +1,1 @@
+"""Applications: nodule malignancy, series classification, batch scoring, reports."""
