@@ -1,0 +1,194 @@
+"""Pipeline configuration: YAML validated at the boundary, with one clear message per mistake.
+
+An unknown key, a wrong type, a missing file or folder, or an empty table is reported as
+``<file>: <dotted.key>: <what was expected> (got <value>)``. ``--set a.b=value`` overrides parse the value
+as YAML, so numbers, booleans and lists work on the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file, the key and the expectation."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitConfig(_Strict):
+    """Patient-level split: from a table column when the table has one, else random by patient."""
+
+    column: str | None = "split"
+    valid_pct: float = Field(0.2, ge=0.0, lt=1.0)
+    test_pct: float = Field(0.2, ge=0.0, lt=1.0)
+    stratify: bool = True
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    table: Path
+    dicom_root: Path
+    cache_dir: Path | None = None
+    label_column: str = "label"
+    positive: str = "malignant"
+    split: SplitConfig = SplitConfig()
+    bs: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class BlockConfig(_Strict):
+    """The model's input; `type` names a block of `medsuite.data.blocks`, the rest are its arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["slice_stack", "multi_view", "series_slices", "patch3d"] = "slice_stack"
+
+
+class ModelConfig(_Strict):
+    arch: Literal["slice_cnn", "multiview_cnn", "series_encoder", "cnn3d"] = "slice_cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    init_from: Path | None = None
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float | Literal["auto"] = "auto"
+    wd: float = Field(0.01, ge=0.0)
+    mixup: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    balanced: bool = False
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    tta: bool = False
+
+
+class ReportConfig(_Strict):
+    baselines: list[Literal["diameter", "radiomics"]] = Field(default_factory=lambda: ["diameter", "radiomics"])
+    n_boot: int = Field(1000, ge=100)
+    top_losses: int = Field(12, ge=0)
+
+
+class PipelineConfig(_Strict):
+    task: Literal["nodule", "series"]
+    name: str = "model"
+    out: Path = Path("runs/model")
+    data: DataConfig
+    block: BlockConfig = BlockConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    report: ReportConfig = ReportConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, value: str) -> str:
+        if not value or "/" in value or value.startswith("."):
+            raise ValueError("a plain name without '/' (it names the bundle)")
+        return value
+
+    @model_validator(mode="after")
+    def _series_task_needs_series_input(self) -> PipelineConfig:
+        if self.task == "series" and self.block.type != "series_slices":
+            raise ValueError("task 'series' needs block.type 'series_slices'")
+        if self.task == "series" and self.report.baselines:
+            self.report.baselines = []  # size and radiomics baselines describe nodules only
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    """``["train.epochs=3", "block.k=7"]`` → ``[("train.epochs", 3), ("block.k", 7)]``."""
+    pairs = []
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.epochs=5")
+        pairs.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+    return pairs
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{source}: {key}: unknown key")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: {key}: required key is missing")
+        else:
+            lines.append(f"{source}: {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _resolve(path: Path | None, base: Path) -> Path | None:
+    if path is None:
+        return None
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _check_inputs(cfg: PipelineConfig, source: str) -> None:
+    from medsuite.data.tables import TableError, read_table
+
+    if not cfg.data.table.is_file():
+        raise ConfigError(f"{source}: data.table: file not found: {cfg.data.table}")
+    if not cfg.data.dicom_root.is_dir():
+        raise ConfigError(f"{source}: data.dicom_root: folder not found: {cfg.data.dicom_root}")
+    if cfg.model.init_from is not None and not cfg.model.init_from.exists():
+        raise ConfigError(f"{source}: model.init_from: bundle not found: {cfg.model.init_from}")
+    try:
+        table = read_table(cfg.data.table)
+    except TableError as exc:
+        raise ConfigError(f"{source}: data.table: {exc}") from exc
+    if len(table) == 0:
+        raise ConfigError(f"{source}: data.table: the table {cfg.data.table} is empty")
+    if cfg.data.label_column not in table.columns:
+        raise ConfigError(f"{source}: data.label_column: column {cfg.data.label_column!r} not in {cfg.data.table}")
+
+
+def config_from_dict(raw: dict[str, Any], *, source: str = "config", base_dir: Path | None = None, check_inputs: bool = True) -> PipelineConfig:
+    """Validate a configuration tree; relative paths are taken from `base_dir` (default: the working folder)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level, got {type(raw).__name__}")
+    try:
+        cfg = PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    base = base_dir or Path.cwd()
+    cfg.data.table = _resolve(cfg.data.table, base)
+    cfg.data.dicom_root = _resolve(cfg.data.dicom_root, base)
+    cfg.data.cache_dir = _resolve(cfg.data.cache_dir, base)
+    cfg.model.init_from = _resolve(cfg.model.init_from, base)
+    if check_inputs:
+        _check_inputs(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, *, check_inputs: bool = True) -> PipelineConfig:
+    """Read a YAML config, apply ``key=value`` overrides, and validate it (relative paths: from the working folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    for key, value in parse_overrides(overrides):
+        _set_dotted(raw, key, value)
+    return config_from_dict(raw, source=str(path), check_inputs=check_inputs)
