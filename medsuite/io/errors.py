@@ -1,0 +1,35 @@
+"""Errors raised while discovering, decoding and reading DICOM.
+
+Every message starts with the file or series it is about and then says the reason in plain words, so that a
+batch job's log line is enough to find and fix the input. All are `ValueError`s (bad input, not a bug).
+"""
+
+from __future__ import annotations
+
+
+class DicomError(ValueError):
+    """Base class: a DICOM input that medsuite cannot turn into a correct volume."""
+
+
+class NotDicomError(DicomError):
+    """The file is not DICOM at all, or its header cannot be parsed."""
+
+
+class DicomHeaderError(DicomError):
+    """A tag needed for correct geometry or pixel values is missing or invalid."""
+
+
+class PixelDataError(DicomError):
+    """The pixel data is absent, truncated or of the wrong length for Rows x Columns x frames."""
+
+
+class MissingDecoderError(DicomError):
+    """The transfer syntax is compressed and no installed package can decode (or encode) it."""
+
+
+class SeriesGeometryError(DicomError):
+    """The slices do not form a regular grid (duplicates, gaps, gantry tilt) and the caller asked for an error."""
+
+
+class MixedSeriesError(DicomError):
+    """The files given hold more than one stack (series, orientation, size or acquisition)."""
