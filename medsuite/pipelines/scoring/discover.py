@@ -1,0 +1,251 @@
+"""Find the series to score and decide which are eligible for a bundle.
+
+Inputs are folders, single DICOM files, or a CSV/Parquet table with a ``path`` column (and optionally a
+``series_uid`` column restricting which series of those paths to keep). Eligibility rules come from the
+bundle (its ``eligibility`` entry, or safe CT defaults) and the user may override any of them with
+``key=value`` strings; every series that is not scored gets a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TABLE_SUFFIXES = (".csv", ".parquet")
+DEFAULT_EXCLUDED_IMAGE_TYPES = ("LOCALIZER", "DERIVED", "SECONDARY")
+
+
+class DiscoveryError(ValueError):
+    """An input that cannot be used at all (missing path, table without a path column)."""
+
+
+class RuleError(ValueError):
+    """A ``--rule key=value`` that names an unknown rule or has an unreadable value."""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Which series a bundle may score. ``None``/empty means "no constraint"."""
+
+    modality: tuple[str, ...] = ("CT",)
+    min_slices: int | None = 10
+    max_slice_thickness: float | None = 5.0
+    orientation: tuple[str, ...] = ()
+    exclude_image_type: tuple[str, ...] = DEFAULT_EXCLUDED_IMAGE_TYPES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+
+    def reason_to_skip(self, row: pd.Series | dict[str, Any]) -> str | None:
+        """The plain-words reason this series table row is not eligible, or None if it is."""
+        modality = str(row.get("modality") or "").upper()
+        if self.modality and modality not in self.modality:
+            return f"modality {modality or 'unknown'} not in {list(self.modality)}"
+        n = _int_or_none(row.get("n_instances"))
+        if self.min_slices is not None and n is not None and n < self.min_slices:
+            return f"{n} slices, fewer than min_slices={self.min_slices}"
+        thickness = _float_or_none(row.get("slice_thickness"))
+        if thickness is None:
+            thickness = _float_or_none(row.get("spacing_z"))
+        if self.max_slice_thickness is not None and thickness is not None and thickness > self.max_slice_thickness + 1e-6:
+            return f"slice thickness {thickness:g} mm above max_slice_thickness={self.max_slice_thickness:g}"
+        orientation = str(row.get("orientation") or "").lower()
+        if self.orientation and orientation not in self.orientation:
+            return f"orientation {orientation or 'unknown'} not in {list(self.orientation)}"
+        excluded = sorted(set(image_type_tokens(row.get("image_type"))) & set(self.exclude_image_type))
+        if excluded:
+            return f"image type {'/'.join(excluded)} is excluded"
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None or pd.isna(value) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value is None or pd.isna(value) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def image_type_tokens(value: Any) -> list[str]:
+    """ImageType as upper-case tokens whether the scanner gave a list or a backslash-joined string."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return []
+    if isinstance(value, list | tuple):
+        items = [str(v) for v in value]
+    else:
+        items = str(value).replace("\\", ",").replace("/", ",").split(",")
+    return [t.strip().strip("[]'\" ").upper() for t in items if t.strip().strip("[]'\" ")]
+
+
+def _list(value: str, *, upper: bool) -> tuple[str, ...]:
+    if value.strip().lower() in ("", "any", "none", "*"):
+        return ()
+    return tuple((v.strip().upper() if upper else v.strip().lower()) for v in value.split(",") if v.strip())
+
+
+def _number(key: str, value: str, kind: type) -> Any:
+    if value.strip().lower() in ("", "any", "none"):
+        return None
+    try:
+        number = kind(value)
+    except ValueError as exc:
+        raise RuleError(f"--rule {key}={value}: {key} must be a {kind.__name__} (or 'none')") from exc
+    if number < 0:
+        raise RuleError(f"--rule {key}={value}: {key} must not be negative")
+    return number
+
+
+RULE_PARSERS = {
+    "modality": lambda k, v: _list(v, upper=True),
+    "min_slices": lambda k, v: _number(k, v, int),
+    "max_slice_thickness": lambda k, v: _number(k, v, float),
+    "orientation": lambda k, v: _list(v, upper=False),
+    "exclude_image_type": lambda k, v: _list(v, upper=True),
+}
+
+
+def rules_from_bundle(meta: dict[str, Any]) -> Rules:
+    """Default rules for a bundle: its ``eligibility`` dict where present, else CT defaults."""
+    rules = Rules()
+    given = dict(meta.get("eligibility") or {})
+    if "modality" in meta and "modality" not in given:
+        given["modality"] = meta["modality"]
+    values = {}
+    for key, value in given.items():
+        if key not in RULE_PARSERS:
+            continue  # a newer bundle may carry rules this version does not know; they stay unenforced
+        text = ",".join(map(str, value)) if isinstance(value, list | tuple) else ("none" if value is None else str(value))
+        values[key] = RULE_PARSERS[key](key, text)
+    return replace(rules, **values)
+
+
+def apply_overrides(rules: Rules, overrides: list[str] | tuple[str, ...]) -> Rules:
+    """Rules with the user's ``key=value`` overrides (lists comma-separated; 'any'/'none' lifts a rule)."""
+    values: dict[str, Any] = {}
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise RuleError(f"--rule {text!r}: expected key=value, e.g. min_slices=20")
+        if key not in RULE_PARSERS:
+            raise RuleError(f"--rule {text!r}: unknown rule {key!r}; known rules: {sorted(RULE_PARSERS)}")
+        values[key] = RULE_PARSERS[key](key, value)
+    return replace(rules, **values)
+
+
+@dataclass
+class Discovery:
+    """The series table of everything found, plus files that are not image instances."""
+
+    series: pd.DataFrame
+    skipped_files: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+
+
+def _paths_from_table(path: Path) -> tuple[list[Path], set[str] | None]:
+    from medsuite.data.tables import read_table
+
+    table = read_table(path)
+    if "path" not in table.columns:
+        raise DiscoveryError(f"{path}: a series table given as input needs a 'path' column (found {list(table.columns)})")
+    base = path.parent
+    paths = []
+    for i, value in enumerate(table["path"]):
+        if value is None or (isinstance(value, float) and pd.isna(value)) or not str(value).strip():
+            raise DiscoveryError(f"{path}: empty 'path' in row {i}")
+        p = Path(str(value))
+        paths.append(p if p.is_absolute() else base / p)
+    uids = None
+    if "series_uid" in table.columns:
+        uids = {str(u) for u in table["series_uid"].dropna()}
+    return paths, uids
+
+
+def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], set[str] | None]:
+    """Folders and files to scan, and the series UIDs a series table restricts them to (None: all)."""
+    paths: list[Path] = []
+    restrict: set[str] | None = None
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise DiscoveryError(f"{p}: input not found")
+        if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES:
+            table_paths, uids = _paths_from_table(p)
+            missing = [str(t) for t in table_paths if not t.exists()]
+            if missing:
+                raise DiscoveryError(f"{p}: {len(missing)} path(s) in the table do not exist, e.g. {missing[0]}")
+            paths.extend(table_paths)
+            if uids is not None:
+                restrict = (restrict or set()) | uids
+        else:
+            paths.append(p)
+    return paths, restrict
+
+
+def discover(inputs: list[str | Path], *, workers: int | None = None) -> Discovery:
+    """Scan the inputs' DICOM headers (in parallel) into the series table; keep one stack per series."""
+    from medsuite.io.dicom import scan_folder
+
+    paths, restrict = expand_inputs(inputs)
+    result = scan_folder([str(p) for p in paths], workers=workers)
+    series = result.series.copy()
+    if restrict is not None:
+        series = series[series["series_uid"].astype(str).isin(restrict)]
+    series = series.reset_index(drop=True)
+    if len(series):
+        series["series_uid"] = series["series_uid"].astype(str)
+    skipped = result.skipped if result.skipped is not None else pd.DataFrame(columns=["path", "reason"])
+    return Discovery(series=series, skipped_files=skipped.reset_index(drop=True))
+
+
+def file_key(path: str) -> str:
+    """A stable placeholder id for a non-image file (its path is not an identifier we want to spread)."""
+    return "file:" + hashlib.sha256(str(path).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One discovered series and what to do with it: ``score``, ``skip`` (rules) or ``error`` (scan)."""
+
+    series_uid: str
+    action: str
+    reason: str | None
+    row: dict[str, Any]
+
+
+def decide(series: pd.DataFrame, rules: Rules) -> list[Decision]:
+    """Apply the rules to every stack; pick one eligible stack per series (the one with most instances)."""
+    decisions: list[Decision] = []
+    if len(series) == 0:
+        return decisions
+    for uid, group in series.groupby("series_uid", sort=False):
+        rows = [r for _, r in group.sort_values("n_instances", ascending=False).iterrows()]
+        candidates = []
+        first_reason = None
+        for row in rows:
+            status = str(row.get("status") or "ok")
+            if status == "error":
+                first_reason = first_reason or ("error", f"scan found a problem: {row.get('problems') or 'unreadable'}")
+                continue
+            reason = rules.reason_to_skip(row)
+            if reason is None:
+                candidates.append(row)
+            else:
+                first_reason = first_reason or ("skip", reason)
+        if candidates:
+            row = candidates[0]
+            note = f"{len(rows)} stacks; scored the largest eligible one" if len(rows) > 1 else None
+            decisions.append(Decision(str(uid), "score", note, row.to_dict()))
+        else:
+            action, reason = first_reason  # type: ignore[misc]
+            decisions.append(Decision(str(uid), action, reason, rows[0].to_dict()))
+    return decisions

@@ -1,0 +1,194 @@
+"""The local engine: a bounded three-stage pipeline on one machine.
+
+decode+sample in ``workers`` processes  ->  [bounded queue]  ->  batched inference in a thread holding
+the model  ->  [bounded queue]  ->  the caller (which writes). At most ``2 * workers`` series are being
+read and a few dozen small sample stacks wait at any time, so memory stays flat however many series there
+are. A worker process that dies (a decoder crash, the OOM killer) only costs the series it was reading:
+the pool is rebuilt and the series that were in flight are retried one at a time to find the culprit.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+
+from medsuite.pipelines.scoring.stages import Predictor, Prepared, SeriesResult, WorkItem, finish, prepare
+
+log = logging.getLogger("medsuite.scoring")
+
+_DONE = object()
+
+
+class _Failure:
+    """An exception raised in a pipeline thread, carried to the caller's thread."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+class _Feeder(threading.Thread):
+    """Submits series to the process pool (bounded) and forwards prepared results in completion order."""
+
+    def __init__(self, items: Iterable[WorkItem], out: queue.Queue, stop: threading.Event, *, workers: int,
+                 block_spec_json: str, read_options: dict[str, Any]) -> None:
+        super().__init__(name="scoring-feeder", daemon=True)
+        self.items, self.out, self.stop = iter(items), out, stop
+        self.workers, self.spec, self.read_options = workers, block_spec_json, read_options
+        self.max_inflight = 2 * workers
+
+    def _pool(self) -> ProcessPoolExecutor:
+        # spawn: the parent holds torch and threads, which must not be forked
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+
+    def run(self) -> None:
+        pool = self._pool()
+        inflight: dict[Future, WorkItem] = {}
+        suspects: deque[WorkItem] = deque()
+        exhausted = False
+        try:
+            while not self.stop.is_set():
+                limit = 1 if suspects else self.max_inflight
+                while len(inflight) < limit and not self.stop.is_set():
+                    item = suspects.popleft() if suspects else (None if exhausted else next(self.items, None))
+                    if item is None:
+                        exhausted = True
+                        break
+                    inflight[pool.submit(prepare, item, self.spec, self.read_options)] = item
+                if not inflight:
+                    break
+                done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
+                broken = False
+                for fut in done:
+                    item = inflight.pop(fut)
+                    try:
+                        prepared = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        if len(inflight) == 0 and limit == 1:
+                            prepared = Prepared(item.series_uid, error=("read", "the worker process reading this "
+                                                "series died (decoder crash or out of memory)"))
+                        else:
+                            suspects.append(item)
+                            continue
+                    if not _put(self.out, prepared, self.stop):
+                        return
+                if broken:
+                    suspects.extend(inflight.values())
+                    inflight.clear()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    log.warning("a worker process died; retrying %d in-flight series one at a time", len(suspects))
+                    pool = self._pool()
+            _put(self.out, _DONE, self.stop)
+        except BaseException as exc:  # surface to the caller instead of hanging the pipeline
+            _put(self.out, _Failure(exc), self.stop)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Inference(threading.Thread):
+    """Batches samples across series, runs the model, emits one `SeriesResult` per series."""
+
+    def __init__(self, inq: queue.Queue, out: queue.Queue, stop: threading.Event, predictor: Predictor,
+                 batch_size: int) -> None:
+        super().__init__(name="scoring-inference", daemon=True)
+        self.inq, self.out, self.stop = inq, out, stop
+        self.predictor, self.batch_size = predictor, batch_size
+
+    def _flush(self, pending: list[Prepared]) -> bool:
+        with_samples = [p for p in pending if p.samples is not None and p.error is None]
+        probs: list[np.ndarray] = []
+        if with_samples:
+            stacked = np.concatenate([p.samples for p in with_samples])
+            for start in range(0, len(stacked), self.batch_size):
+                probs.append(self.predictor.probabilities(stacked[start:start + self.batch_size]))
+            all_probs = np.concatenate(probs)
+        offset = 0
+        for p in pending:
+            part = None
+            if p.samples is not None and p.error is None:
+                part = all_probs[offset:offset + len(p.samples)]
+                offset += len(p.samples)
+            p.samples = None  # free the samples as soon as they are scored
+            if not _put(self.out, finish(p, part, self.predictor), self.stop):
+                return False
+        return True
+
+    def run(self) -> None:
+        pending: list[Prepared] = []
+        n = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    item = self.inq.get(timeout=0.05 if pending else 0.5)
+                except queue.Empty:
+                    if pending:  # nothing more is ready: score what we have rather than wait
+                        if not self._flush(pending):
+                            return
+                        pending, n = [], 0
+                    continue
+                if item is _DONE or isinstance(item, _Failure):
+                    if pending and not self._flush(pending):
+                        return
+                    _put(self.out, item, self.stop)
+                    return
+                pending.append(item)
+                n += 0 if item.samples is None else len(item.samples)
+                if n >= self.batch_size:
+                    if not self._flush(pending):
+                        return
+                    pending, n = [], 0
+        except BaseException as exc:
+            _put(self.out, _Failure(exc), self.stop)
+
+
+def run_local(items: Iterable[WorkItem], *, predictor: Predictor, block_spec_json: str, workers: int = 2,
+              batch_size: int = 16, read_options: dict[str, Any] | None = None) -> Iterator[SeriesResult]:
+    """Score ``items``; yields each series' result as soon as it is done (order is completion order)."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    stop = threading.Event()
+    prepared_q: queue.Queue = queue.Queue(maxsize=2 * workers)
+    results_q: queue.Queue = queue.Queue(maxsize=64)
+    feeder = _Feeder(items, prepared_q, stop, workers=workers, block_spec_json=block_spec_json,
+                     read_options=dict(read_options or {}))
+    inference = _Inference(prepared_q, results_q, stop, predictor, batch_size)
+    feeder.start()
+    inference.start()
+    try:
+        while True:
+            try:
+                item = results_q.get(timeout=1.0)
+            except queue.Empty:
+                if not inference.is_alive() and results_q.empty():
+                    raise RuntimeError("the inference thread stopped without finishing") from None
+                continue
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        inference.join(timeout=30)
+        feeder.join(timeout=60)

@@ -1,0 +1,369 @@
+"""Batch scoring, end to end: load the bundle, discover, apply the rules, resume, run an engine, write.
+
+Exit codes (also `Summary.exit_code`):
+0  every eligible series was scored (others skipped by the rules, or already scored by an earlier run);
+1  some series or nodules failed (error rows), others were scored;
+2  nothing was scored: no series found, all skipped by the rules, or every attempt failed;
+3  usage or bundle error (bad option, unreadable bundle or nodule table, database busy); nothing was run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medsuite.pipelines.scoring.discover import (
+    Discovery,
+    DiscoveryError,
+    RuleError,
+    Rules,
+    apply_overrides,
+    decide,
+    discover,
+    file_key,
+    rules_from_bundle,
+)
+from medsuite.pipelines.scoring.stages import Point, Predictor, SeriesResult, WorkItem, spec_json
+from medsuite.pipelines.scoring.writer import ScoreStore
+from medsuite.pipelines.store import StoreError
+
+log = logging.getLogger("medsuite.scoring")
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_SCORED, EXIT_USAGE = 0, 1, 2, 3
+ENGINES = ("local", "ray")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class UsageError(ValueError):
+    """A bad option, bundle, nodule table or database: the run cannot start (exit code 3)."""
+
+
+@dataclass
+class ScoreConfig:
+    """Everything `score` needs; the CLI fills it from its options."""
+
+    bundle: Path
+    inputs: list[Path]
+    out: Path
+    nodules: Path | None = None
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    device: str = "auto"
+    engine: str = "local"
+    ray_address: str | None = None
+    db: Path | None = None
+    include_phi: bool = False
+    batch_size: int = 16
+    rules: list[str] = field(default_factory=list)
+    export_every_s: float = 60.0
+    progress: bool = True
+    read_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.db) if self.db else Path(self.out) / "medsuite.db"
+
+
+@dataclass
+class Summary:
+    """What a run did, and its exit code."""
+
+    run_id: str
+    exit_code: int
+    n_found: int = 0
+    n_scored: int = 0
+    n_already: int = 0
+    n_skipped: int = 0
+    n_error_series: int = 0
+    n_errors: int = 0
+    n_predictions: int = 0
+    elapsed_s: float = 0.0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    error_stages: dict[str, int] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        rate = 60.0 * (self.n_scored + self.n_error_series) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        out = [
+            f"run {self.run_id}: {self.n_found} series found, {self.n_scored} scored ({self.n_predictions} predictions), "
+            f"{self.n_already} already scored earlier, {self.n_skipped} skipped, {self.n_error_series} failed "
+            f"({self.n_errors} error rows) in {self.elapsed_s:.1f} s ({rate:.1f} series/min)",
+        ]
+        out += [f"  skipped: {n} x {reason}" for reason, n in sorted(self.skip_reasons.items(), key=lambda t: -t[1])[:8]]
+        out += [f"  errors at stage {stage}: {n}" for stage, n in sorted(self.error_stages.items())]
+        out += [f"  wrote {p}" for p in self.outputs]
+        out.append(f"  exit code {self.exit_code}")
+        return out
+
+
+def exit_code(n_found: int, n_scored: int, n_already: int, n_errors: int) -> int:
+    """The documented exit code from a run's counts."""
+    if n_found == 0 or n_scored + n_already == 0:
+        return EXIT_NOTHING_SCORED
+    return EXIT_SOME_FAILED if n_errors else EXIT_OK
+
+
+def resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise UsageError(f"--device {device!r}: choose one of {list(DEVICES)}")
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available on this machine")
+    return device
+
+
+def _check(cfg: ScoreConfig) -> None:
+    if cfg.engine not in ENGINES:
+        raise UsageError(f"--engine {cfg.engine!r}: choose one of {list(ENGINES)}")
+    if cfg.workers < 1:
+        raise UsageError(f"--workers {cfg.workers}: must be at least 1")
+    if cfg.batch_size < 1:
+        raise UsageError(f"--batch-size {cfg.batch_size}: must be at least 1")
+    if not cfg.inputs:
+        raise UsageError("give at least one INPUT (a folder, a DICOM file, or a series table with a 'path' column)")
+    if cfg.ray_address and cfg.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
+    if not Path(cfg.bundle).exists():
+        raise UsageError(f"{cfg.bundle}: bundle not found")
+
+
+def _load_bundle(path: Path, device: str) -> Any:
+    from medsuite.learn.bundle import load_bundle
+
+    try:
+        bundle = load_bundle(path, device=device)
+    except Exception as exc:  # any failure to load is the user's bundle problem: exit 3 with the reason
+        raise UsageError(f"{path}: cannot load the model bundle ({exc})") from exc
+    if bundle.task not in ("nodule", "series"):
+        raise UsageError(f"{path}: bundle task {bundle.task!r} is not 'nodule' or 'series'")
+    return bundle
+
+
+def _load_nodules(path: Path | None, task: str) -> pd.DataFrame | None:
+    from medsuite.data.tables import TableError, read_table, validate_nodule_table
+
+    if task == "series":
+        if path is not None:
+            raise UsageError(f"--nodules {path}: this is a series bundle; a nodule table is only for nodule bundles")
+        return None
+    if path is None:
+        raise UsageError("this is a nodule bundle: give the nodule table with --nodules TABLE")
+    try:
+        return validate_nodule_table(read_table(path))
+    except TableError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+class _DbLock:
+    """An exclusive lock beside the database so two runs never write one out dir; freed even on SIGKILL."""
+
+    def __init__(self, db: Path) -> None:
+        self.path = db.with_name(db.name + ".lock")
+
+    def __enter__(self) -> _DbLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise UsageError(f"{self.path.parent}: another 'medsuite score' run is writing this database") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _scrubber(patient_ids: set[str]) -> Any:
+    """A function that replaces every known patient id in a message with '<patient>'."""
+    ids = sorted((p for p in patient_ids if p and p.lower() not in ("nan", "none")), key=len, reverse=True)
+    if not ids:
+        return lambda text: text
+    pattern = re.compile("|".join(re.escape(p) for p in ids))
+    return lambda text: pattern.sub("<patient>", str(text))
+
+
+def _work_items(decisions: list, nodules: pd.DataFrame | None) -> tuple[list[WorkItem], list[tuple]]:
+    """Work items for the series to score, and (uid, row, 'skipped', reason) for those without nodules."""
+    by_series: dict[str, list[Point]] = {}
+    if nodules is not None:
+        for r in nodules.itertuples(index=False):
+            by_series.setdefault(str(r.series_uid), []).append(
+                Point(str(r.nodule_id), float(r.x_mm), float(r.y_mm), float(r.z_mm), float(r.diameter_mm)))
+    items, unscored = [], []
+    for d in decisions:
+        files = tuple(str(f) for f in d.row.get("files") or ())
+        if nodules is None:
+            items.append(WorkItem(d.series_uid, files, None))
+        elif d.series_uid in by_series:
+            items.append(WorkItem(d.series_uid, files, tuple(by_series[d.series_uid])))
+        else:
+            unscored.append((d.series_uid, d.row, "skipped", "no nodule of the nodule table is in this series"))
+    return items, unscored
+
+
+def score(cfg: ScoreConfig) -> Summary:
+    """Run batch scoring as configured; returns the summary (raises `UsageError` for exit code 3)."""
+    t0 = time.perf_counter()
+    _check(cfg)
+    device = resolve_device(cfg.device)
+    bundle = _load_bundle(Path(cfg.bundle), device)
+    nodules = _load_nodules(Path(cfg.nodules) if cfg.nodules else None, bundle.task)
+    try:
+        rules = apply_overrides(rules_from_bundle(bundle.meta), cfg.rules)
+    except RuleError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        found = discover(cfg.inputs, workers=cfg.workers)
+    except DiscoveryError as exc:
+        raise UsageError(str(exc)) from exc
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with _DbLock(cfg.db_path):
+        try:
+            db = ScoreStore(cfg.db_path)
+        except StoreError as exc:
+            raise UsageError(str(exc)) from exc
+        try:
+            return _run(cfg, bundle, nodules, rules, found, db, device, t0)
+        finally:
+            db.close()
+
+
+def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rules, found: Discovery,
+         db: ScoreStore, device: str, t0: float) -> Summary:
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    series = found.series
+    patient_ids = set(series["patient_id"].astype(str)) if "patient_id" in series.columns else set()
+    if nodules is not None:
+        patient_ids |= set(nodules["patient_id"].astype(str))
+    scrub = (lambda text: text) if cfg.include_phi else _scrubber(patient_ids)
+    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    args["inputs"] = [str(p) for p in cfg.inputs]
+    args["rules_applied"] = rules.as_dict()
+    db.start_run(run_id, bundle_name=bundle.name, bundle_sha256=bundle.sha256, bundle_path=str(cfg.bundle),
+                 task=bundle.task, engine=cfg.engine, args=args)
+
+    decisions = decide(series, rules)
+    done = db.scored_series(bundle.sha256)
+    already = [d for d in decisions if d.action == "score" and d.series_uid in done]
+    to_score = [d for d in decisions if d.action == "score" and d.series_uid not in done]
+    items, no_nodules = _work_items(to_score, nodules)
+    unscored = [(d.series_uid, d.row, "skipped" if d.action == "skip" else "error", scrub(d.reason))
+                for d in decisions if d.action != "score"] + no_nodules
+    for r in found.skipped_files.itertuples(index=False):
+        unscored.append((file_key(r.path), {"path": str(r.path)}, "skipped", f"not an image instance: {scrub(r.reason)}"))
+    db.record_unscored(run_id, unscored)
+    if nodules is not None:
+        discovered = set(series["series_uid"].astype(str)) if len(series) else set()
+        orphans = int((~nodules["series_uid"].isin(discovered)).sum())
+        if orphans:
+            log.warning("%d nodule(s) of the nodule table belong to no series found under the input", orphans)
+    rows = {d.series_uid: d.row for d in to_score}
+    log.info("run %s: %d series found, %d to score, %d already scored, %d not eligible",
+             run_id, len(decisions), len(items), len(already), len(unscored))
+
+    n_scored = n_failed = 0
+    last_export = time.monotonic()
+    status = "failed"
+    try:
+        results = _engine(cfg, bundle, items, device)
+        with _progress(len(items), cfg.progress) as bar:
+            for result in results:
+                db.commit_series(run_id, bundle.sha256, bundle.threshold, result, rows[result.series_uid], scrub=scrub)
+                if result.status == "scored":
+                    n_scored += 1
+                else:
+                    n_failed += 1
+                    log.debug("series failed: %s", scrub(result.errors[0][1]))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(scored=n_scored, failed=n_failed, refresh=False)
+                if time.monotonic() - last_export > cfg.export_every_s:
+                    _export(db, cfg, series, nodules)
+                    last_export = time.monotonic()
+        status = "finished"
+    finally:
+        counts = db.counts(run_id)
+        db.finish_run(run_id, status=status, counts={"series": len(decisions), "scored": counts["scored"],
+                                                     "skipped": counts["skipped"], "errors": counts["errors"]})
+        outputs = _export(db, cfg, series, nodules)
+    stages = Counter(r[0] for r in db.conn.execute("SELECT stage FROM errors WHERE run_id=?", (run_id,)))
+    skip_reasons = Counter(_reason_kind(u[3]) for u in unscored if u[2] == "skipped")
+    summary = Summary(
+        run_id=run_id,
+        exit_code=exit_code(len(decisions) + len(found.skipped_files), counts["scored"], len(already),
+                            counts["errors"]),
+        n_found=len(decisions), n_scored=counts["scored"], n_already=len(already), n_skipped=counts["skipped"],
+        n_error_series=counts["error_series"], n_errors=counts["errors"], n_predictions=counts["predictions"],
+        elapsed_s=time.perf_counter() - t0, skip_reasons=dict(skip_reasons), error_stages=dict(stages),
+        outputs=[str(p) for p in outputs] + [str(cfg.db_path)],
+    )
+    return summary
+
+
+def _reason_kind(reason: str) -> str:
+    """Group skip reasons by their wording without numbers (so the summary stays short)."""
+    return re.sub(r"\d+(\.\d+)?", "N", reason)
+
+
+def _export(db: ScoreStore, cfg: ScoreConfig, series: pd.DataFrame, nodules: pd.DataFrame | None) -> tuple[Path, Path]:
+    patient_map = None
+    if cfg.include_phi:
+        patient_map = {}
+        if nodules is not None:
+            patient_map.update(dict(zip(nodules["series_uid"].astype(str), nodules["patient_id"].astype(str), strict=True)))
+        if len(series) and "patient_id" in series.columns:
+            patient_map.update(dict(zip(series["series_uid"].astype(str), series["patient_id"].astype(str), strict=True)))
+    return db.export(cfg.out, patient_map)
+
+
+def _engine(cfg: ScoreConfig, bundle: Any, items: list[WorkItem], device: str) -> Iterator[SeriesResult]:
+    block_json = spec_json(bundle.block.spec())
+    if cfg.engine == "ray":
+        from medsuite.pipelines.scoring.ray_engine import run_ray
+
+        return run_ray(items, bundle_path=str(cfg.bundle), block_spec_json=block_json, device=device,
+                       workers=cfg.workers, batch_size=cfg.batch_size, address=cfg.ray_address,
+                       read_options=cfg.read_options)
+    from medsuite.pipelines.scoring.local import run_local
+
+    predictor = Predictor(bundle.model, bundle.labels, bundle.threshold, device)
+    return run_local(items, predictor=predictor, block_spec_json=block_json, workers=cfg.workers,
+                     batch_size=cfg.batch_size, read_options=cfg.read_options)
+
+
+class _progress:
+    """A tqdm bar on stderr (counts, rate, ETA), or nothing when disabled."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            self.bar = None
+            return None
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, unit="series", file=sys.stderr, dynamic_ncols=True, desc="scoring")
+        return self.bar
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,184 @@
+"""The two stages every engine runs: ``prepare`` (read one series, sample it, drop the volume) and
+``Predictor`` (batched inference with the bundle's model). Both engines share them, so their outputs match.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Point:
+    """One nodule to score: its id, world LPS position (mm) and diameter."""
+
+    nodule_id: str
+    x_mm: float
+    y_mm: float
+    z_mm: float
+    diameter_mm: float | None = None
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One series to score: its files and, for nodule bundles, its points (None for a series bundle)."""
+
+    series_uid: str
+    files: tuple[str, ...]
+    points: tuple[Point, ...] | None = None
+
+
+@dataclass
+class Prepared:
+    """What a worker hands to inference: small samples, never the volume."""
+
+    series_uid: str
+    samples: np.ndarray | None = None          # (n, *sample_shape) float32, n = len(keys)
+    keys: list[Point | None] = field(default_factory=list)   # per sample: the point, or None (series task)
+    point_errors: list[tuple[str, str]] = field(default_factory=list)  # (nodule_id, reason)
+    error: tuple[str, str] | None = None      # (stage, reason) when the whole series failed
+    n_slices: int | None = None
+    spacing: tuple[float, float, float] | None = None
+
+
+@dataclass
+class SeriesResult:
+    """A finished series: its predictions, or the error(s) that stopped it."""
+
+    series_uid: str
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)   # (stage, reason)
+    n_slices: int | None = None
+    spacing: tuple[float, float, float] | None = None
+
+    @property
+    def status(self) -> str:
+        return "scored" if self.predictions else "error"
+
+
+@lru_cache(maxsize=4)
+def block_for(spec_json: str) -> Any:
+    """The input block rebuilt from its spec, once per process (keyed by the canonical JSON)."""
+    from medsuite.data.blocks import block_from_spec
+
+    return block_from_spec(json.loads(spec_json))
+
+
+def spec_json(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip() or "no message"
+    return text if isinstance(exc, ValueError | OSError) else f"{type(exc).__name__}: {text}"
+
+
+def _outside(volume: Any, point: Point) -> str | None:
+    index = volume.world_to_index((point.x_mm, point.y_mm, point.z_mm))
+    shape = np.asarray(volume.shape, dtype=np.float64)
+    if np.all(index >= -0.5) and np.all(index <= shape - 0.5):
+        return None
+    return (
+        f"nodule {point.nodule_id}: point ({point.x_mm:g}, {point.y_mm:g}, {point.z_mm:g}) mm lies outside the scan "
+        f"(voxel index z,y,x = {', '.join(f'{v:.1f}' for v in index)}; shape {tuple(volume.shape)})"
+    )
+
+
+def prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] | None = None) -> Prepared:
+    """Read one series and sample it (one sample per point, or one for the series); errors become data."""
+    from medsuite.io.reader import read_series
+
+    out = Prepared(series_uid=item.series_uid)
+    try:
+        volume = read_series(list(item.files), **(read_options or {}))
+    except Exception as exc:  # a corrupt series must not stop the run: it becomes an error row
+        out.error = ("read", _describe(exc))
+        return out
+    out.n_slices = int(volume.shape[0])
+    out.spacing = tuple(float(s) for s in volume.spacing)  # type: ignore[assignment]
+    try:
+        block = block_for(block_spec_json)
+        samples: list[np.ndarray] = []
+        if item.points is None:
+            center = None if json.loads(block_spec_json).get("type") == "SeriesSlices" else volume.center_world
+            samples.append(np.asarray(block.sample(volume, center_xyz=center), dtype=np.float32))
+            out.keys.append(None)
+        else:
+            for point in item.points:
+                reason = _outside(volume, point)
+                if reason is None:
+                    try:
+                        sample = block.sample(volume, center_xyz=np.array([point.x_mm, point.y_mm, point.z_mm]))
+                    except Exception as exc:  # one bad point is that nodule's error, not the series'
+                        out.point_errors.append((point.nodule_id, f"nodule {point.nodule_id}: {_describe(exc)}"))
+                        continue
+                    samples.append(np.asarray(sample, dtype=np.float32))
+                    out.keys.append(point)
+                else:
+                    out.point_errors.append((point.nodule_id, reason))
+        if samples:
+            out.samples = np.stack(samples)
+    except Exception as exc:
+        out.error = ("preprocess", _describe(exc))
+        out.samples, out.keys = None, []
+    finally:
+        del volume  # only the small samples leave this function
+    return out
+
+
+class Predictor:
+    """The bundle's model, loaded once, scoring batches of samples into probabilities and labels."""
+
+    def __init__(self, model: Any, labels: list[str], threshold: float, device: str = "cpu") -> None:
+        self.model = model
+        self.labels = [str(label) for label in labels]
+        self.threshold = float(threshold)
+        self.device = device
+
+    def probabilities(self, samples: np.ndarray) -> np.ndarray:
+        """Softmax probabilities ``(n, n_classes)`` for a batch of samples."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device)
+            logits = self.model(x)
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def decide(self, probs: np.ndarray) -> tuple[float, str]:
+        """(probability, label): binary uses P(class 1) against the threshold; multi-class the arg-max."""
+        if probs.shape[-1] == 2:
+            p = float(probs[1])
+            return p, self.labels[1] if p >= self.threshold else self.labels[0]
+        k = int(np.argmax(probs))
+        return float(probs[k]), self.labels[k]
+
+
+def finish(prepared: Prepared, probs: np.ndarray | None, predictor: Predictor) -> SeriesResult:
+    """Turn a prepared series and its samples' probabilities into a `SeriesResult`."""
+    result = SeriesResult(series_uid=prepared.series_uid, n_slices=prepared.n_slices, spacing=prepared.spacing)
+    if prepared.error is not None:
+        result.errors.append(prepared.error)
+        return result
+    for _nodule_id, reason in prepared.point_errors:
+        result.errors.append(("preprocess", reason))
+    if probs is not None:
+        for key, row in zip(prepared.keys, probs, strict=True):
+            probability, label = predictor.decide(row)
+            result.predictions.append(
+                {
+                    "nodule_id": "" if key is None else key.nodule_id,
+                    "x_mm": None if key is None else key.x_mm,
+                    "y_mm": None if key is None else key.y_mm,
+                    "z_mm": None if key is None else key.z_mm,
+                    "diameter_mm": None if key is None else key.diameter_mm,
+                    "probability": probability,
+                    "label": label,
+                }
+            )
+    if not result.predictions and not result.errors:
+        result.errors.append(("preprocess", "no sample could be made from this series"))
+    return result
