@@ -45,6 +45,9 @@ class Rules:
         modality = str(row.get("modality") or "").upper()
         if self.modality and modality not in self.modality:
             return f"modality {modality or 'unknown'} not in {list(self.modality)}"
+        excluded = sorted(set(image_type_tokens(row.get("image_type"))) & set(self.exclude_image_type))
+        if excluded:
+            return f"image type {'/'.join(excluded)} is excluded"
         n = _int_or_none(row.get("n_instances"))
         if self.min_slices is not None and n is not None and n < self.min_slices:
             return f"{n} slices, fewer than min_slices={self.min_slices}"
@@ -56,9 +59,6 @@ class Rules:
         orientation = str(row.get("orientation") or "").lower()
         if self.orientation and orientation not in self.orientation:
             return f"orientation {orientation or 'unknown'} not in {list(self.orientation)}"
-        excluded = sorted(set(image_type_tokens(row.get("image_type"))) & set(self.exclude_image_type))
-        if excluded:
-            return f"image type {'/'.join(excluded)} is excluded"
         return None
 
 
