@@ -10,6 +10,7 @@ import typer
 # (sub-command, module under medsuite.commands, one-line purpose shown by --help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("convert", "convert", "Convert a DICOM series (folder or file) or NRRD/MHA to NIfTI with correct geometry."),
+    ("score", "score", "Batch-score series with a model bundle (local processes or Ray); resumable."),
 )
 
 app = typer.Typer(
