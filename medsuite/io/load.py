@@ -43,17 +43,20 @@ def read_volume(
             raise ValueError(f"{path}: series_uid applies to DICOM input only, not to an image file")
         return read_image(path)
 
-    from medsuite.io.dicom import scan_folder
-    from medsuite.io.reader import read_series
-
     options: dict[str, Any] = {"on_irregular": on_irregular, "on_tilt": on_tilt, "workers": workers}
     if path.is_dir():
+        from medsuite.io.dicom import scan_folder
+        from medsuite.io.reader import read_series
+
         table = scan_folder([path], workers=workers).series
         return read_series(select_stack(table, series_uid, source=path), **options)
 
     file_uid = _dicom_series_uid(path)
     if series_uid is not None and series_uid != file_uid:
         raise DicomError(f"{path}: belongs to series {file_uid}, not to the requested {series_uid}")
+    from medsuite.io.dicom import scan_folder
+    from medsuite.io.reader import read_series
+
     siblings = sorted(p for p in path.parent.iterdir() if p.is_file())
     table = scan_folder(siblings, workers=workers).series
     target = path.resolve()
