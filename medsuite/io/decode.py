@@ -17,7 +17,9 @@ from pydicom import uid as uids
 
 from medsuite.io.errors import MissingDecoderError, PixelDataError
 
-NATIVE_SYNTAXES = frozenset({uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian, uids.ExplicitVRBigEndian})
+NATIVE_SYNTAXES = frozenset(
+    {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian, uids.ExplicitVRBigEndian}
+)
 
 # Which package decodes each compressed syntax (shown in errors when none is installed).
 DECODER_PACKAGES: dict[str, str] = {
@@ -139,7 +141,9 @@ def decode_dataset(ds, *, path: str | Path, transfer_syntax: str) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # decoder plugins raise many types; name the file and syntax
-        raise PixelDataError(f"{path}: cannot decode {syntax_name(transfer_syntax)} pixel data: {exc}") from exc
+        raise PixelDataError(
+            f"{path}: cannot decode {syntax_name(transfer_syntax)} pixel data: {exc}"
+        ) from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if getattr(ds, "SamplesPerPixel", 1) != 1:
         raise PixelDataError(f"{path}: colour images (SamplesPerPixel > 1) are not volumes")

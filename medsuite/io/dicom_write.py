@@ -38,7 +38,11 @@ WRITABLE_SYNTAXES = frozenset(
         uids.JPEG2000Lossless,
     }
 )
-_ENCODER_PLUGIN = {uids.RLELossless: "pydicom", uids.JPEGLSLossless: "pyjpegls", uids.JPEG2000Lossless: "pylibjpeg"}
+_ENCODER_PLUGIN = {
+    uids.RLELossless: "pydicom",
+    uids.JPEGLSLossless: "pyjpegls",
+    uids.JPEG2000Lossless: "pylibjpeg",
+}
 
 
 def _check_encoder(transfer_syntax: str) -> None:
