@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.ndimage import map_coordinates
 from torch import nn
 
+from medsuite.data.blocks import SliceStack
 from medsuite.io.volume import Volume
 
 SIZE = 32
@@ -30,27 +30,9 @@ def add_blob(volume: Volume, xyz: np.ndarray, radius_mm: float = 3.0, hu: float 
     return volume.with_array(arr)
 
 
-class AxialStack:
-    """A slice stack of ``k`` axial slices (1 window) at ``pixel_mm`` resolution, windowed to [0, 1]."""
-
-    def __init__(self, k: int = 3, size: int = SIZE, pixel_mm: float = 1.0, slice_mm: float = 2.5) -> None:
-        self.k, self.size, self.pixel_mm, self.slice_mm = k, size, pixel_mm, slice_mm
-
-    def spec(self) -> dict:
-        return {"type": "SliceStack", "k": self.k, "size": self.size, "spacing": self.pixel_mm, "windows": ["lung"]}
-
-    def grid_world(self, volume: Volume, center_xyz) -> np.ndarray:
-        c = np.asarray(center_xyz, float)
-        r = (np.arange(self.size) - (self.size - 1) / 2) * self.pixel_mm
-        s = (np.arange(self.k) - (self.k - 1) / 2) * self.slice_mm
-        ss, rr, cc = np.meshgrid(s, r, r, indexing="ij")
-        return c + np.stack([cc, rr, ss], -1)  # x along columns, y along rows, z across slices
-
-    def sample(self, volume: Volume, center_xyz=None, aug=None, rng=None) -> np.ndarray:
-        grid = self.grid_world(volume, center_xyz)
-        idx = volume.world_to_index(grid.reshape(-1, 3)).T
-        vals = map_coordinates(volume.array, idx, order=1, mode="nearest").reshape(grid.shape[:-1])
-        return np.clip((vals + 1000.0) / 1400.0, 0, 1).astype(np.float32)
+def make_block(k: int = 3, size: int = SIZE) -> SliceStack:
+    """The real SliceStack: k axial planes 2.5 mm apart, size x size pixels of 1 mm, lung window."""
+    return SliceStack(window="lung", k=k, size=size, spacing_mm=2.5, pixel_mm=1.0)
 
 
 class MaskedNet(nn.Module):
@@ -124,7 +106,7 @@ class TinySeriesNet(nn.Module):
         return self.head(self.embed(x))
 
 
-def region_world(block: AxialStack, volume: Volume, center_xyz) -> np.ndarray:
+def region_world(block: SliceStack, volume: Volume, center_xyz) -> np.ndarray:
     """World point at the centre of ``REGION`` on the stack's middle slice."""
     grid = block.grid_world(volume, center_xyz)
     r = (REGION[0].start + REGION[0].stop - 1) / 2

@@ -59,6 +59,19 @@ class SampleLayout:
         """Number of trailing sample axes that are image axes in mm (2, or 3 for volumetric patches)."""
         return len(self.grid_shape) if self.kind == "channels" else 2
 
+    def expand(self, grid_values: np.ndarray) -> np.ndarray:
+        """Grid-shaped values → sample-shaped (each grid pixel's value on all of its window channels)."""
+        g = np.asarray(grid_values)
+        if g.shape != self.grid_shape:
+            raise ValueError(f"grid values shape {g.shape} does not match the grid shape {self.grid_shape}")
+        if self.kind == "channels":
+            return np.broadcast_to(g[None], self.sample_shape)
+        if self.kind == "grouped":
+            return np.broadcast_to(g[:, None], self.sample_shape)
+        if self.window_major:
+            return np.broadcast_to(g[None], (self.n_windows, *g.shape)).reshape(self.sample_shape)
+        return np.broadcast_to(g[:, None], (g.shape[0], self.n_windows, *g.shape[1:])).reshape(self.sample_shape)
+
     def to_grid(self, values: np.ndarray) -> np.ndarray:
         """Sum the window channels away: sample-shaped values → grid-shaped values."""
         values = np.asarray(values)
@@ -74,8 +87,12 @@ class SampleLayout:
         return values.reshape(k, self.n_windows, *rest).sum(axis=1)
 
 
-def sample_layout(sample_shape: tuple[int, ...], grid_shape: tuple[int, ...], *, window_major: bool = False) -> SampleLayout:
-    """Infer the `SampleLayout` from a sample shape and its grid's spatial shape (``grid.shape[:-1]``)."""
+def sample_layout(sample_shape: tuple[int, ...], grid_shape: tuple[int, ...], *, window_major: bool = True) -> SampleLayout:
+    """Infer the `SampleLayout` from a sample shape and its grid's spatial shape (``grid.shape[:-1]``).
+
+    ``window_major``: stacked channels are ``w * k + slice`` (SliceStack) rather than ``slice * n_windows + w``
+    (MultiView with ``as_channels``); `block_layout` picks it from the block's spec.
+    """
     s, g = tuple(int(v) for v in sample_shape), tuple(int(v) for v in grid_shape)
     if len(s) == len(g) and s[1:] == g[1:] and g[0] > 0 and s[0] % g[0] == 0:
         return SampleLayout("stacked", s, g, s[0] // g[0], window_major)
@@ -85,6 +102,12 @@ def sample_layout(sample_shape: tuple[int, ...], grid_shape: tuple[int, ...], *,
         return SampleLayout("grouped", s, g, s[1])
     raise ValueError(f"cannot relate sample shape {s} to grid shape {g}: expected (k*w,H,W)/(k,H,W), "
                      "(C,*grid) or (G,C,H,W)/(G,H,W)")
+
+
+def block_layout(block: Any, sample_shape: tuple[int, ...], grid_shape: tuple[int, ...]) -> SampleLayout:
+    """The `SampleLayout` of an input block's samples (channel order from the block type, see data.blocks)."""
+    kind = block.spec().get("type") if hasattr(block, "spec") else None
+    return sample_layout(sample_shape, grid_shape, window_major=kind != "MultiView")
 
 
 def grid_pixel_spacing(grid: np.ndarray, n_spatial: int) -> tuple[float, ...]:
