@@ -11,6 +11,7 @@ import typer
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("convert", "convert", "Convert a DICOM series (folder or file) or NRRD/MHA to NIfTI with correct geometry."),
     ("score", "score", "Batch-score series with a model bundle (local processes or Ray); resumable."),
+    ("explain", "explain", "Explain a case (attributions on the scan) or sanity-check attribution methods."),
 )
 
 app = typer.Typer(

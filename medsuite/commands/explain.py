@@ -1,0 +1,131 @@
+"""`medsuite explain`: attributions for one case, or a sanity report for a bundle's attribution methods.
+
+    medsuite explain BUNDLE --series PATH_OR_UID [--data DIR] [--nodule x,y,z] --out DIR
+    medsuite explain --sanity BUNDLE TABLE [--data DIR] --out DIR
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def _parse_point(text: str) -> tuple[float, float, float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"--nodule must be three world mm numbers x,y,z (LPS), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _parse_methods(text: str) -> list[str]:
+    from medsuite.interpret.attributions import METHODS
+
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise ValueError(f"--methods: unknown {bad or text!r}; choose from {','.join(METHODS)}")
+    return methods
+
+
+class _SeriesFinder:
+    """Find a series by path, or by SeriesInstanceUID inside ``--data`` (scanned once)."""
+
+    def __init__(self, data: Path | None) -> None:
+        self.data = data
+        self._table: Any = None
+
+    def read(self, path_or_uid: str, path: str | None = None) -> Any:
+        from medsuite.io.load import read_volume, select_stack
+        from medsuite.io.reader import read_series
+
+        candidate = Path(path if path else path_or_uid)
+        if candidate.exists():
+            uid = path_or_uid if path and candidate.is_dir() else None
+            return read_volume(candidate, uid)
+        if self.data is None:
+            raise ValueError(f"{path_or_uid}: no such file or folder (to find a series by UID, give --data DIR)")
+        if self._table is None:
+            from medsuite.io.dicom import scan_folder
+
+            self._table = scan_folder([self.data]).series
+        return read_series(select_stack(self._table, path_or_uid, source=self.data))
+
+
+def command(
+    bundle: Annotated[Path, typer.Argument(help="Model bundle (folder or .zip).")],
+    table: Annotated[Path | None, typer.Argument(help="With --sanity: nodule or series-label table (CSV/Parquet).")] = None,
+    series: Annotated[str | None, typer.Option("--series", help="Series folder/file, or a SeriesInstanceUID found under --data.")] = None,
+    nodule: Annotated[str | None, typer.Option("--nodule", help="Nodule centre x,y,z in world LPS mm (nodule models).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("explanations"),
+    sanity: Annotated[bool, typer.Option("--sanity", help="Run the randomization and deletion/insertion checks on TABLE.")] = False,
+    data: Annotated[Path | None, typer.Option("--data", help="Folder of DICOM to look series UIDs up in.")] = None,
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated: ig,occlusion,gradcam.")] = "ig,occlusion,gradcam",
+    baseline: Annotated[str, typer.Option("--baseline", help="IG baseline / occlusion fill: air, blurred or zero.")] = "air",
+    steps: Annotated[int, typer.Option("--steps", help="Integrated Gradients steps.")] = 50,
+    noise_tunnel: Annotated[bool, typer.Option("--noise-tunnel", help="SmoothGrad-average IG over noisy copies.")] = False,
+    occlusion_mm: Annotated[float, typer.Option("--occlusion-mm", help="Occlusion window edge in mm.")] = 8.0,
+    target: Annotated[int | None, typer.Option("--target", help="Class index to explain (default: predicted).")] = None,
+    max_cases: Annotated[int, typer.Option("--max-cases", help="With --sanity: cases used from TABLE.")] = 8,
+) -> None:
+    """Explain one case (PNG overlays on the original planes, attribution NIfTI, summary.json), or with
+    --sanity check the attribution methods themselves (sanity.html / sanity.json / plots)."""
+    try:
+        chosen = _parse_methods(methods)
+        finder = _SeriesFinder(data)
+        from medsuite.learn.bundle import load_bundle
+
+        loaded = load_bundle(bundle)
+        if sanity:
+            if table is None:
+                raise ValueError("--sanity needs TABLE, the nodule or series-label table of cases to check")
+            cases = _cases(loaded, table, finder, max_cases)
+            from medsuite.interpret.explain import run_sanity
+
+            paths = run_sanity(loaded, cases, out, chosen, baseline=baseline, n_steps=min(steps, 32))
+            typer.echo(f"sanity report: {paths['html']}")
+            return
+        if table is not None:
+            raise ValueError("TABLE is only used with --sanity")
+        if series is None:
+            raise ValueError("give the case with --series PATH_OR_UID")
+        from medsuite.interpret.explain import explain
+
+        center = _parse_point(nodule) if nodule else None
+        result = explain(loaded, finder.read(series), chosen, center_xyz=center, out_dir=out, target=target,
+                         baseline=baseline, n_steps=steps, noise_tunnel=noise_tunnel, occlusion_mm=occlusion_mm)
+        t = result.summary["target"]
+        typer.echo(f"class {t['label']!r} p={result.probabilities[t['index']]:.3f}; wrote {len(result.files)} files to {out}")
+    except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _cases(bundle: Any, table_path: Path, finder: _SeriesFinder, max_cases: int) -> list[tuple[str, Any, Any]]:
+    """Up to ``max_cases`` rows of the table as ``(case_id, volume, centre or None)``."""
+    from medsuite.data.tables import read_table, validate_nodule_table
+
+    df = read_table(table_path)
+    is_nodule = getattr(bundle, "task", "nodule") == "nodule"
+    if is_nodule:
+        df = validate_nodule_table(df)
+    elif "series_uid" not in df.columns:
+        raise ValueError(f"{table_path}: a series table needs a 'series_uid' column")
+    if "split" in df.columns and (df["split"] == "test").any():
+        df = df[df["split"] == "test"]
+    cases = []
+    for _, row in df.head(max_cases).iterrows():
+        path = row["path"] if "path" in df.columns and isinstance(row["path"], str) else None
+        volume = finder.read(str(row["series_uid"]), path)
+        center = (row["x_mm"], row["y_mm"], row["z_mm"]) if is_nodule else None
+        cases.append((str(row["nodule_id"] if is_nodule else row["series_uid"]), volume, center))
+    return cases
