@@ -44,8 +44,11 @@ _NON_IMAGE_NAME_PARTS = (
 )  # fmt: skip
 # Files with at most this many bytes or these names are not worth parsing.
 _IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
-# Below this many files the scan runs in the calling thread (process start-up would dominate).
+# Below this many files the scan runs in the calling thread; below _PROCESSES_FROM it uses threads (they
+# overlap file I/O, e.g. on network shares); from there on processes (header parsing holds the GIL, and
+# starting a worker that imports pydicom/pandas costs about a second).
 _SERIAL_BELOW = 200
+_PROCESSES_FROM = 1000
 _CHUNK = 128
 
 
@@ -281,10 +284,20 @@ def open_header(fp: BinaryIO, path: str) -> Dataset:
         return ds
 
 
+def sop_class_of(ds: Dataset) -> str:
+    """SOPClassUID, or the file meta's MediaStorageSOPClassUID (DICOMDIR has only the latter)."""
+    value = ds.get("SOPClassUID")
+    if not value and hasattr(ds, "file_meta"):
+        value = ds.file_meta.get("MediaStorageSOPClassUID")
+    return str(value or "")
+
+
 def non_image_reason(sop_class: str) -> str | None:
     """Why instances of this SOP class are not image slices (None for image storage classes)."""
     if not sop_class:
         return None
+    if sop_class == uids.MediaStorageDirectoryStorage:
+        return "DICOMDIR (media directory), not an image"
     name = uids.UID(sop_class).name
     if any(part in name for part in _NON_IMAGE_NAME_PARTS):
         return f"not an image: {name}"
@@ -299,7 +312,7 @@ def scan_file(path: str) -> FileHeader | tuple[str, str]:
                 ds = open_header(fp, path)
             except InvalidDicomError:
                 return path, "not a DICOM file"
-            reason = non_image_reason(str(ds.get("SOPClassUID", "")))
+            reason = non_image_reason(sop_class_of(ds))
             if reason:
                 return path, reason
             if "Rows" not in ds or "Columns" not in ds:
@@ -324,7 +337,7 @@ def _check_native_pixels(fp: BinaryIO, header: FileHeader) -> None:
     start = fp.tell()
     size = os.fstat(fp.fileno()).st_size
     if size - start < 8:
-        header.problems.append("no pixel data")
+        header.problems.append("no pixel data (the file ends before it: truncated?)")
         return
     try:
         length = pixel_element_length(fp, header.transfer_syntax, header.path)
@@ -364,11 +377,21 @@ def _scan_chunk(paths: Sequence[str]) -> list[FileHeader | tuple[str, str]]:
 
 
 def scan_headers(
-    files: Sequence[str], workers: int | None = None, executor: str = "process"
+    files: Sequence[str], workers: int | None = None, executor: str = "auto"
 ) -> list[FileHeader | tuple[str, str]]:
-    """`scan_file` over ``files`` in parallel (processes by default: header parsing holds the GIL)."""
-    workers = os.cpu_count() or 1 if workers is None else int(workers)
-    if workers <= 1 or len(files) < _SERIAL_BELOW:
+    """`scan_file` over ``files`` in parallel; ``executor`` is 'auto', 'thread', 'process' or 'serial'."""
+    if executor not in ("auto", "thread", "process", "serial"):
+        raise ValueError(f"executor must be 'auto', 'thread', 'process' or 'serial', got {executor!r}")
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    if executor == "auto":
+        executor = (
+            "serial"
+            if len(files) < _SERIAL_BELOW
+            else "thread"
+            if len(files) < _PROCESSES_FROM
+            else "process"
+        )
+    if workers <= 1 or executor == "serial" or not files:
         return _scan_chunk(files)
     chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
     if executor == "thread":
@@ -560,8 +583,9 @@ def stack_row(stack_id: str, stack: Stack) -> dict[str, Any]:
 def scan_folder(paths: str | Path | Iterable[str | Path], workers: int | None = None) -> ScanResult:
     """Discover every image stack under ``paths`` (files and/or folders, any names, no DICOMDIR needed).
 
-    Headers only, in parallel over ``workers`` processes (default: all cores; small folders are scanned
-    in-process). Never raises for a bad file: it goes to ``skipped`` or makes its stack's status 'error'.
+    Headers only, in parallel over ``workers`` (default: all cores): in-process below 200 files, threads
+    below 1000, processes above. Never raises for a bad file: it goes to ``skipped`` or makes its stack's
+    status 'error'.
     """
     files = list(iter_files(paths))
     headers: list[FileHeader] = []

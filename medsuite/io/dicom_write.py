@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -195,10 +196,11 @@ def _uids(patient_id: str, study_uid: str | None, series_uid: str | None) -> tup
     return study, series, frame_of_reference
 
 
-def _file_names(n: int, shuffle: bool, seed: int) -> list[str]:
+def _file_names(n: int, shuffle: bool, seed: int, series_uid: str) -> list[str]:
+    """Slice-order names, or random hex names that differ between series (so series can share a folder)."""
     if not shuffle:
         return [f"IM{i + 1:05d}.dcm" for i in range(n)]
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, zlib.crc32(series_uid.encode())])
     names: set[str] = set()
     while len(names) < n:
         names.add(f"{int(rng.integers(0, 2**48)):012x}")
@@ -219,8 +221,10 @@ def write_series(
 ) -> list[Path]:
     """Write ``volume`` as a CT series, one file per slice, and return the paths in slice order.
 
-    ``tags`` are DICOM keywords set on every file (e.g. ``SeriesDescription="chest"``). With
-    ``shuffle_names`` the files get random extension-less names and shuffled InstanceNumbers, so that a
+    ``tags`` are DICOM keywords set on every file (e.g. ``SeriesDescription="chest"``). Plain names are
+    ``IM00001.dcm`` ... (a second series in the same folder overwrites them); with ``shuffle_names`` the
+    files get random extension-less names (seeded by ``seed`` and the series UID, so series can share a
+    folder) and shuffled InstanceNumbers, so that a
     reader which sorts by name or InstanceNumber instead of position is caught. UIDs are generated when
     not given (series in one study share the FrameOfReferenceUID).
     """
@@ -235,7 +239,7 @@ def write_series(
     n = volume.shape[0]
     rng = np.random.default_rng(seed)
     instance_numbers = rng.permutation(n) + 1 if shuffle_names else np.arange(1, n + 1)
-    names = _file_names(n, shuffle_names, seed)
+    names = _file_names(n, shuffle_names, seed, series)
     order = rng.permutation(n) if shuffle_names else np.arange(n)
 
     row_dir, col_dir, step = volume.direction[:, 2], volume.direction[:, 1], volume.direction[:, 0]

@@ -30,6 +30,7 @@ from medsuite.io.dicom import (
     non_image_reason,
     open_header,
     scan_folder,
+    sop_class_of,
 )
 from medsuite.io.errors import (
     DicomError,
@@ -59,7 +60,7 @@ def _read_instance(path: str) -> _Instance:
                 ds = open_header(fp, path)
             except InvalidDicomError as exc:
                 raise NotDicomError(f"{path}: not a DICOM file") from exc
-            reason = non_image_reason(str(ds.get("SOPClassUID", "")))
+            reason = non_image_reason(sop_class_of(ds))
             if reason:
                 raise NotDicomError(f"{path}: {reason}")
             if "Rows" not in ds or "Columns" not in ds:
@@ -92,6 +93,16 @@ def _read_instance(path: str) -> _Instance:
     if header.problems:
         raise DicomHeaderError(f"{path}: {'; '.join(header.problems)}")
     return _Instance(header, fix_bits_stored(stored, header.bits_stored, header.signed))
+
+
+def read_pixels(path: str | Path) -> tuple[FileHeader, np.ndarray]:
+    """Header and stored pixel values ``(frames, rows, cols)`` of one file, before any rescale.
+
+    Uncompressed syntaxes are read directly; compressed ones through pydicom's decoders (a missing decoder
+    raises `MissingDecoderError` naming the transfer syntax and the package to install).
+    """
+    inst = _read_instance(str(path))
+    return inst.header, inst.stored
 
 
 def _resolve_files(source: Any) -> list[str]:
