@@ -205,3 +205,25 @@ def test_loader_errors_propagate_and_leave_nothing_behind(tmp_path):
     with pytest.raises(CacheError, match="dtype"):
         cache.get(UID, {}, lambda: _volume().with_array(np.zeros((2, 2, 2), dtype=np.complex64)))
     assert list(p for p in tmp_path.rglob("*") if p.is_file()) == []
+
+
+def test_a_volume_read_from_dicom_round_trips_without_its_patient_id(tmp_path):
+    from medsuite.io.dicom_write import write_series
+    from medsuite.io.reader import read_series
+
+    plain = _volume().with_array(_volume().array, meta={})
+    files = write_series(plain, tmp_path / "dicom", patient_id="PAT-DICOM-7", shuffle_names=True)
+    decoded = read_series(files)
+    assert decoded.meta.get("patient_id") == "PAT-DICOM-7"
+    cache = VolumeCache(tmp_path / "cache")
+    cached = cache.get(decoded.series_uid, {"reader": "read_series"}, lambda: decoded)
+    np.testing.assert_array_equal(cached.array, decoded.array)
+    np.testing.assert_allclose(cached.index_to_world((5, 4, 3)), decoded.index_to_world((5, 4, 3)), atol=1e-9)
+    expected_meta = json.loads(
+        json.dumps({k: v for k, v in decoded.meta.items() if k != "patient_id"}, default=str)
+    )
+    assert cached.meta == expected_meta
+    assert "patient_id" not in cached.meta
+    assert b"PAT-DICOM-7" not in b"".join(
+        p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file()
+    )
