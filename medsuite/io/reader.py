@@ -52,8 +52,11 @@ class _Instance:
     stored: np.ndarray  # (frames, rows, cols) stored values, bits fixed
 
 
-def _read_instance(path: str) -> _Instance:
-    """Header and stored pixel values of one file (uncompressed data read directly at its offset)."""
+def _read_instance(path: str, strict: bool = True) -> _Instance:
+    """Header and stored pixel values of one file (uncompressed data read directly at its offset).
+
+    ``strict`` raises for header problems that make the file unusable in a volume (e.g. no positions).
+    """
     try:
         with open(path, "rb") as fp:
             try:
@@ -90,7 +93,7 @@ def _read_instance(path: str) -> _Instance:
         raise NotDicomError(f"{path}: cannot read the file: {exc}") from exc
     except Exception as exc:  # pydicom raises assorted errors on corrupt headers
         raise NotDicomError(f"{path}: unreadable DICOM: {type(exc).__name__}: {exc}") from exc
-    if header.problems:
+    if strict and header.problems:
         raise DicomHeaderError(f"{path}: {'; '.join(header.problems)}")
     return _Instance(header, fix_bits_stored(stored, header.bits_stored, header.signed))
 
@@ -101,7 +104,7 @@ def read_pixels(path: str | Path) -> tuple[FileHeader, np.ndarray]:
     Uncompressed syntaxes are read directly; compressed ones through pydicom's decoders (a missing decoder
     raises `MissingDecoderError` naming the transfer syntax and the package to install).
     """
-    inst = _read_instance(str(path))
+    inst = _read_instance(str(path), strict=False)
     return inst.header, inst.stored
 
 
