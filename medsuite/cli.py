@@ -9,6 +9,7 @@ import typer
 
 # (sub-command, module under medsuite.commands, one-line purpose shown by --help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("inspect", "inspect", "List the image stacks in DICOM folders (size, spacing, orientation, problems) and skipped files."),
     ("convert", "convert", "Convert a DICOM series (folder or file) or NRRD/MHA to NIfTI with correct geometry."),
     ("score", "score", "Batch-score series with a model bundle (local processes or Ray); resumable."),
     ("explain", "explain", "Explain a case (attributions on the scan) or sanity-check attribution methods."),
