@@ -11,6 +11,8 @@ import typer
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("inspect", "inspect", "List the image stacks in DICOM folders (size, spacing, orientation, problems) and skipped files."),
     ("convert", "convert", "Convert a DICOM series (folder or file) or NRRD/MHA to NIfTI with correct geometry."),
+    ("train", "train", "Train a nodule or series model from a YAML config; writes a bundle and an HTML report."),
+    ("evaluate", "evaluate", "Evaluate a model bundle on a labelled table: metrics with confidence intervals and plots."),
     ("score", "score", "Batch-score series with a model bundle (local processes or Ray); resumable."),
     ("explain", "explain", "Explain a case (attributions on the scan) or sanity-check attribution methods."),
 )

@@ -47,7 +47,7 @@ class BlockConfig(_Strict):
     """The model's input; `type` names a block of `medsuite.data.blocks`, the rest are its arguments."""
 
     model_config = ConfigDict(extra="allow")
-    type: Literal["slice_stack", "multi_view", "series_slices", "patch3d"] = "slice_stack"
+    type: Literal["SliceStack", "MultiView", "SeriesSlices", "Patch3D"] = "SliceStack"
 
 
 class ModelConfig(_Strict):
@@ -94,8 +94,10 @@ class PipelineConfig(_Strict):
 
     @model_validator(mode="after")
     def _series_task_needs_series_input(self) -> PipelineConfig:
-        if self.task == "series" and self.block.type != "series_slices":
-            raise ValueError("task 'series' needs block.type 'series_slices'")
+        if self.task == "series" and self.block.type != "SeriesSlices":
+            raise ValueError("task 'series' needs block.type 'SeriesSlices'")
+        if self.task == "nodule" and self.block.type == "SeriesSlices":
+            raise ValueError("task 'nodule' samples around each nodule: block.type SliceStack, MultiView or Patch3D")
         if self.task == "series" and self.report.baselines:
             self.report.baselines = []  # size and radiomics baselines describe nodules only
         return self

@@ -283,10 +283,11 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
     last_export = time.monotonic()
     status = "failed"
     try:
-        results = _engine(cfg, bundle, items, device)
+        predictor = Predictor(bundle.model, bundle.labels, bundle.threshold, device)
+        results = _engine(cfg, bundle, predictor, items, device)
         with _progress(len(items), cfg.progress) as bar:
             for result in results:
-                db.commit_series(run_id, bundle.sha256, bundle.threshold, result, rows[result.series_uid], scrub=scrub)
+                db.commit_series(run_id, bundle.sha256, predictor.threshold, result, rows[result.series_uid], scrub=scrub)
                 if result.status == "scored":
                     n_scored += 1
                 else:
@@ -334,7 +335,8 @@ def _export(db: ScoreStore, cfg: ScoreConfig, series: pd.DataFrame, nodules: pd.
     return db.export(cfg.out, patient_map)
 
 
-def _engine(cfg: ScoreConfig, bundle: Any, items: list[WorkItem], device: str) -> Iterator[SeriesResult]:
+def _engine(cfg: ScoreConfig, bundle: Any, predictor: Predictor, items: list[WorkItem], device: str,
+            ) -> Iterator[SeriesResult]:
     block_json = spec_json(bundle.block.spec())
     if cfg.engine == "ray":
         from medsuite.pipelines.scoring.ray_engine import run_ray
@@ -344,7 +346,6 @@ def _engine(cfg: ScoreConfig, bundle: Any, items: list[WorkItem], device: str) -
                        read_options=cfg.read_options)
     from medsuite.pipelines.scoring.local import run_local
 
-    predictor = Predictor(bundle.model, bundle.labels, bundle.threshold, device)
     return run_local(items, predictor=predictor, block_spec_json=block_json, workers=cfg.workers,
                      batch_size=cfg.batch_size, read_options=cfg.read_options)
 

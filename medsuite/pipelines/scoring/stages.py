@@ -133,10 +133,11 @@ def prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] |
 class Predictor:
     """The bundle's model, loaded once, scoring batches of samples into probabilities and labels."""
 
-    def __init__(self, model: Any, labels: list[str], threshold: float, device: str = "cpu") -> None:
+    def __init__(self, model: Any, labels: list[str], threshold: float | None, device: str = "cpu") -> None:
         self.model = model
         self.labels = [str(label) for label in labels]
-        self.threshold = float(threshold)
+        # a bundle without an operating point: 0.5 for binary; multi-class takes the arg-max (stored as 0)
+        self.threshold = float(threshold) if threshold is not None else (0.5 if len(self.labels) == 2 else 0.0)
         self.device = device
 
     def probabilities(self, samples: np.ndarray) -> np.ndarray:
