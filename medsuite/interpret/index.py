@@ -33,7 +33,8 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     if v.ndim != 2:
         raise ValueError(f"embeddings must be 2D (n, dim), got shape {v.shape}")
     norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return v / np.where(norms > 0, norms, 1.0)
+    unit = (norms == 0) | (np.abs(norms - 1.0) < 1e-6)  # already unit: kept bit-exact (round trips)
+    return v / np.where(unit, 1.0, norms)
 
 
 class CaseIndex:
