@@ -80,9 +80,11 @@ class Augment:
 
     def intensity_tfms(self, sample: np.ndarray, seed: int) -> np.ndarray:
         """MONAI intensity scaling and Gaussian noise on a windowed sample (channel-first float32)."""
+        out = sample
+        if not (self.intensity > 0 and self.p_intensity > 0) and not (self.noise_std > 0 and self.p_noise > 0):
+            return out
         from monai.transforms import RandGaussianNoise, RandScaleIntensity
 
-        out = sample
         if self.intensity > 0 and self.p_intensity > 0:
             t = RandScaleIntensity(factors=self.intensity, prob=self.p_intensity)
             t.set_random_state(seed=seed)

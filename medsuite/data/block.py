@@ -405,14 +405,14 @@ class DataBlock:
         datasets, item_rows, category = self.datasets(table, source)
         if device is None and self.batch_tfms and torch.cuda.is_available():
             device = "cuda"
-        generator = torch.Generator()
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
         loaders = {}
-        for split, ds in datasets.items():
+        for n, (split, ds) in enumerate(datasets.items()):
             train = split == "train"
+            generator = torch.Generator()  # one per split: iterating valid never changes what train draws
+            if seed is not None:
+                generator.manual_seed(int(seed) * 1000 + n)
+            else:
+                generator.seed()
             loaders[split] = BlockLoader(
                 ds,
                 device=device,
