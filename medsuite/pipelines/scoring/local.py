@@ -60,7 +60,7 @@ class _Feeder(threading.Thread):
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
 
     def run(self) -> None:
-        pool = self._pool()
+        pool: ProcessPoolExecutor | None = None  # started on the first series: no processes for an empty run
         inflight: dict[Future, WorkItem] = {}
         suspects: deque[WorkItem] = deque()
         exhausted = False
@@ -72,6 +72,7 @@ class _Feeder(threading.Thread):
                     if item is None:
                         exhausted = True
                         break
+                    pool = pool or self._pool()
                     inflight[pool.submit(prepare, item, self.spec, self.read_options)] = item
                 if not inflight:
                     break
@@ -96,12 +97,13 @@ class _Feeder(threading.Thread):
                     inflight.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     log.warning("a worker process died; retrying %d in-flight series one at a time", len(suspects))
-                    pool = self._pool()
+                    pool = None
             _put(self.out, _DONE, self.stop)
         except BaseException as exc:  # surface to the caller instead of hanging the pipeline
             _put(self.out, _Failure(exc), self.stop)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Inference(threading.Thread):

@@ -1,0 +1,72 @@
+"""A run killed with SIGKILL mid-way and started again scores every series exactly once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import scoring_support as S
+
+from medsuite.pipelines.scoring import ScoreConfig, score
+
+N_SERIES = 30
+
+
+def _scored(db) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM series WHERE status='scored'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_scores_each_series_once(tmp_path):
+    cohort = S.make_cohort(tmp_path / "cohort", n_good=N_SERIES, extras=False)
+    bundle = S.make_bundle(tmp_path / "bundle", "series")
+    out = tmp_path / "out"
+    db = out / "medsuite.db"
+    # the score command as its own program (what `medsuite score` runs), killed mid-run
+    entry = "import typer; from medsuite.commands.score import command; typer.run(command)"
+    cmd = [sys.executable, "-c", entry, str(bundle), str(tmp_path / "cohort"), "--out", str(out),
+           "--workers", "1", "--batch-size", "1", "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _scored(db) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)  # the main process only, as the OOM killer would
+        proc.wait(timeout=10)
+        at_kill = _scored(db)
+        assert 3 <= at_kill < N_SERIES
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the orphaned worker processes of the killed run
+        except ProcessLookupError:
+            pass
+
+    summary = score(ScoreConfig(bundle=bundle, inputs=[tmp_path / "cohort"], out=out, workers=2, progress=False))
+    assert summary.exit_code == 0
+    assert summary.n_already == at_kill and summary.n_scored == N_SERIES - at_kill
+    df = pd.read_parquet(out / "scores.parquet")
+    assert len(df) == N_SERIES and sorted(df["series_uid"]) == sorted(cohort["good"])
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT series_uid) FROM predictions").fetchone() == (N_SERIES,
+                                                                                                     N_SERIES)
+    scored_rows = conn.execute("SELECT COUNT(*) FROM series WHERE status='scored'").fetchone()[0]
+    assert scored_rows == N_SERIES  # the killed run's committed series + the rest, no series in both
+    statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY started_at")]
+    assert statuses == ["failed", "finished"]  # the killed run is marked as such
+    conn.close()

@@ -1,0 +1,166 @@
+"""Batch scoring end to end on generated folders: outputs, error rows, skips, resume, PHI, exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import scoring_support as S
+from typer.testing import CliRunner
+
+from medsuite.pipelines.scoring import ScoreConfig, UsageError, score
+from medsuite.pipelines.scoring.writer import OUTPUT_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scoring")
+    cohort = S.make_cohort(root / "cohort", n_good=3)
+    nodules = S.nodule_table(cohort)
+    nodules.to_csv(root / "nodules.csv", index=False)
+    return {
+        "root": root, "cohort": cohort, "input": root / "cohort", "nodules": root / "nodules.csv",
+        "nodule_bundle": S.make_bundle(root / "nodule_bundle", "nodule"),
+        "series_bundle": S.make_bundle(root / "series_bundle.zip", "series", seed=1),
+    }
+
+
+def _cfg(world, out: Path, **kw) -> ScoreConfig:
+    base = {"bundle": world["nodule_bundle"], "inputs": [world["input"]], "out": out, "nodules": world["nodules"],
+            "workers": 2, "batch_size": 3, "progress": False}
+    base.update(kw)
+    return ScoreConfig(**base)
+
+
+def _db(out: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(out / "medsuite.db")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def test_nodule_run_scores_skips_and_records_errors(world, tmp_path, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    summary = score(_cfg(world, out, progress=True))
+    cohort = world["cohort"]
+    assert summary.exit_code == 1  # some failed
+    assert summary.n_found == 6 and summary.n_scored == 3 and summary.n_error_series == 2
+    df = pd.read_parquet(out / "scores.parquet")
+    assert list(df.columns) == OUTPUT_COLUMNS
+    assert sorted(df["nodule_id"]) == ["n0a", "n0b", "n1a", "n1b", "n2a", "n2b"]
+    assert set(df["series_uid"]) == set(cohort["good"])
+    assert df["probability"].between(0, 1).all() and set(df["label"]) <= {"benign", "malignant"}
+    assert (df["label"] == df["probability"].map(lambda p: "malignant" if p >= 0.5 else "benign")).all()
+    csv = pd.read_csv(out / "scores.csv", dtype={"series_uid": str, "nodule_id": str})
+    assert csv[["series_uid", "nodule_id"]].values.tolist() == df[["series_uid", "nodule_id"]].values.tolist()
+
+    conn = _db(out)
+    series = {r["series_uid"]: (r["status"], r["reason"]) for r in conn.execute("SELECT * FROM series")}
+    assert series[cohort["localizer"]] == ("skipped", "image type LOCALIZER is excluded")
+    assert series[cohort["corrupt"]][0] == "error" and "pixel data too short" in series[cohort["corrupt"]][1]
+    assert series[cohort["corrupt_read"]][0] == "error"
+    assert series[cohort["good"][0]][0] == "scored" and "outside the scan" in series[cohort["good"][0]][1]
+    non_images = [r for r in series.values() if r[1] and r[1].startswith("not an image instance")]
+    assert len(non_images) == 2  # the SR and the text file
+    errors = {(r["series_uid"], r["stage"]) for r in conn.execute("SELECT * FROM errors")}
+    assert errors == {(cohort["corrupt"], "discover"), (cohort["corrupt_read"], "read"),
+                      (cohort["good"][0], "preprocess")}
+    far = conn.execute("SELECT error FROM errors WHERE stage='preprocess'").fetchone()[0]
+    assert far.startswith("nodule far: point (500, 0, 0) mm lies outside the scan")
+    run = conn.execute("SELECT * FROM runs").fetchone()
+    assert run["status"] == "finished" and run["n_scored"] == 3 and run["engine"] == "local"
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+    # no patient identifier anywhere: outputs, database, logs, progress bar
+    captured = capfd.readouterr()
+    texts = [captured.out, captured.err, caplog.text, "\n".join(summary.lines())]
+    texts += [p.read_bytes().decode("latin-1") for p in out.iterdir() if p.is_file()]
+    for text in texts:
+        assert S.PATIENT_PREFIX not in text and S.PATIENT_NAME not in text and "Zzyzx" not in text
+    assert "patient_id" not in df.columns
+
+
+def test_rerun_skips_what_is_scored_and_include_phi(world, tmp_path):
+    out = tmp_path / "out"
+    first = score(_cfg(world, out))
+    before = pd.read_parquet(out / "scores.parquet")
+    second = score(_cfg(world, out, include_phi=True))
+    after = pd.read_parquet(out / "scores.parquet")
+    assert first.n_scored == 3 and second.n_already == 3 and second.n_scored == 0
+    pd.testing.assert_frame_equal(before, after.drop(columns="patient_id"))  # nothing twice, nothing changed
+    assert second.exit_code == 1  # the corrupt series are retried and fail again
+    # --include-phi: the patient of each series, from the scan
+    assert after["patient_id"].str.startswith(S.PATIENT_PREFIX).all()
+    assert pd.read_csv(out / "scores.csv", dtype=str)["patient_id"].tolist() == after["patient_id"].tolist()
+    conn = _db(out)
+    runs = conn.execute("SELECT status FROM runs ORDER BY started_at").fetchall()
+    assert [r[0] for r in runs] == ["finished", "finished"]
+    conn.close()
+
+
+def test_series_bundle_one_score_per_series_and_exit_codes(world, tmp_path):
+    out = tmp_path / "out"
+    good_only = [world["input"] / f"case{i:03d}" for i in range(3)]
+    summary = score(_cfg(world, out, bundle=world["series_bundle"], nodules=None, inputs=good_only))
+    assert summary.exit_code == 0
+    df = pd.read_parquet(out / "scores.parquet")
+    assert sorted(df["series_uid"]) == sorted(world["cohort"]["good"]) and (df["nodule_id"] == "").all()
+    assert df[["x_mm", "y_mm", "z_mm"]].isna().all().all()
+
+    # a series table as input, restricted to one series, in another out dir with its own database
+    table = tmp_path / "series.csv"
+    pd.DataFrame({"path": [str(p) for p in good_only], "series_uid": [world["cohort"]["good"][1], "", ""]}).to_csv(
+        table, index=False)
+    one = score(_cfg(world, tmp_path / "one", bundle=world["series_bundle"], nodules=None, inputs=[table],
+                     db=tmp_path / "elsewhere.db"))
+    assert one.n_scored == 1 and (tmp_path / "elsewhere.db").is_file()
+
+    only_bad = [world["input"] / "corrupt"]
+    assert score(_cfg(world, tmp_path / "bad", bundle=world["series_bundle"], nodules=None,
+                      inputs=only_bad)).exit_code == 2
+    skipped = score(_cfg(world, tmp_path / "skip", bundle=world["series_bundle"], nodules=None, inputs=good_only,
+                         rules=["min_slices=100"]))
+    assert skipped.exit_code == 2 and skipped.n_skipped == 3
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"bundle": Path("/nonexistent/bundle")}, "bundle not found"),
+    ({"rules": ["colour=red"]}, "unknown rule"),
+    ({"nodules": None}, "--nodules"),
+    ({"engine": "spark"}, "--engine"),
+    ({"inputs": [Path("/nonexistent/input")]}, "input not found"),
+])
+def test_usage_errors(world, tmp_path, change, words):
+    with pytest.raises(UsageError, match=words):
+        score(_cfg(world, tmp_path / "out", **change))
+
+
+def _app():
+    import typer
+
+    from medsuite.commands.score import command
+
+    app = typer.Typer()
+    app.command("score")(command)
+    app.command("noop")(lambda: None)  # two commands, so that "score" is a sub-command as in `medsuite`
+    return app
+
+
+def test_cli_exit_codes(world, tmp_path):
+    runner = CliRunner()
+    app = _app()
+    bad = runner.invoke(app, ["score", str(world["nodule_bundle"]), str(world["input"]), "--out", str(tmp_path)])
+    assert bad.exit_code == 3 and "--nodules" in bad.output
+    broken = tmp_path / "broken_bundle"
+    broken.mkdir()
+    (broken / "bundle.json").write_text("{not json")
+    res = runner.invoke(app, ["score", str(broken), str(world["input"]), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 3 and "cannot load the model bundle" in res.output
+    ok = runner.invoke(app, ["score", str(world["series_bundle"]), str(world["input"] / "case000"), "--out",
+                             str(tmp_path / "ok"), "--workers", "1", "--quiet", "--device", "cpu"])
+    assert ok.exit_code == 0, ok.output
+    assert "1 scored" in ok.output
