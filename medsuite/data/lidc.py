@@ -65,6 +65,7 @@ class LidcDatabase:
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = find_lidc_database(path)
+        self._scans: pd.DataFrame | None = None
         try:
             self._con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
             self._con.execute("select id from scans limit 1").fetchall()
@@ -86,17 +87,22 @@ class LidcDatabase:
 
     def scans(self) -> pd.DataFrame:
         """One row a scan: ids, UIDs, patient, slice thickness, pixel spacing, slice spacing, slice count."""
+        if self._scans is None:
+            self._scans = self._read_scans()
+        return self._scans.copy()
+
+    def _read_scans(self) -> pd.DataFrame:
         scans = self._frame(
             "select id as scan_id, study_instance_uid as study_uid, series_instance_uid as series_uid, "
             "patient_id, slice_thickness, pixel_spacing, contrast_used, is_from_initial from scans order by id"
         )
-        z = self._frame("select scan_id, val from zvals")
-        stats = z.sort_values(["scan_id", "val"]).groupby("scan_id")["val"].agg(
-            slice_spacing=lambda v: float(np.median(np.diff(v.to_numpy()))) if len(v) > 1 else np.nan,
-            n_slices="size",
-            z_min="min",
-            z_max="max",
-        )
+        z = np.array(self._con.execute("select scan_id, val from zvals").fetchall(), dtype=np.float64)
+        z = z[np.lexsort((z[:, 1], z[:, 0]))]
+        ids, starts, counts = np.unique(z[:, 0], return_index=True, return_counts=True)
+        diffs = np.diff(z[:, 1])
+        spacing = [float(np.median(diffs[s:s + c - 1])) if c > 1 else np.nan for s, c in zip(starts, counts, strict=True)]
+        stats = pd.DataFrame({"slice_spacing": spacing, "n_slices": counts, "z_min": z[starts, 1],
+                              "z_max": z[starts + counts - 1, 1]}, index=ids.astype(int))
         return scans.merge(stats, left_on="scan_id", right_index=True, how="left")
 
     def zvals(self, scan_id: int) -> np.ndarray:
