@@ -77,6 +77,8 @@ def command(
     occlusion_mm: Annotated[float, typer.Option("--occlusion-mm", help="Occlusion window edge in mm.")] = 8.0,
     target: Annotated[int | None, typer.Option("--target", help="Class index to explain (default: predicted).")] = None,
     max_cases: Annotated[int, typer.Option("--max-cases", help="With --sanity: cases used from TABLE.")] = 8,
+    max_layers: Annotated[int, typer.Option("--max-layers", help="With --sanity: randomization steps (layers).")] = 8,
+    curve_steps: Annotated[int, typer.Option("--curve-steps", help="With --sanity: deletion/insertion points.")] = 20,
 ) -> None:
     """Explain one case (PNG overlays on the original planes, attribution NIfTI, summary.json), or with
     --sanity check the attribution methods themselves (sanity.html / sanity.json / plots)."""
@@ -92,7 +94,8 @@ def command(
             cases = _cases(loaded, table, finder, max_cases)
             from medsuite.interpret.explain import run_sanity
 
-            paths = run_sanity(loaded, cases, out, chosen, baseline=baseline, n_steps=min(steps, 32))
+            paths = run_sanity(loaded, cases, out, chosen, baseline=baseline, n_steps=min(steps, 32),
+                               occlusion_mm=occlusion_mm, max_layers=max_layers, curve_steps=curve_steps)
             typer.echo(f"sanity report: {paths['html']}")
             return
         if table is not None:
