@@ -74,8 +74,8 @@ def rebuild_loader(dl: DataLoader, sampler: Sampler, generator: torch.Generator 
     return DataLoader(dl.dataset, **kwargs)
 
 
-def _rebuildable(dl: DataLoader) -> bool:
-    return dl.batch_size is not None and not isinstance(dl.dataset, IterableDataset)
+def _rebuildable(dl: Any) -> bool:
+    return isinstance(dl, DataLoader) and dl.batch_size is not None and not isinstance(dl.dataset, IterableDataset)
 
 
 def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank: int = 0,
