@@ -97,26 +97,45 @@ def _smooth_field(shape: tuple[int, ...], sigma_vox: tuple[float, ...], rng: np.
 
 
 # --------------------------------------------------------------------------------------------- trees
+def _cross(a: tuple[float, float, float], b: tuple[float, float, float]) -> tuple[float, float, float]:
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _unit(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    n = (v[0] ** 2 + v[1] ** 2 + v[2] ** 2) ** 0.5 + 1e-9
+    return (v[0] / n, v[1] / n, v[2] / n)
+
+
 def _tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, radius: float, length: float,
-          min_radius: float, max_depth: int) -> list[tuple[np.ndarray, np.ndarray, float, int]]:
-    """A random bifurcating tube tree: ``(start, end, radius, generation)`` segments."""
+          min_radius: float, max_depth: int, z_range: tuple[float, float] | None = None,
+          ) -> list[tuple[np.ndarray, np.ndarray, float, int]]:
+    """A random bifurcating tube tree: ``(start, end, radius, generation)`` segments.
+
+    Each child turns 20-45 degrees about a random axis and narrows by 15-32 %; branches that leave
+    ``z_range`` (mm) are not grown further (they could not re-enter the slab in a few generations)."""
     segments = []
-    stack = [(root, direction / np.linalg.norm(direction), radius, length, 0)]
+    stack = [(tuple(float(v) for v in root), _unit(tuple(float(v) for v in direction)), radius, length, 0)]
     while stack:
-        p, d, r, length_, gen = stack.pop()
-        end = p + d * length_
-        segments.append((p, end, r, gen))
+        p, d, r, seg_len, gen = stack.pop()
+        end = (p[0] + d[0] * seg_len, p[1] + d[1] * seg_len, p[2] + d[2] * seg_len)
+        segments.append((np.array(p), np.array(end), r, gen))
         if gen >= max_depth or r * 0.75 < min_radius:
             continue
-        for sign in (1.0, -1.0):
-            # rotate d by 20-45 degrees about a random perpendicular axis
-            axis = np.cross(d, rng.standard_normal(3))
-            axis /= np.linalg.norm(axis) + 1e-9
-            ang = sign * rng.uniform(0.35, 0.8)
-            nd = d * np.cos(ang) + np.cross(axis, d) * np.sin(ang) + axis * (axis @ d) * (1 - np.cos(ang))
-            nd = nd + rng.normal(0, 0.1, 3)
-            ratio = rng.uniform(0.68, 0.85)
-            stack.append((end, nd / np.linalg.norm(nd), r * ratio, length_ * rng.uniform(0.7, 0.95), gen + 1))
+        if z_range is not None and not (z_range[0] - 40 < end[2] < z_range[1] + 40):
+            continue
+        draws = rng.standard_normal((2, 3))
+        angles = rng.uniform(0.35, 0.8, size=2)
+        jitter = rng.normal(0, 0.1, size=(2, 3))
+        ratios = rng.uniform(0.68, 0.85, size=2)
+        shrink = rng.uniform(0.7, 0.95, size=2)
+        for i, sign in enumerate((1.0, -1.0)):
+            axis = _unit(_cross(d, tuple(draws[i])))
+            ang = sign * float(angles[i])
+            c, s_ = np.cos(ang), np.sin(ang)
+            axd = _cross(axis, d)
+            dot = axis[0] * d[0] + axis[1] * d[1] + axis[2] * d[2]
+            nd = tuple(d[k] * c + axd[k] * s_ + axis[k] * dot * (1 - c) + float(jitter[i, k]) for k in range(3))
+            stack.append((end, _unit(nd), r * float(ratios[i]), seg_len * float(shrink[i]), gen + 1))
     return segments
 
 
@@ -242,6 +261,7 @@ def render_thorax(t: Thorax, zs: np.ndarray, ys: np.ndarray, xs: np.ndarray, spa
 
     # vessels and airways: trees rooted at the hila; trachea and main bronchi from the carina
     zc = float(zs.mean())
+    z_range = (float(zs.min()), float(zs.max()))
     vessel_occ = np.zeros(shape, dtype=np.float32)
     airway_wall = np.zeros(shape, dtype=np.float32)
     airway_lumen = np.zeros(shape, dtype=np.float32)
@@ -252,13 +272,14 @@ def render_thorax(t: Thorax, zs: np.ndarray, ys: np.ndarray, xs: np.ndarray, spa
         hilum = np.array([side * (t.mediastinum_half + 14), spine_y - 45 + rng.normal(0, 5), zc + rng.normal(0, 8)])
         main = [(carina, hilum, 6.0, 0)]
         bronchi = main + _tree(rng, hilum, np.array([side * 1.0, rng.normal(0, .3), rng.normal(-.4, .3)]), 4.5, 22,
-                               min_radius=1.0, max_depth=4)
+                               min_radius=1.0, max_depth=4, z_range=z_range)
         _render_tubes(airway_lumen, bronchi + trachea, grid, sp)
         _render_tubes(airway_wall, bronchi + trachea, grid, sp, wall=0.25)
         for _ in range(7):  # pulmonary arteries and veins
             d = np.array([side * 1.0, rng.normal(0, 0.7), rng.normal(0, 0.5)])
             root = hilum + np.array([side * rng.uniform(0, 15), rng.normal(0, 15), rng.uniform(-1, 1) * (np.ptp(zs) / 2 + 10)])
-            vessels = _tree(rng, root, d, rng.uniform(3.5, 5.5), rng.uniform(14, 22), min_radius=0.45, max_depth=7)
+            vessels = _tree(rng, root, d, rng.uniform(3.5, 5.5), rng.uniform(14, 22), min_radius=0.45, max_depth=7,
+                            z_range=z_range)
             _render_tubes(vessel_occ, vessels, grid, sp)
     in_lung_or_med = (lung | mediastinum).astype(np.float32)
     vessel_occ *= in_lung_or_med
