@@ -1,0 +1,81 @@
+"""Server-side resources shared by all sessions: database connections, the bundle, its case index and the
+volumes (through the memory-mapped `VolumeCache`). Only series recorded in the database are ever opened."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from medsuite.io.volume import Volume
+from medsuite.pipelines import store
+
+VOLUME_PARAMS = {"viewer": 1, "reader": "read_volume"}
+
+
+def connect(db: Path) -> sqlite3.Connection:
+    """A fresh connection for this request (SQLite connections are cheap; one per call keeps transactions of
+    concurrent sessions apart)."""
+    return store.connect(db, create=False)
+
+
+@st.cache_resource(show_spinner="Loading the model bundle ...")
+def bundle(path: str) -> Any:
+    """The loaded bundle (model in eval mode), shared by every session."""
+    from medsuite.learn.bundle import load_bundle
+
+    return load_bundle(path)
+
+
+@st.cache_resource(show_spinner=False)
+def case_index(path: str) -> Any:
+    """The bundle's similar-case index, or None when it has none."""
+    from medsuite.interpret.index import CaseIndex
+
+    return CaseIndex.from_bundle(bundle(path))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def volume(db: str, cache_root: str, series_uid: str) -> Volume:
+    """The series' volume from the volume cache (memmap), read from the DICOM source on first use."""
+    with closing(store.connect(db, create=False)) as conn:
+        row = conn.execute("SELECT source FROM series WHERE series_uid = ? AND source IS NOT NULL LIMIT 1",
+                           (series_uid,)).fetchone()
+    if row is None:
+        raise LookupError(f"series {series_uid} is not in the database (or has no source)")
+    source = Path(row["source"])
+
+    def load() -> Volume:
+        from medsuite.io.load import read_volume
+
+        return read_volume(source, series_uid)
+
+    from medsuite.io.cache import VolumeCache
+
+    return VolumeCache(cache_root).get(series_uid, VOLUME_PARAMS, load)
+
+
+def bundle_path_for(cfg_bundle: Path | None, pred: dict[str, Any]) -> str | None:
+    """The bundle to use: ``--bundle`` if given, else the one the run recorded (when it still exists)."""
+    if cfg_bundle is not None:
+        return str(cfg_bundle)
+    path = pred.get("bundle_path")
+    return str(path) if path and Path(path).exists() else None
+
+
+def model_info(b: Any) -> dict[str, str]:
+    """Model name, version and date from bundle.json (version: ``extra.version`` or the bundle hash)."""
+    meta = b.meta
+    version = (meta.get("extra") or {}).get("version") or f"sha256:{b.sha256[:12]}"
+    return {"name": b.name, "version": str(version), "date": str(meta.get("created_at", "?")), "sha256": b.sha256}
+
+
+def nodule_index(vol: Volume, pred: dict[str, Any]) -> np.ndarray | None:
+    """The nodule's position as fractional voxel indices (z, y, x), or None for a series prediction."""
+    if pred.get("x_mm") is None:
+        return None
+    return np.asarray(vol.world_to_index(np.array([pred["x_mm"], pred["y_mm"], pred["z_mm"]], dtype=float)))
