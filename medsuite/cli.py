@@ -15,6 +15,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "evaluate", "Evaluate a model bundle on a labelled table: metrics with confidence intervals and plots."),
     ("score", "score", "Batch-score series with a model bundle (local processes or Ray); resumable."),
     ("explain", "explain", "Explain a case (attributions on the scan) or sanity-check attribution methods."),
+    ("view", "view", "Start the clinician viewer (Streamlit) on a scoring database; loopback unless logins are configured."),
     ("demo-data", "demo_data", "Generate the offline demo cohort: synthetic chest CT series with real LIDC-IDRI nodules."),
 )
 
