@@ -9,6 +9,15 @@ from torch import nn
 from medsuite.learn.models import ARCHITECTURES, build_model, inplace_modules
 
 TINY = {"width": 4, "depth": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a busy 2-core machine OpenMP threads spin and run ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 # arch, kwargs, input shape, expected embed dim, gradcam output spatial rank
 CASES = [
     ("slice_cnn", {"in_channels": 3}, (2, 3, 16, 16), 8, 2),
@@ -49,7 +58,7 @@ def _toy(arch: str, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Class 1 has a bright centre; shapes as each architecture expects."""
     g = torch.Generator().manual_seed(0)
     y = torch.arange(n) % 2
-    spatial = (8, 16, 16) if arch == "cnn3d" else (16, 16)
+    spatial = (8, 8, 8) if arch == "cnn3d" else (16, 16)
     x = torch.randn(n, *spatial, generator=g) * 0.3
     centre = tuple(slice(s // 4, 3 * s // 4) for s in spatial)
     x[(y == 1, *centre)] += 2.0
