@@ -48,7 +48,7 @@ def attribution(bundle_path: str, prediction_id: int, method: str, _bundle: Any,
 
 def why_controls(pid: int, enabled: bool) -> tuple[str | None, float]:
     """Method selector, opacity and the on-demand compute button; returns (method shown or None, opacity)."""
-    st.caption(f"Where the model looked, not a lesion segmentation. {SALIENCY_CAVEAT}")
+    st.caption(SALIENCY_CAVEAT)
     if not enabled:
         st.info("No model bundle loaded: attributions need the bundle.")
         return None, 0.0

@@ -68,9 +68,9 @@ def bundle_path_for(cfg_bundle: Path | None, pred: dict[str, Any]) -> str | None
 
 
 def model_info(b: Any) -> dict[str, str]:
-    """Model name, version and date from bundle.json (version: ``extra.version`` or the bundle hash)."""
+    """Model name, version and date from bundle.json (version: its ``version`` entry, else the bundle hash)."""
     meta = b.meta
-    version = (meta.get("extra") or {}).get("version") or f"sha256:{b.sha256[:12]}"
+    version = meta.get("version") or f"sha256:{b.sha256[:12]}"
     return {"name": b.name, "version": str(version), "date": str(meta.get("created_at", "?")), "sha256": b.sha256}
 
 

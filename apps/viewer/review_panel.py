@@ -24,7 +24,7 @@ def render(cfg: Any, pred: dict[str, Any], identity: str | None, info: dict[str,
         note = st.text_area("Note (optional)", max_chars=reviews.MAX_NOTE, key=f"note_{pid}")
         if identity:
             st.caption(f"Reviewing as {identity}")
-        submitted = st.form_submit_button("Save review", type="primary")
+        submitted = st.form_submit_button("Save review", type="primary", key=f"save_{pid}")
     if submitted:
         reviewer = identity or st.session_state.get(NAME_KEY, "").strip()
         if not reviewer:

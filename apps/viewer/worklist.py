@@ -52,14 +52,15 @@ def render(cfg: Any) -> None:
             open_case(int(table.iloc[rows[0]]["prediction_id"]))
 
     def _from_pick() -> None:
-        if st.session_state.get("wl_pick") is not None:
-            open_case(st.session_state["wl_pick"])
+        picked = st.session_state.get("wl_pick")
+        if picked is not None:
+            open_case(int(picked.rsplit("#", 1)[1]))
 
     st.dataframe(table[COLUMNS], hide_index=True, width="stretch", on_select=_from_table,
                  selection_mode="single-row", key="wl_table",
                  column_config={"probability": st.column_config.ProgressColumn(
                      "score", min_value=0.0, max_value=1.0, format="%.3f")})
     if total:
-        labels = {int(r["prediction_id"]): _label(r) for _, r in table.iterrows()}
-        st.selectbox("Open case", list(labels), index=None, format_func=labels.get, key="wl_pick",
+        labels = [f"{_label(r)} · #{int(r['prediction_id'])}" for _, r in table.iterrows()]
+        st.selectbox("Open case", labels, index=None, key="wl_pick",
                      placeholder="choose a prediction", on_change=_from_pick)
