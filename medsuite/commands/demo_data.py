@@ -10,7 +10,7 @@ import typer
 
 def command(
     out: Path = typer.Argument(..., help="Output folder (created; must be empty unless --overwrite)."),
-    patients: int = typer.Option(160, "--patients", "-n", help="Number of patients (one CT series each)."),
+    patients: int = typer.Option(180, "--patients", "-n", help="Number of patients (one CT series each)."),
     seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same cohort."),
     workers: int = typer.Option(0, "--workers", "-w", help="Worker processes (0 = all cores)."),
     size: int = typer.Option(256, "--size", help="In-plane matrix: 256 = one-lung field of view, 512 = whole chest."),

@@ -28,7 +28,7 @@ from medsuite.data.lidc import LidcDatabase, lidc_nodules
 
 MANUFACTURERS = (("GE MEDICAL SYSTEMS", 0.5, 14.0), ("SIEMENS", 0.25, 12.0), ("TOSHIBA", 0.13, 16.0),
                  ("Philips", 0.12, 13.0))  # name, share, noise (HU at 2.5 mm, average habitus)
-SPLIT_FRACTIONS = (("test", 0.30), ("valid", 0.15))  # the rest is train
+SPLIT_FRACTIONS = (("test", 0.33), ("valid", 0.15))  # the rest is train
 MAX_DIAMETER_MM = 30.0  # larger lesions are masses, not nodules (Fleischner glossary)
 UID_ROOT = "medsuite-demo"
 RLE_SHARE = 0.06  # share of series written RLE-compressed
@@ -52,7 +52,7 @@ class PatientSpec:
     out_dir: str
     db_path: str
     study_date: str = "20240101"
-    slab_mm: float = 48.0
+    slab_mm: float = 40.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,7 +104,7 @@ def _pick_scans(db: LidcDatabase, patients: int, max_nodules: int, rng: np.rando
 
 
 def _assign_splits(counts: list[int], rng: np.random.Generator) -> list[str]:
-    """Patient-level split hitting the nodule fractions of SPLIT_FRACTIONS (test ≈ 30 % of nodules)."""
+    """Patient-level split hitting the nodule fractions of SPLIT_FRACTIONS (test ≈ 33 % of nodules)."""
     total = sum(counts)
     splits = ["train"] * len(counts)
     order = rng.permutation(len(counts))
@@ -118,7 +118,7 @@ def _assign_splits(counts: list[int], rng: np.random.Generator) -> list[str]:
     return splits
 
 
-def plan_cohort(out: Path, patients: int, seed: int, *, size: int = 256, max_nodules: int = 4, slab_mm: float = 48.0,
+def plan_cohort(out: Path, patients: int, seed: int, *, size: int = 256, max_nodules: int = 4, slab_mm: float = 40.0,
                 rle_share: float = RLE_SHARE, shuffle_share: float = 0.3,
                 db_path: str | Path | None = None) -> list[PatientSpec]:
     """Decide every patient (source scan, nodules and the reader outline to render, scanner, split)."""
@@ -249,8 +249,8 @@ def make_patient(spec: PatientSpec) -> tuple[list[dict[str, Any]], dict[str, Any
     return rows, series
 
 
-def make_demo_cohort(out: str | Path, patients: int = 160, seed: int = 0, workers: int | None = None, *,
-                     size: int = 256, max_nodules: int = 4, slab_mm: float = 48.0, rle_share: float = RLE_SHARE,
+def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, workers: int | None = None, *,
+                     size: int = 256, max_nodules: int = 4, slab_mm: float = 40.0, rle_share: float = RLE_SHARE,
                      shuffle_share: float = 0.3, overwrite: bool = False,
                      db_path: str | Path | None = None, progress: bool = False) -> pd.DataFrame:
     """Generate the demo cohort under ``out`` and return its nodule table (also ``out/nodules.csv``).
