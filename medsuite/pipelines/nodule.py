@@ -29,6 +29,8 @@ DEFAULT_BLOCK = SliceStack(k=5, size=64, spacing_mm=1.0, pixel_mm=0.75, window="
 def label_vocab(labels: pd.Series, positive: str) -> list[str]:
     """Label names with the positive class last (class id 1 of a binary problem)."""
     names = sorted({str(v) for v in labels})
+    if len(names) < 2:
+        raise ValueError(f"the table has a single label {names}; a classifier needs at least two")
     if positive not in names:
         raise ValueError(f"positive label {positive!r} not among the table's labels {names}")
     return [n for n in names if n != positive] + [positive]
