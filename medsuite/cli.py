@@ -11,6 +11,7 @@ import typer
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("inspect", "inspect", "List the image stacks in DICOM folders (size, spacing, orientation, problems) and skipped files."),
     ("convert", "convert", "Convert a DICOM series (folder or file) or NRRD/MHA to NIfTI with correct geometry."),
+    ("demo", "demo", "Run the whole demo offline: generate the cohort, train, report, score held-out scans."),
     ("train", "train", "Train a nodule or series model from a YAML config; writes a bundle and an HTML report."),
     ("evaluate", "evaluate", "Evaluate a model bundle on a labelled table: metrics with confidence intervals and plots."),
     ("score", "score", "Batch-score series with a model bundle (local processes or Ray); resumable."),
