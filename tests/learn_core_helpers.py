@@ -31,9 +31,11 @@ def tiny_dls(n_train: int = 64, n_valid: int = 32, bs: int = 8, seed: int = 0, p
 class TinyNet(nn.Module):
     """Linear-BN-ReLU-(Dropout)-Linear with ``embed``."""
 
-    def __init__(self, n_in: int = 8, hidden: int = 16, n_classes: int = 2, dropout: float = 0.0) -> None:
+    def __init__(self, n_in: int = 8, hidden: int = 16, n_classes: int = 2, dropout: float = 0.0,
+                 norm: bool = True) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden) if norm else nn.Identity(),
+                                  nn.ReLU(), nn.Dropout(dropout))
         self.head = nn.Linear(hidden, n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +59,27 @@ class TinyCNN(nn.Module):
         return self.head(self.embed(x))
 
 
+def ddp_worker(run_dir: str) -> dict:
+    """Trained under `medsuite.learn.distributed.launch`: 2 epochs one-cycle, per-rank batch 8,
+    no shuffling (so the global batch equals a single-process batch of 16). Returns rank 0's view."""
+    from medsuite.learn import distributed as D
+    from medsuite.learn.basic_metrics import accuracy, roc_auc
+    from medsuite.learn.callbacks.logging import CSVLogger
+    from medsuite.learn.learner import Learner, set_seed
+
+    torch.set_num_threads(1)
+    set_seed(0)
+    dls = tiny_dls(n_train=64, n_valid=30, bs=8, shuffle=False)
+    learn = Learner(dls, TinyNet(norm=False), path=run_dir, seed=0, progress=False,
+                    metrics=[accuracy, roc_auc], cbs=[CSVLogger()])
+    assert D.world_size() == 2 and learn.is_main == (D.rank() == 0)
+    learn.fit_one_cycle(2, 1e-2)
+    preds = learn.get_preds()
+    return {"last": learn.recorder.last, "probs": preds.probs, "targets": preds.targets,
+            "weights": {k: v.clone() for k, v in learn.model.state_dict().items()},
+            "n_batches": len(learn.recorder.losses)}
+
+
 def resume_main(argv: list[str]) -> None:
     """``mode run_dir``: mode 'full' trains 3 epochs; 'hang' checkpoints every 3 steps and, after the
     checkpoint at step 15 (mid epoch 2), trains two more steps then prints READY and sleeps until
@@ -67,7 +90,6 @@ def resume_main(argv: list[str]) -> None:
     from medsuite.learn.checkpoint import save_weights
     from medsuite.learn.learner import Learner, set_seed
 
-    torch.set_num_threads(1)
     mode, run_dir = argv
     set_seed(0)
     dls = tiny_dls(n_train=80, n_valid=24, bs=8)  # 10 batches per epoch
@@ -87,4 +109,5 @@ def resume_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)
     resume_main(sys.argv[1:])

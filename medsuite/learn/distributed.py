@@ -117,7 +117,7 @@ def _free_port() -> int:
 
 
 def _worker(local: int, fn: Callable[..., Any], nprocs: int, port: int, backend: str,
-            args: tuple, queue: Any) -> None:
+            args: tuple, queue: Any, received: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local),
                       LOCAL_RANK=str(local), WORLD_SIZE=str(nprocs))
     if backend == "nccl":
@@ -127,6 +127,8 @@ def _worker(local: int, fn: Callable[..., Any], nprocs: int, port: int, backend:
         result = fn(*args)
         if local == 0:
             queue.put(result)
+            # tensors travel through shared memory owned by this process: stay alive until read
+            received.wait(timeout=600)
     finally:
         dist.destroy_process_group()
 
@@ -142,14 +144,13 @@ def launch(fn: Callable[..., Any], nprocs: int, *args: Any, backend: str | None 
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= nprocs else "gloo"
     ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    context = mp.start_processes(_worker, args=(fn, nprocs, _free_port(), backend, args, queue),
+    queue, received = ctx.SimpleQueue(), ctx.Event()
+    context = mp.start_processes(_worker, args=(fn, nprocs, _free_port(), backend, args, queue, received),
                                  nprocs=nprocs, join=False, start_method="spawn")
     result = None
-    # Drain the queue while waiting so that a large result cannot block rank 0 on a full pipe.
+    # Read the result while the processes run: a large result must not block rank 0 on a full pipe.
     while not context.join(timeout=0.05):
-        if not queue.empty():
+        if not received.is_set() and not queue.empty():
             result = queue.get()
-    if not queue.empty():
-        result = queue.get()
+            received.set()
     return result
