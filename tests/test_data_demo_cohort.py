@@ -29,13 +29,13 @@ def test_tables_follow_the_contracts(cohort):
     nodules = validate_nodule_table(read_table(out / "nodules.csv"))
     series = validate_series_table(read_table(out / "series.csv"))
     assert len(nodules) == len(table) >= 2
-    assert set(nodules["label"]) <= {0, 1}
+    assert set(nodules["label"]) <= {"benign", "malignant"}
     assert nodules.groupby("patient_id")["split"].nunique().max() == 1  # patient-level split
     assert {"manufacturer", "slice_thickness", "lidc_scan_id", "lidc_annotation_id", "lidc_nodule_id"} <= set(nodules.columns)
     assert set(series["series_uid"]) == set(nodules["series_uid"])
     assert (out / "cohort.json").is_file()
     # labels are the real LIDC ratings under the default rule
-    assert ((nodules["label"] == 1) == (nodules["malignancy"] > 3)).all()
+    assert ((nodules["label"] == "malignant") == (nodules["malignancy"] > 3)).all()
 
 
 def test_series_read_back_with_nodules_at_their_world_positions(cohort):

@@ -99,11 +99,11 @@ def test_cluster_does_not_merge_outlines_that_overlap_nothing():
 
 def test_label_rules(db):
     full = lidc_nodules(db, scan_ids=range(1, 40), keep_excluded=True)
-    default = full[full["label"] >= 0]
-    assert set(default["label"]) <= {0, 1}
-    assert (default.loc[default["label"] == 0, "malignancy_median"] < 3).all()
-    assert (default.loc[default["label"] == 1, "malignancy_median"] > 3).all()
-    assert (full.loc[full["malignancy_median"] == 3, "label"] == -1).all()
+    default = full[full["label"] != "excluded"]
+    assert set(default["label"]) <= {"benign", "malignant"}
+    assert (default.loc[default["label"] == "benign", "malignancy_median"] < 3).all()
+    assert (default.loc[default["label"] == "malignant", "malignancy_median"] > 3).all()
+    assert (full.loc[full["malignancy_median"] == 3, "label"] == "excluded").all()
     luna = lidc_nodules(db, scan_ids=range(1, 40), rule="luna16")
     assert (luna["n_readers"] >= 3).all() and len(luna) < len(default)
     assert get_label_rule("nodulemnist3d") == LABEL_RULES["nodulemnist3d"]

@@ -22,7 +22,7 @@ def main() -> None:
     os.close(fd)
     table.to_csv(tmp, index=False)
     os.replace(tmp, args.out)
-    print(f"{len(table)} nodules ({int((table['label'] == 1).sum())} malignant) -> {args.out}")
+    print(f"{len(table)} nodules ({int((table['label'] == 'malignant').sum())} malignant) -> {args.out}")
 
 
 if __name__ == "__main__":

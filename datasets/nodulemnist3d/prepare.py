@@ -20,7 +20,7 @@ def main() -> None:
     os.close(fd)
     table.to_csv(tmp, index=False)
     os.replace(tmp, args.out)
-    print(table.groupby("split")["label"].agg(["size", "sum"]).to_string())
+    print(table.groupby(["split", "label"]).size().unstack(fill_value=0).to_string())
 
 
 if __name__ == "__main__":

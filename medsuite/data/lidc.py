@@ -32,6 +32,9 @@ RATING_COLUMNS = (
 )
 
 
+
+BENIGN, MALIGNANT, EXCLUDED = "benign", "malignant", "excluded"  # label names in the nodule table
+
 class LidcError(ValueError):
     """A missing or malformed LIDC database, or a bad request to it; the message names the file or id."""
 
@@ -351,7 +354,7 @@ def lidc_nodules(db: LidcDatabase | str | Path | None = None, *, rule: str | Lab
     scans found there (matched by SeriesInstanceUID) get world LPS ``x_mm, y_mm``; the others get
     ``pixel x pixel_spacing`` from the image corner, and column ``xy_frame`` says which
     (``'patient'`` or ``'image_corner'``). ``z_mm`` is always the world z. Nodules excluded by ``rule``
-    are dropped unless ``keep_excluded`` (their ``label`` is then -1)."""
+    are dropped unless ``keep_excluded`` (their ``label`` is then ``"excluded"``)."""
     own = not isinstance(db, LidcDatabase)
     database = LidcDatabase(db) if own else db
     try:
@@ -370,10 +373,10 @@ def lidc_nodules(db: LidcDatabase | str | Path | None = None, *, rule: str | Lab
     table = consensus_nodules(anns, cons, scans)
     label_rule = get_label_rule(rule)
     label = label_rule.apply(table)
-    table["label"] = label.fillna(-1).astype(int)
+    table["label"] = label.map({0.0: BENIGN, 1.0: MALIGNANT}).fillna(EXCLUDED)
     table.attrs["label_rule"] = label_rule.name
     if not keep_excluded:
-        table = table[table["label"] >= 0].reset_index(drop=True)
+        table = table[table["label"] != EXCLUDED].reset_index(drop=True)
     return _apply_geometry(table, geometry)
 
 

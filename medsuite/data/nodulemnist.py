@@ -40,7 +40,7 @@ def load_nodulemnist3d(path: str | Path) -> tuple[dict[str, np.ndarray], pd.Data
             if not np.isin(y, [0, 1]).all():
                 raise TableError(f"{path}: {key}_labels must be 0/1, got {sorted(np.unique(y))[:5]}")
             images[split] = x
-            rows += [{"nodule_id": f"nodulemnist3d/{split}/{i}", "split": split, "index": i, "label": int(v)}
+            rows += [{"nodule_id": f"nodulemnist3d/{split}/{i}", "split": split, "index": i, "label": "malignant" if int(v) else "benign"}
                      for i, v in enumerate(y)]
     table = pd.DataFrame(rows)
     table.attrs["source"] = str(path)
@@ -57,7 +57,7 @@ class NoduleMNIST3D:
         images, table = load_nodulemnist3d(path)
         self.images = images[split]
         self.table = table[table["split"] == split].reset_index(drop=True)
-        self.labels = self.table["label"].to_numpy(dtype=np.int64)
+        self.labels = (self.table["label"] == "malignant").to_numpy(dtype=np.int64)
         self.vocab = ["benign", "malignant"]
 
     def __len__(self) -> int:

@@ -6,7 +6,7 @@ labels, 3-30 mm). The thorax is synthetic (`phantom`); each nodule's shape is on
 its appearance follows that reader's texture/calcification ratings, and its label is the nodule's real
 consensus malignancy. Output (``OUT``): ``dicom/<patient>/`` (one CT series each; some RLE-compressed,
 some with shuffled extension-less file names), ``nodules.csv`` (nodule table with a patient-level
-``split``), ``series.csv`` (series-label table: label 1 when the patient has a malignant nodule) and
+``split``), ``series.csv`` (series-label table: "malignant" when the patient has a malignant nodule) and
 ``cohort.json`` (parameters and counts). Deterministic for a given ``seed`` (pixels and tables).
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medsuite.data.lidc import LidcDatabase, lidc_nodules
+from medsuite.data.lidc import BENIGN, MALIGNANT, LidcDatabase, lidc_nodules
 
 MANUFACTURERS = (("GE MEDICAL SYSTEMS", 0.5, 14.0), ("SIEMENS", 0.25, 12.0), ("TOSHIBA", 0.13, 16.0),
                  ("Philips", 0.12, 13.0))  # name, share, noise (HU at 2.5 mm, average habitus)
@@ -205,7 +205,7 @@ def make_patient(spec: PatientSpec) -> tuple[list[dict[str, Any]], dict[str, Any
         rows.append({
             "nodule_id": f"{spec.patient_id}-n{k + 1}", "patient_id": spec.patient_id,
             "x_mm": round(float(x), 3), "y_mm": round(float(y), 3), "z_mm": round(float(z), 3),
-            "diameter_mm": round(float(nod["diameter_mm"]), 3), "label": int(nod["label"]),
+            "diameter_mm": round(float(nod["diameter_mm"]), 3), "label": str(nod["label"]),
             "malignancy": float(nod["malignancy_median"]), "malignancy_mean": float(nod["malignancy_mean"]),
             "n_readers": int(nod["n_readers"]), "split": spec.split,
             "texture": nod["texture"], "calcification": nod["calcification"], "subtlety": nod["subtlety"],
@@ -239,7 +239,7 @@ def make_patient(spec: PatientSpec) -> tuple[list[dict[str, Any]], dict[str, Any
         r["series_uid"] = series_uid
     series = {
         "series_uid": series_uid, "study_uid": study_uid, "patient_id": spec.patient_id,
-        "label": int(any(r["label"] == 1 for r in rows)), "split": spec.split,
+        "label": MALIGNANT if any(r["label"] == MALIGNANT for r in rows) else BENIGN, "split": spec.split,
         "path": f"dicom/{spec.patient_id}", "n_nodules": len(rows), "manufacturer": spec.manufacturer,
         "slice_thickness": thickness, "slice_spacing": dz, "pixel_spacing": ps, "n_slices": n_slices,
         "rows": size, "cols": size, "contrast": bool(scan["contrast_used"]),
@@ -297,7 +297,7 @@ def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, worker
     summary = {
         "seed": seed, "patients": patients, "size": size, "max_nodules": max_nodules,
         "nodules": len(nodules), "by_split": nodules["split"].value_counts().to_dict(),
-        "malignant": int(nodules["label"].sum()), "label_rule": "median",
+        "malignant": int((nodules["label"] == MALIGNANT).sum()), "label_rule": "median",
         "lidc_database": Path(specs[0].db_path).name,
         "specs": [{k: v for k, v in asdict(s).items() if k in ("patient_id", "manufacturer", "transfer_syntax",
                                                                "shuffle_names", "split")} for s in specs],
