@@ -10,6 +10,7 @@ bad file: a scan of thousands of series carries on and reports.
 from __future__ import annotations
 
 import os
+import struct
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -22,8 +23,11 @@ import numpy as np
 import pandas as pd
 from pydicom import dcmread
 from pydicom import uid as uids
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from medsuite.io.decode import NATIVE_SYNTAXES, pixel_element_length, syntax_name
 from medsuite.io.orientation import analyse_positions, orientation_label, plane_axes
@@ -174,6 +178,61 @@ def _functional(shared: Dataset | None, frame: Dataset | None, sequence: str, ke
     return None
 
 
+_BINARY_VR = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_TEXT_VR = frozenset({"DS", "IS", "CS", "UI", "DA", "TM", "AS"})  # ASCII-only VRs: safe to decode directly
+
+
+def _raw(ds: Dataset, keyword: str) -> list | None:
+    """Values of a numeric/ASCII element without pydicom's (slow) value conversion; None when absent.
+
+    Header parsing dominates reading and scanning time; this reads the raw bytes of the few tags we
+    need. Person names and other character-set-dependent text still go through pydicom.
+    """
+    tag = tag_for_keyword(keyword)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    if not isinstance(elem, RawDataElement):
+        value = elem.value
+        if value is None or value == "":
+            return []
+        return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    vr = elem.VR or dictionary_VR(tag)
+    raw = elem.value
+    if not raw:
+        return []
+    if vr in _BINARY_VR:
+        fmt = _BINARY_VR[vr]
+        n = len(raw) // struct.calcsize(fmt)
+        return list(
+            struct.unpack(f"{'<' if elem.is_little_endian else '>'}{n}{fmt}", raw[: n * struct.calcsize(fmt)])
+        )
+    if vr in _TEXT_VR:
+        text = raw.decode("latin-1").strip(" \x00")
+        return [t.strip(" \x00") for t in text.split("\\")] if text else []
+    value = ds[tag].value  # anything else: let pydicom convert
+    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+
+
+def _raw_float(ds: Dataset, keyword: str) -> float | None:
+    values = _raw(ds, keyword)
+    return _float(values[0]) if values else None
+
+
+def _raw_floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    return _floats(_raw(ds, keyword), n)
+
+
+def _raw_int(ds: Dataset, keyword: str, default: int | None) -> int | None:
+    value = _raw_float(ds, keyword)
+    return default if value is None else int(value)
+
+
+def _raw_str(ds: Dataset, keyword: str) -> str:
+    values = _raw(ds, keyword)
+    return "\\".join(str(v) for v in values) if values else ""
+
+
 def _syntax_of(ds: Dataset) -> str:
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax:
@@ -187,51 +246,51 @@ def _syntax_of(ds: Dataset) -> str:
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     """Collect a `FileHeader` from a dataset read with or without pixel data."""
     h = FileHeader(path=path)
-    h.sop_class = str(ds.get("SOPClassUID", ""))
-    h.sop_uid = str(ds.get("SOPInstanceUID", ""))
-    h.series_uid = str(ds.get("SeriesInstanceUID", ""))
-    h.study_uid = str(ds.get("StudyInstanceUID", ""))
-    h.patient_id = str(ds.get("PatientID", ""))
-    h.study_date = str(ds.get("StudyDate", ""))
-    h.modality = str(ds.get("Modality", ""))
-    h.description = str(ds.get("SeriesDescription", ""))
-    number = _float(ds.get("SeriesNumber"))
-    h.series_number = int(number) if number is not None else None
-    h.manufacturer = str(ds.get("Manufacturer", ""))
+    h.sop_class = _raw_str(ds, "SOPClassUID")
+    h.sop_uid = _raw_str(ds, "SOPInstanceUID")
+    h.series_uid = _raw_str(ds, "SeriesInstanceUID")
+    h.study_uid = _raw_str(ds, "StudyInstanceUID")
+    h.patient_id = str(ds.get("PatientID", "") or "")
+    h.study_date = _raw_str(ds, "StudyDate")
+    h.modality = _raw_str(ds, "Modality")
+    h.description = str(ds.get("SeriesDescription", "") or "")
+    h.series_number = _raw_int(ds, "SeriesNumber", None)
+    h.manufacturer = str(ds.get("Manufacturer", "") or "")
     h.transfer_syntax = _syntax_of(ds)
-    h.image_type = _text(ds, "ImageType")
-    h.rows, h.cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    h.n_frames = int(_float(ds.get("NumberOfFrames")) or 1)
-    h.bits_allocated = int(ds.get("BitsAllocated", 16) or 16)
-    h.bits_stored = int(ds.get("BitsStored", h.bits_allocated) or h.bits_allocated)
-    h.signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    h.photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    h.samples_per_pixel = int(ds.get("SamplesPerPixel", 1) or 1)
-    padding = ds.get("PixelPaddingValue")
-    h.padding_value = int(padding) if isinstance(padding, (int, np.integer)) else None
-    limit = ds.get("PixelPaddingRangeLimit")
-    h.padding_limit = int(limit) if isinstance(limit, (int, np.integer)) else None
-    h.acquisition = str(ds.get("AcquisitionNumber", "") or "")
-    echo = ds.get("EchoNumbers")
-    h.echo = str(_first(echo)) if echo not in (None, "") else ""
-    h.temporal = str(ds.get("TemporalPositionIdentifier", "") or "")
-    h.window_center = _float(ds.get("WindowCenter"))
-    h.window_width = _float(ds.get("WindowWidth"))
-    h.kvp = _float(ds.get("KVP"))
-    h.slice_thickness = _float(ds.get("SliceThickness"))
+    h.image_type = _raw_str(ds, "ImageType")
+    h.rows, h.cols = _raw_int(ds, "Rows", 0), _raw_int(ds, "Columns", 0)
+    h.n_frames = _raw_int(ds, "NumberOfFrames", 1) or 1
+    h.bits_allocated = _raw_int(ds, "BitsAllocated", 16) or 16
+    h.bits_stored = _raw_int(ds, "BitsStored", h.bits_allocated) or h.bits_allocated
+    h.signed = _raw_int(ds, "PixelRepresentation", 0) == 1
+    h.photometric = (_raw_str(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
+    h.samples_per_pixel = _raw_int(ds, "SamplesPerPixel", 1) or 1
+    if "PixelPaddingValue" in ds:  # US or SS depending on PixelRepresentation: pydicom resolves it
+        padding = ds.get("PixelPaddingValue")
+        h.padding_value = int(padding) if isinstance(padding, (int, np.integer)) else None
+        limit = ds.get("PixelPaddingRangeLimit")
+        h.padding_limit = int(limit) if isinstance(limit, (int, np.integer)) else None
+    h.acquisition = _raw_str(ds, "AcquisitionNumber")
+    echo = _raw(ds, "EchoNumbers")
+    h.echo = str(echo[0]) if echo else ""
+    h.temporal = _raw_str(ds, "TemporalPositionIdentifier")
+    h.window_center = _raw_float(ds, "WindowCenter")
+    h.window_width = _raw_float(ds, "WindowWidth")
+    h.kvp = _raw_float(ds, "KVP")
+    h.slice_thickness = _raw_float(ds, "SliceThickness")
 
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None or "SharedFunctionalGroupsSequence" in ds:
         _enhanced_geometry(ds, h, per_frame)
     else:
-        h.pixel_spacing = _floats(ds.get("PixelSpacing"), 2)
-        h.orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-        position = _floats(ds.get("ImagePositionPatient"), 3)
+        h.pixel_spacing = _raw_floats(ds, "PixelSpacing", 2)
+        h.orientation = _raw_floats(ds, "ImageOrientationPatient", 6)
+        position = _raw_floats(ds, "ImagePositionPatient", 3)
         h.positions = [position] * h.n_frames if h.n_frames == 1 else [None] * h.n_frames
         if h.n_frames > 1:
             h.problems.append(f"{h.n_frames} frames but no per-frame positions (not an enhanced object)")
-        slope = _float(ds.get("RescaleSlope"))
-        intercept = _float(ds.get("RescaleIntercept"))
+        slope = _raw_float(ds, "RescaleSlope")
+        intercept = _raw_float(ds, "RescaleIntercept")
         h.slopes = [1.0 if slope is None else slope] * h.n_frames
         h.intercepts = [0.0 if intercept is None else intercept] * h.n_frames
     return h

@@ -1,0 +1,107 @@
+"""Side-by-side timings for DICOM reading and scanning (not part of the tests).
+
+    python bench/bench_dicom.py [--slices 300] [--size 512] [--scan-files 3000] [--repeats 3]
+
+1. read_series vs SimpleITK's ImageSeriesReader on the same uncompressed CT series (and RLE), both
+   with the OS file cache warm; prints the best of ``--repeats`` and the ratio.
+2. read_series with 1 thread vs the default thread count.
+3. scan_folder's header pass: serial vs threads vs processes on many small files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom import uid as uids
+
+from medsuite.io.dicom import iter_files, scan_headers
+from medsuite.io.dicom_write import write_series
+from medsuite.io.reader import read_series
+from medsuite.io.volume import Volume
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def make_series(folder: Path, slices: int, size: int, syntax: str) -> list[Path]:
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1024, 2000, (slices, size, size), dtype=np.int16)
+    volume = Volume(array, (1.0, 0.7, 0.7), (-180.0, -180.0, 0.0))
+    return write_series(volume, folder, patient_id="BENCH", transfer_syntax=syntax, shuffle_names=True)
+
+
+def sitk_read(folder: Path, files: list[str] | None) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files if files is not None else reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def bench_read(root: Path, slices: int, size: int, repeats: int, syntax: str) -> None:
+    folder = root / f"read-{uids.UID(syntax).name.replace(' ', '_')}"
+    paths = make_series(folder, slices, size, syntax)
+    files = [str(p) for p in paths]  # slice order, as a series table row lists them
+    sitk_read(folder, files)  # warm the file cache
+    ours = best_of(lambda: read_series(files), repeats)
+    theirs = best_of(lambda: sitk_read(folder, files), repeats)
+    theirs_discover = best_of(lambda: sitk_read(folder, None), repeats)
+    one_thread = best_of(lambda: read_series(files, workers=1), repeats)
+    name = uids.UID(syntax).name
+    print(f"\n[{name}] {slices} slices of {size}x{size}, best of {repeats}")
+    print(f"  medsuite read_series (default threads) {ours:7.3f} s")
+    print(f"  medsuite read_series (1 thread)        {one_thread:7.3f} s")
+    print(
+        f"  SimpleITK ImageSeriesReader (files)    {theirs:7.3f} s   ratio sitk/medsuite = {theirs / ours:.2f}x"
+    )
+    print(
+        f"  SimpleITK incl. GetGDCMSeriesFileNames {theirs_discover:7.3f} s   ratio = {theirs_discover / ours:.2f}x"
+    )
+
+
+def bench_scan(root: Path, n_files: int, repeats: int) -> None:
+    folder = root / "scan"
+    per_series = 100
+    for i in range(max(1, n_files // per_series)):
+        rng = np.random.default_rng(i)
+        volume = Volume(rng.integers(-1000, 1000, (per_series, 64, 64), dtype=np.int16), (1.0, 0.7, 0.7))
+        write_series(volume, folder / f"s{i:03d}", patient_id="BENCH", shuffle_names=True, seed=i)
+    files = list(iter_files(folder))
+    cores = os.cpu_count() or 1
+    print(f"\n[scan] header pass over {len(files)} files (64x64 CT slices), {cores} cores, best of {repeats}")
+    serial = best_of(lambda: scan_headers(files, workers=1), repeats)
+    print(f"  serial                {serial:7.3f} s  ({len(files) / serial:8.0f} files/s)")
+    for executor in ("thread", "process"):
+        t = best_of(lambda executor=executor: scan_headers(files, workers=cores, executor=executor), repeats)
+        print(
+            f"  {executor:8s} x{cores:<2d}          {t:7.3f} s  ({len(files) / t:8.0f} files/s)  speed-up {serial / t:.2f}x"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--scan-files", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="medsuite-bench-") as tmp:
+        root = Path(tmp)
+        bench_read(root, args.slices, args.size, args.repeats, uids.ExplicitVRLittleEndian)
+        bench_read(root, max(10, args.slices // 5), args.size, args.repeats, uids.RLELossless)
+        bench_scan(root, args.scan_files, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
