@@ -185,6 +185,16 @@ def test_bad_inputs_are_clear_errors(probs, targets, match):
         M.roc_auc(probs, targets)
 
 
+def test_calibration_and_brier_need_probabilities_but_auc_takes_scores():
+    y = np.array([0, 1, 0, 1])
+    logits = np.array([-2.0, 3.0, 0.5, 1.0])
+    assert M.roc_auc(logits, y) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"Brier score needs probabilities in \[0, 1\]"):
+        M.brier_score(logits, y)
+    with pytest.raises(ValueError, match="calibration needs probabilities"):
+        M.expected_calibration_error(logits, y)
+
+
 def test_single_class_is_a_clear_error():
     with pytest.raises(ValueError, match="positive and negative"):
         M.roc_auc(np.array([0.2, 0.4]), np.array([1, 1]))

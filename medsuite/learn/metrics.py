@@ -325,8 +325,17 @@ def _ratio(a: int, b: int) -> float | None:
 
 
 # ------------------------------------------------------------------------------------- calibration
+def _require_probabilities(p: np.ndarray, what: str) -> None:
+    """Calibration and Brier need probabilities; ranking metrics accept any scores."""
+    if p.min() < -1e-6 or p.max() > 1 + 1e-6:
+        raise ValueError(
+            f"{what} needs probabilities in [0, 1], got values in [{p.min():.3g}, {p.max():.3g}]"
+        )
+
+
 def _confidence_and_hits(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Binary: P(positive) vs positive; multi-class: top-label confidence vs correct (Guo et al. 2017)."""
+    _require_probabilities(p, "calibration")
     if p.shape[1] == 2:
         return p[:, 1], (y == 1).astype(np.float64)
     return p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64)
@@ -412,6 +421,7 @@ def reliability_diagram(
 def brier_score(probs: Any, targets: Any) -> float:
     """Brier score: mean squared error of the probabilities (binary: positive class; multi-class: summed)."""
     p, y = _as_probs_targets(probs, targets)
+    _require_probabilities(p, "the Brier score")
     if p.shape[1] == 2:
         return float(skm.brier_score_loss(y, p[:, 1]))
     return float(skm.brier_score_loss(y, p, labels=list(range(p.shape[1]))))
