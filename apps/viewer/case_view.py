@@ -94,7 +94,7 @@ def viewer(ctx: dict[str, Any]) -> None:
     z = c3.slider("Axial slice", 0, nz - 1, key=zkey, label_visibility="collapsed")
     cursor = (int(z), int(centre[1]), int(centre[2]))
     world = vol.index_to_world(np.array(cursor, dtype=float))
-    st.caption(f"Slice {z + 1} / {nz} · world (x, y, z) = ({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm · "
+    st.caption(f"Slice {z} of 0–{nz - 1} · world (x, y, z) = ({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm · "
                f"window W{window[0]:g}/L{window[1]:g}")
     overlay = ctx.get("overlay")
     nodule = None if nod is None else tuple(float(v) for v in nod)
