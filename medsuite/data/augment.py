@@ -85,14 +85,11 @@ class Augment:
             return out
         from monai.transforms import RandGaussianNoise, RandScaleIntensity
 
+        state = np.random.RandomState(seed % (2**32))
         if self.intensity > 0 and self.p_intensity > 0:
-            t = RandScaleIntensity(factors=self.intensity, prob=self.p_intensity)
-            t.set_random_state(seed=seed)
-            out = t(out)
+            out = RandScaleIntensity(factors=self.intensity, prob=self.p_intensity).set_random_state(state=state)(out)
         if self.noise_std > 0 and self.p_noise > 0:
-            t = RandGaussianNoise(prob=self.p_noise, std=self.noise_std)
-            t.set_random_state(seed=(seed + 1) % (2**31 - 1))
-            out = t(out)
+            out = RandGaussianNoise(prob=self.p_noise, std=self.noise_std).set_random_state(state=state)(out)
         return np.asarray(out, dtype=np.float32)
 
 

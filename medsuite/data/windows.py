@@ -36,8 +36,10 @@ class Window:
             std = float(v.std())
             return (v - float(v.mean())) / (std if std > 1e-6 else 1.0)
         low = float(self.level) - float(self.width) / 2.0
-        out = (v - np.float32(low)) * np.float32(1.0 / float(self.width))
-        return np.clip(out, 0.0, 1.0, out=out)
+        out = v - np.float32(low)
+        out *= np.float32(1.0 / float(self.width))
+        np.maximum(out, 0.0, out=out)
+        return np.minimum(out, 1.0, out=out)
 
     def spec(self) -> str | list:
         """JSON-able form: the preset name, or ``[width, level]`` for a custom window."""
@@ -98,4 +100,6 @@ def windows_spec(windows: tuple[Window, ...]) -> list:
 
 def apply_windows(values: np.ndarray, windows: tuple[Window, ...]) -> np.ndarray:
     """Stack every window of ``values`` as a new leading axis: ``(n_windows, *values.shape)`` float32."""
+    if len(windows) == 1:
+        return windows[0].apply(values)[None]
     return np.stack([w.apply(values) for w in windows], axis=0)
