@@ -123,3 +123,17 @@ def make_bundle(path: Path, task: str, *, seed: int = 0) -> Path:
     model = build_model("slice_cnn", **arch_kwargs)
     return export_bundle(path, model, arch="slice_cnn", arch_kwargs=arch_kwargs, block_spec=block.spec(),
                          labels=["benign", "malignant"], threshold=0.5, task=task)
+
+
+def fake_prepare(item, block_spec_json, read_options):
+    """A stand-in for `stages.prepare` (runs in worker processes): 'crash*' kills its worker, 'bad*' fails."""
+    import os
+
+    from medsuite.pipelines.scoring.stages import Prepared
+
+    if item.series_uid.startswith("crash"):
+        os._exit(9)  # what a decoder segfault or the OOM killer does to a worker
+    if item.series_uid.startswith("bad"):
+        return Prepared(item.series_uid, error=("read", f"{item.files[0]}: truncated"))
+    value = float(item.series_uid.split("-", 1)[1])
+    return Prepared(item.series_uid, samples=np.full((1, 3, 4, 4), value, np.float32), keys=[None], n_slices=4)

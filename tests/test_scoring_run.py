@@ -30,7 +30,7 @@ def world(tmp_path_factory):
 
 def _cfg(world, out: Path, **kw) -> ScoreConfig:
     base = {"bundle": world["nodule_bundle"], "inputs": [world["input"]], "out": out, "nodules": world["nodules"],
-            "workers": 2, "batch_size": 3, "progress": False}
+            "workers": 2, "batch_size": 3, "progress": False, "export_every_s": 0.0}
     base.update(kw)
     return ScoreConfig(**base)
 

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -49,11 +49,12 @@ class _Feeder(threading.Thread):
     """Submits series to the process pool (bounded) and forwards prepared results in completion order."""
 
     def __init__(self, items: Iterable[WorkItem], out: queue.Queue, stop: threading.Event, *, workers: int,
-                 block_spec_json: str, read_options: dict[str, Any]) -> None:
+                 block_spec_json: str, read_options: dict[str, Any], prepare_fn: Callable[..., Prepared]) -> None:
         super().__init__(name="scoring-feeder", daemon=True)
         self.items, self.out, self.stop = iter(items), out, stop
         self.workers, self.spec, self.read_options = workers, block_spec_json, read_options
         self.max_inflight = 2 * workers
+        self.prepare_fn = prepare_fn
 
     def _pool(self) -> ProcessPoolExecutor:
         # spawn: the parent holds torch and threads, which must not be forked
@@ -73,7 +74,7 @@ class _Feeder(threading.Thread):
                         exhausted = True
                         break
                     pool = pool or self._pool()
-                    inflight[pool.submit(prepare, item, self.spec, self.read_options)] = item
+                    inflight[pool.submit(self.prepare_fn, item, self.spec, self.read_options)] = item
                 if not inflight:
                     break
                 done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
@@ -163,8 +164,13 @@ class _Inference(threading.Thread):
 
 
 def run_local(items: Iterable[WorkItem], *, predictor: Predictor, block_spec_json: str, workers: int = 2,
-              batch_size: int = 16, read_options: dict[str, Any] | None = None) -> Iterator[SeriesResult]:
-    """Score ``items``; yields each series' result as soon as it is done (order is completion order)."""
+              batch_size: int = 16, read_options: dict[str, Any] | None = None,
+              prepare_fn: Callable[..., Prepared] = prepare) -> Iterator[SeriesResult]:
+    """Score ``items``; yields each series' result as soon as it is done (order is completion order).
+
+    ``prepare_fn(item, block_spec_json, read_options) -> Prepared`` runs in the worker processes (a
+    module-level function; `stages.prepare` unless a caller needs another reader).
+    """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if batch_size < 1:
@@ -173,7 +179,7 @@ def run_local(items: Iterable[WorkItem], *, predictor: Predictor, block_spec_jso
     prepared_q: queue.Queue = queue.Queue(maxsize=2 * workers)
     results_q: queue.Queue = queue.Queue(maxsize=64)
     feeder = _Feeder(items, prepared_q, stop, workers=workers, block_spec_json=block_spec_json,
-                     read_options=dict(read_options or {}))
+                     read_options=dict(read_options or {}), prepare_fn=prepare_fn)
     inference = _Inference(prepared_q, results_q, stop, predictor, batch_size)
     feeder.start()
     inference.start()
