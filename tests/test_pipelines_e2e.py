@@ -17,7 +17,7 @@ from medsuite.learn.bundle import load_bundle
 from medsuite.pipelines import classify, nodule
 
 TINY = ["block.k=3", "block.size=24", "block.pixel_mm=1.0", "data.bs=8", "data.num_workers=0", "train.epochs=1",
-        "train.lr=0.003", "report.n_boot=200", "report.top_losses=4"]
+        "train.lr=0.003", "report.n_boot=200", "report.top_losses=4", "report.tta=true"]
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +109,20 @@ def test_series_classification_four_lines(cohort: Path, tmp_path: Path) -> None:
     bundle = load_bundle(learn.export(tmp_path / "series.bundle"))
     assert bundle.task == "series" and bundle.labels == ["small", "large"]
     assert bundle.meta["arch"] == "series_encoder"
+
+
+def test_flip_tta_averages_the_flipped_predictions() -> None:
+    import torch
+
+    from medsuite.learn.models import build_model
+    from medsuite.pipelines.tasks import FlipTTA
+
+    torch.manual_seed(0)
+    model = build_model("slice_cnn", in_channels=3, n_classes=2).eval()
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(model(torch.flip(x, d) if d else x), 1) for d in ((), (-1,), (-2,), (-2, -1))]).mean(0)
+        got = torch.softmax(FlipTTA(model)(x), 1)
+        plain = torch.softmax(model(x), 1)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-4)

@@ -66,13 +66,13 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
-    tta: bool = False
 
 
 class ReportConfig(_Strict):
     baselines: list[Literal["diameter", "radiomics"]] = Field(default_factory=lambda: ["diameter", "radiomics"])
     n_boot: int = Field(1000, ge=100)
     top_losses: int = Field(12, ge=0)
+    tta: bool = False
 
 
 class PipelineConfig(_Strict):

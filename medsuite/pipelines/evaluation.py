@@ -14,7 +14,7 @@ from medsuite.interpret.losses import LossTable, collect_losses
 from medsuite.learn.metrics import classification_report, paired_auc_difference, reliability_diagram
 from medsuite.pipelines.baselines import BaselineResult
 from medsuite.pipelines.report import Report
-from medsuite.pipelines.tasks import TaskLearner, plain_loader
+from medsuite.pipelines.tasks import FlipTTA, TaskLearner, plain_loader
 
 SIZE_BUCKETS_MM = (0.0, 6.0, 10.0, 20.0, 100.0)
 SALIENCY_CAVEAT = "Saliency and similar cases show where the model looked and what it found alike, not a lesion segmentation."
@@ -39,14 +39,17 @@ class Evaluation:
         return self.probs[:, -1]
 
 
-def evaluate(learn: TaskLearner, split: str = "test", *, threshold: float, n_boot: int = 1000, k: int = 5) -> Evaluation:
-    """Score `split` once (per-item scalars only) and compute the metrics with bootstrap CIs."""
+def evaluate(learn: TaskLearner, split: str = "test", *, threshold: float, n_boot: int = 1000, k: int = 5,
+             tta: bool = False) -> Evaluation:
+    """Score `split` once (per-item scalars only) and compute the metrics with bootstrap CIs; with `tta`
+    the probabilities are the mean over in-plane flips."""
     dls = learn.dls
     items = dls.items(split)
     ids_col = "nodule_id" if "nodule_id" in items.columns else "series_uid"
     ids = items[ids_col].astype(str).tolist()
     vocab = [str(v) for v in dls.vocab]
-    loss_table = collect_losses(learn.model, plain_loader(dls, split), ids, vocab, device=str(learn.device))
+    model = FlipTTA(learn.model) if tta else learn.model
+    loss_table = collect_losses(model, plain_loader(dls, split), ids, vocab, device=str(learn.device))
     frame = loss_table.frame
     probs = frame[[f"p_{i}" for i in range(len(vocab))]].to_numpy()
     targets = frame["target"].to_numpy().astype(np.int64)

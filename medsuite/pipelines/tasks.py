@@ -48,6 +48,23 @@ def plain_loader(dls: Any, split: str, bs: int | None = None) -> torch.utils.dat
     return torch.utils.data.DataLoader(dataset, batch_size=bs or source.batch_size or 64, shuffle=False, num_workers=0)
 
 
+class FlipTTA(torch.nn.Module):
+    """Test-time augmentation: the mean softmax over in-plane flips of the input; returns log-probabilities
+    (so ``softmax(output)`` is that mean and cross-entropy on it is the ensemble's loss)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flips = ((), (-1,), (-2,), (-2, -1))
+        probs = torch.stack([torch.softmax(self.model(torch.flip(x, dims) if dims else x).float(), dim=1) for dims in flips])
+        return torch.log(probs.mean(0).clamp_min(1e-12))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(x)
+
+
 class TaskLearner(Learner):
     """A `Learner` for one medsuite task; remembers the architecture so `export(path)` is enough."""
 

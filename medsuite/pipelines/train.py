@@ -121,7 +121,7 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
     learn.export(bundle, threshold=threshold, train_config={"config": cfg.model_dump(mode="json"), **learn.train_config()})
 
     split = "test" if dls.test is not None else "valid"
-    evaluation: Evaluation = evaluate(learn, split, threshold=threshold, n_boot=cfg.report.n_boot)
+    evaluation: Evaluation = evaluate(learn, split, threshold=threshold, n_boot=cfg.report.n_boot, tta=cfg.report.tta)
     if cfg.task == "nodule" and cfg.report.baselines:
         baselines = run_baselines(cfg, dls, source, split)
         compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
