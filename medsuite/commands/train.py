@@ -25,6 +25,8 @@ def command(
     from medsuite.pipelines.train import run_training
 
     result = run_training(cfg, resume=resume, bundle_path=bundle)
+    if result.report is None:  # a rank other than 0 of a distributed run
+        return
     auc = result.metrics["report"]["roc_auc"]
     typer.echo(f"{result.metrics['split']} ROC AUC {auc['value']:.3f} [{auc['ci_low']:.3f}, {auc['ci_high']:.3f}]")
     for name, comp in result.metrics["comparisons"].items():

@@ -171,7 +171,14 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
     rep.figure(s, "roc", _roc_figure(evaluation), "ROC curves of the model and the baselines on the same items")
     rep.figure(s, "calibration", reliability_diagram(evaluation.probs, evaluation.targets, title="Reliability diagram"),
                "Calibration: observed rate of the positive class against predicted probability")
-    rep.text(s, f"Confusion at the operating threshold: {r['confusion']}")
+    cm = r["confusion"]
+    names = r["labels"]
+    rep.text(s, "Confusion matrix at the operating threshold" + (f" {cm['threshold']:.3f}" if cm.get("threshold") is not None else "")
+             + " (rows: truth, columns: prediction):")
+    rep.table(s, pd.DataFrame(cm["matrix"], index=pd.Index(names, name="truth"), columns=names), index=True)
+    details = {k: v for k, v in cm.items() if k not in ("matrix", "threshold") and isinstance(v, (int, float))}
+    if details:
+        rep.table(s, pd.DataFrame([details]))
     if evaluation.knn_agreement is not None:
         rep.text(s, f"k-NN agreement: the majority label of the 5 most similar training cases matches the truth for "
                     f"{100 * evaluation.knn_agreement:.0f}% of held-out items. {SALIENCY_CAVEAT}", note=True)

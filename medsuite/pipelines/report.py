@@ -46,7 +46,7 @@ class Report:
         cls = ' class="note"' if note else ""
         parts.append(f"<p{cls}>{html.escape(text)}</p>")
 
-    def table(self, parts: list[str], frame: pd.DataFrame, *, index: bool = False, float_format: str = "{:.3f}") -> None:
+    def table(self, parts: list[str], frame: pd.DataFrame, *, index: bool = False, float_format: str = "{:.4g}") -> None:
         parts.append(frame.to_html(index=index, escape=True, float_format=float_format.format, border=0, na_rep="–"))
 
     def figure(self, parts: list[str], name: str, fig: Figure, caption: str = "") -> None:

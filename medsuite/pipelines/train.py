@@ -14,6 +14,7 @@ import numpy as np
 
 from medsuite.data.blocks import block_from_spec
 from medsuite.data.source import VolumeSource
+from medsuite.learn import distributed as D
 from medsuite.pipelines import classify, nodule
 from medsuite.pipelines.baselines import BaselineResult, diameter_baseline, radiomics_baseline
 from medsuite.pipelines.config import PipelineConfig
@@ -27,9 +28,11 @@ LR_BOUNDS = (1e-4, 3e-2)  # lr_find suggestions outside this range are clipped, 
 
 @dataclass
 class TrainResult:
+    """What a run produced; on ranks other than 0 of a distributed run, only the run folder."""
+
     run_dir: Path
-    bundle: Path
-    report: Path
+    bundle: Path | None
+    report: Path | None
     metrics: dict[str, Any]
 
 
@@ -89,7 +92,9 @@ def choose_lr(learn: TaskLearner, cfg: PipelineConfig, run_dir: Path, resume: bo
             log.warning("lr_find suggested %.2e; using %.2e (clipped to %s)", result.valley, lr, LR_BOUNDS)
     else:
         lr = float(cfg.train.lr)
-    _atomic_json(remembered, {"lr": lr, "suggested": None if result is None else float(result.valley)})
+    lr = float(D.gather_objects(lr)[0])  # every rank of a distributed run uses rank 0's choice
+    if D.is_main_process():
+        _atomic_json(remembered, {"lr": lr, "suggested": None if result is None else float(result.valley)})
     return lr, result
 
 
@@ -107,14 +112,18 @@ def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: st
 
 def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path | None = None) -> TrainResult:
     """Train, export and evaluate one pipeline configuration; every artefact lands in ``cfg.out``."""
+    D.init_from_env()  # under torchrun: DDP over the launched processes
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(run_dir / "config.json", cfg.model_dump(mode="json"))
+    if D.is_main_process():
+        _atomic_json(run_dir / "config.json", cfg.model_dump(mode="json"))
     source = VolumeSource(cfg.data.dicom_root, cache_dir=cfg.data.cache_dir or run_dir / "cache")
     dls = build_dataloaders(cfg, source)
     learn = build_learner(cfg, dls)
     lr, lr_result = choose_lr(learn, cfg, run_dir, resume)
     learn.fit_one_cycle(cfg.train.epochs, lr, resume=resume)
+    if not D.is_main_process():  # rank 0 alone exports, evaluates and reports
+        return TrainResult(run_dir, None, None, {})
 
     threshold = learn.operating_threshold()
     bundle = Path(bundle_path or run_dir / f"{cfg.name}.bundle")
