@@ -164,3 +164,19 @@ def test_custom_get_x_and_get_y(cohort):
     assert dls.vocab == ["big", "small"]
     x = torch.cat([xb for xb, _ in dls.valid])
     assert torch.all(x[:, 1, 7:9, 7:9] < 0.3)  # 30 mm away from the sphere: no nodule in the centre
+
+
+def test_batch_intensity_scales_and_adds_noise_per_sample():
+    from medsuite.data.augment import BatchIntensity
+
+    x, y = torch.ones(64, 3, 8, 8), torch.zeros(64, dtype=torch.int64)
+    same, _ = BatchIntensity(p=0.0)(x, y)
+    assert torch.equal(same, x)
+    torch.manual_seed(0)
+    out, y2 = BatchIntensity(scale=0.2, noise_std=0.0, p=1.0)(x, y)
+    per_sample = out.flatten(1)
+    assert torch.allclose(per_sample, per_sample[:, :1].expand_as(per_sample))  # one factor a sample
+    assert 0.8 <= float(out.min()) and float(out.max()) <= 1.2 and float(per_sample[:, 0].std()) > 0.05
+    assert y2 is y
+    with pytest.raises(ValueError, match="BatchIntensity"):
+        BatchIntensity(p=2.0)

@@ -188,7 +188,7 @@ def test_flip_draw_mirrors_the_columns_exactly():
     assert not np.allclose(plain, plain[..., ::-1])
 
 
-def test_augmentation_is_seeded_and_intensity_uses_monai():
+def test_augmentation_is_seeded_and_intensity_follows_monai_semantics():
     vol, c = sphere_volume("isotropic")
     block = SliceStack(k=3, size=16)
     aug = Augment(p_intensity=1.0, p_noise=1.0)
@@ -198,6 +198,15 @@ def test_augmentation_is_seeded_and_intensity_uses_monai():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, d)
     assert augment_from_spec(json.loads(json.dumps(aug.spec()))) == aug
+    # intensity only: v * (1 + f) with |f| <= 0.1 (RandScaleIntensity), no noise, no geometry
+    only_scale = Augment(rotate_deg=0, scale=(1, 1), flip=False, shift_mm=0, intensity=0.1, p_intensity=1.0, noise_std=0)
+    plain = block.sample(vol, c)
+    scaled = block.sample(vol, c, aug=only_scale, rng=np.random.default_rng(1))
+    ratio = scaled[plain > 0.1] / plain[plain > 0.1]
+    assert np.ptp(ratio) < 1e-4 and 0.9 <= ratio[0] <= 1.1 and abs(ratio[0] - 1) > 1e-6
+    noisy = Augment(rotate_deg=0, scale=(1, 1), flip=False, shift_mm=0, intensity=0, noise_std=0.05, p_noise=1.0)
+    resid = block.sample(vol, c, aug=noisy, rng=np.random.default_rng(2)) - plain
+    assert abs(resid.std() - 0.05) < 0.005 and abs(resid.mean()) < 0.005
 
 
 def test_category_vocab_and_errors():
