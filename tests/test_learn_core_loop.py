@@ -253,3 +253,13 @@ def test_bf16_autocast_channels_last_and_determinism(tmp_path):
         weights.append(learn.model.head.weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
     assert not torch.are_deterministic_algorithms_enabled()  # restored after the fit
+
+
+def test_dict_metrics_are_prefixed(tmp_path):
+    from medsuite.learn.learner import compute_metrics
+
+    def auc_ci(probs, targets):
+        return {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9, "method": "bootstrap"}
+
+    out = compute_metrics([auc_ci, accuracy], np.array([[0.2, 0.8], [0.9, 0.1]]), np.array([1, 1]))
+    assert out == {"auc_ci": 0.8, "auc_ci_ci_low": 0.7, "auc_ci_ci_high": 0.9, "accuracy": 0.5}

@@ -95,17 +95,22 @@ def _metric_name(m: Any) -> str:
 
 
 def compute_metrics(metrics: Sequence[Metric], probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Evaluate ``metric(probs, targets)`` for each metric; dict results are merged by key."""
+    """Evaluate ``metric(probs, targets)`` for each metric. A float is stored under the metric's name;
+    a dict's ``"value"`` under the name and its other numeric entries under ``<name>_<key>`` (so
+    ``roc_auc_ci`` gives ``roc_auc_ci``, ``roc_auc_ci_ci_low``, ``roc_auc_ci_ci_high``...)."""
     out: dict[str, float] = {}
     for m in metrics:
+        name = _metric_name(m)
         try:
             value = m(probs, targets)
         except Exception as e:
-            raise RuntimeError(f"metric {_metric_name(m)} failed on the validation set: {e}") from e
+            raise RuntimeError(f"metric {name} failed on the validation set: {e}") from e
         if isinstance(value, dict):
-            out.update({str(k): float(v) for k, v in value.items()})
+            for k, v in value.items():
+                if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+                    out[name if k == "value" else f"{name}_{k}"] = float(v)
         else:
-            out[_metric_name(m)] = float(value)
+            out[name] = float(value)
     return out
 
 
@@ -180,7 +185,9 @@ class Learner:
         self.metrics = list(metrics)
         self.path = Path(path)
         self.seed, self.deterministic = seed, bool(deterministic)
-        self.data_seed = int(seed) if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        # the data order's seed; under DDP every rank must use rank 0's, or the shards would overlap
+        self.data_seed = int(seed) if seed is not None else D.gather_objects(
+            int(torch.randint(0, 2**31 - 1, ()).item()))[0]
         self.checkpoint, self.checkpoint_every = bool(checkpoint), checkpoint_every
         self.opt: torch.optim.Optimizer | None = None
         self._in_lr_find = False
@@ -567,6 +574,10 @@ class Learner:
         p = Path(name)
         if not p.suffix:
             p = self.path / "models" / f"{name}.safetensors"
+        if D.is_distributed():
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 may still be writing the file
         load_weights(p, self.model)
         return self
 

@@ -22,9 +22,9 @@ class TrackerCallback(Callback):
     def __init__(self, monitor: str = "valid_loss", comp: Callable[[float, float], bool] | None = None,
                  min_delta: float = 0.0) -> None:
         self.monitor = monitor
-        lower = "loss" in monitor if comp is None else comp is operator.lt
-        self.comp = comp or (operator.lt if lower else operator.gt)
-        self.min_delta = abs(min_delta) * (-1 if self.comp is operator.lt else 1)
+        self.comp = comp or (operator.lt if "loss" in monitor else operator.gt)
+        lower_is_better = bool(self.comp(0.0, 1.0))
+        self.min_delta = -abs(min_delta) if lower_is_better else abs(min_delta)
         self.best: float | None = None
 
     def before_fit(self) -> None:
