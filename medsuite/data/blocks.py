@@ -212,11 +212,16 @@ class MultiView(InputBlock):
 
     def grids(self, volume: Volume, center_xyz: Any = None) -> list[Grid]:
         c = _center(center_xyz, "MultiView")
-        out = []
-        for _, rows, cols in VIEW_PLANES[: self.views]:
-            axes = np.stack([np.cross(rows, cols), rows * self.pixel_mm, cols * self.pixel_mm], axis=1)
-            out.append(Grid(c, axes, (1, self.size, self.size)))
-        return out
+        return [Grid(c, axes, (1, self.size, self.size)) for axes in self._view_axes]
+
+    @property
+    def _view_axes(self) -> list[np.ndarray]:
+        """Per view: columns (normal, row step, column step) in world mm; computed once per block."""
+        cached = self.__dict__.get("_axes_cache")
+        if cached is None:
+            cached = [np.stack([np.cross(r, c), r * self.pixel_mm, c * self.pixel_mm], axis=1) for _, r, c in VIEW_PLANES[: self.views]]
+            object.__setattr__(self, "_axes_cache", cached)
+        return cached
 
     def _assemble(self, values: list[np.ndarray]) -> np.ndarray:
         stacked = np.stack([v[:, 0] for v in values], axis=0)  # (views, n_windows, s, s)
