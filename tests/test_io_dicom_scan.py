@@ -15,6 +15,7 @@ from dicom_factory import (
     write_garbage,
     write_non_images,
 )
+from pydicom.uid import generate_uid
 
 from medsuite.io.dicom import SERIES_COLUMNS, scan_folder, scan_headers
 
@@ -68,11 +69,17 @@ def test_duplicate_files_are_dropped_with_a_note(tmp_path):
     assert "duplicate file" in row.problems
 
 
+def _new_instance_uid(ds, k):
+    """Different instances (another acquisition) have their own SOPInstanceUIDs."""
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+
+
 def test_same_positions_split_by_acquisition(tmp_path):
     vol = make_volume(shape=(4, 8, 8))
     uid = "1.2.826.0.1.3680043.8.498.1"
     first = write_ct(tmp_path, vol, series_uid=uid, AcquisitionNumber=1)
-    write_ct(tmp_path / "b", vol, series_uid=uid, study_uid=None, AcquisitionNumber=2, seed=5)
+    second = write_ct(tmp_path / "b", vol, series_uid=uid, study_uid=None, AcquisitionNumber=2, seed=5)
+    edit_files(second, _new_instance_uid)
     scan = scan_folder(tmp_path)
     assert len(scan.series) == 2 and set(scan.series.n_instances) == {4}
     assert all("AcquisitionNumber" in p for p in scan.series.problems)
@@ -83,7 +90,7 @@ def test_inseparable_same_positions_is_an_error_row(tmp_path):
     vol = make_volume(shape=(4, 8, 8))
     uid = "1.2.826.0.1.3680043.8.498.2"
     write_ct(tmp_path / "a", vol, series_uid=uid)
-    write_ct(tmp_path / "b", vol, series_uid=uid, seed=9)
+    edit_files(write_ct(tmp_path / "b", vol, series_uid=uid, seed=9), _new_instance_uid)
     row = scan_folder(tmp_path).series.iloc[0]
     assert row.status == "error" and "same position" in row.problems
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -31,6 +31,7 @@ from pydicom.multival import MultiValue
 
 from medsuite.io.decode import NATIVE_SYNTAXES, pixel_element_length, syntax_name
 from medsuite.io.orientation import analyse_positions, orientation_label, plane_axes
+from medsuite.io.rawheader import RawHeader, read_raw_header
 
 SERIES_COLUMNS = [
     "stack_id", "series_uid", "study_uid", "patient_id", "study_date", "modality", "description",
@@ -182,55 +183,72 @@ _BINARY_VR = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 _TEXT_VR = frozenset({"DS", "IS", "CS", "UI", "DA", "TM", "AS"})  # ASCII-only VRs: safe to decode directly
 
 
-def _raw(ds: Dataset, keyword: str) -> list | None:
-    """Values of a numeric/ASCII element without pydicom's (slow) value conversion; None when absent.
+_HEADER_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "StudyDate", "Modality",
+    "SeriesNumber", "ImageType", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "BitsStored",
+    "PixelRepresentation", "PhotometricInterpretation", "SamplesPerPixel", "AcquisitionNumber",
+    "EchoNumbers", "TemporalPositionIdentifier", "WindowCenter", "WindowWidth", "KVP", "SliceThickness",
+    "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "RescaleSlope", "RescaleIntercept",
+)  # fmt: skip
+_TAG_OF = {keyword: tag_for_keyword(keyword) for keyword in _HEADER_KEYWORDS}
+# Elements that go through pydicom's conversion (character sets, VR resolved by PixelRepresentation).
+_CONVERTED = ("SpecificCharacterSet", "PatientID", "SeriesDescription", "Manufacturer", "PixelRepresentation", "PixelPaddingValue", "PixelPaddingRangeLimit")  # fmt: skip
+_ROWS, _COLUMNS = tag_for_keyword("Rows"), tag_for_keyword("Columns")
+_CONVERTED_TAGS = tuple(tag_for_keyword(k) for k in _CONVERTED)
 
-    Header parsing dominates reading and scanning time; this reads the raw bytes of the few tags we
-    need. Person names and other character-set-dependent text still go through pydicom.
+
+class _Fields:
+    """Values of numeric/ASCII header elements read from their raw bytes, skipping pydicom's (slow) conversion.
+
+    Header parsing dominates reading and scanning time; this decodes the few tags we need directly.
+    ``lookup`` gives an element by tag (raw or converted); ``dataset`` gives the full `Dataset` for the
+    rare element that needs pydicom (an unexpected VR).
     """
-    tag = tag_for_keyword(keyword)
-    elem = ds.get_item(tag)
-    if elem is None:
-        return None
-    if not isinstance(elem, RawDataElement):
-        value = elem.value
-        if value is None or value == "":
+
+    def __init__(self, lookup: Callable[[int], Any], dataset: Callable[[], Dataset]) -> None:
+        self._lookup = lookup
+        self._dataset = dataset
+
+    def values(self, keyword: str) -> list | None:
+        """All values of an element; None when absent."""
+        tag = _TAG_OF[keyword]
+        elem = self._lookup(tag)
+        if elem is None:
+            return None
+        if not isinstance(elem, RawDataElement):
+            value = elem.value
+            if value is None or value == "":
+                return []
+            return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+        vr = elem.VR or dictionary_VR(tag)
+        raw = elem.value
+        if not raw:
             return []
+        if vr in _BINARY_VR:
+            fmt = _BINARY_VR[vr]
+            size = struct.calcsize(fmt)
+            n = len(raw) // size
+            return list(struct.unpack(f"{'<' if elem.is_little_endian else '>'}{n}{fmt}", raw[: n * size]))
+        if vr in _TEXT_VR:
+            text = raw.decode("latin-1").strip(" \x00")
+            return [t.strip(" \x00") for t in text.split("\\")] if text else []
+        value = self._dataset()[tag].value  # anything else: let pydicom convert
         return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-    vr = elem.VR or dictionary_VR(tag)
-    raw = elem.value
-    if not raw:
-        return []
-    if vr in _BINARY_VR:
-        fmt = _BINARY_VR[vr]
-        n = len(raw) // struct.calcsize(fmt)
-        return list(
-            struct.unpack(f"{'<' if elem.is_little_endian else '>'}{n}{fmt}", raw[: n * struct.calcsize(fmt)])
-        )
-    if vr in _TEXT_VR:
-        text = raw.decode("latin-1").strip(" \x00")
-        return [t.strip(" \x00") for t in text.split("\\")] if text else []
-    value = ds[tag].value  # anything else: let pydicom convert
-    return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
 
+    def number(self, keyword: str) -> float | None:
+        values = self.values(keyword)
+        return _float(values[0]) if values else None
 
-def _raw_float(ds: Dataset, keyword: str) -> float | None:
-    values = _raw(ds, keyword)
-    return _float(values[0]) if values else None
+    def numbers(self, keyword: str, n: int) -> tuple[float, ...] | None:
+        return _floats(self.values(keyword), n)
 
+    def integer(self, keyword: str, default: int | None) -> int | None:
+        value = self.number(keyword)
+        return default if value is None else int(value)
 
-def _raw_floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
-    return _floats(_raw(ds, keyword), n)
-
-
-def _raw_int(ds: Dataset, keyword: str, default: int | None) -> int | None:
-    value = _raw_float(ds, keyword)
-    return default if value is None else int(value)
-
-
-def _raw_str(ds: Dataset, keyword: str) -> str:
-    values = _raw(ds, keyword)
-    return "\\".join(str(v) for v in values) if values else ""
+    def text(self, keyword: str) -> str:
+        values = self.values(keyword)
+        return "\\".join(str(v) for v in values) if values else ""
 
 
 def _syntax_of(ds: Dataset) -> str:
@@ -245,52 +263,66 @@ def _syntax_of(ds: Dataset) -> str:
 
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     """Collect a `FileHeader` from a dataset read with or without pixel data."""
-    h = FileHeader(path=path)
-    h.sop_class = _raw_str(ds, "SOPClassUID")
-    h.sop_uid = _raw_str(ds, "SOPInstanceUID")
-    h.series_uid = _raw_str(ds, "SeriesInstanceUID")
-    h.study_uid = _raw_str(ds, "StudyInstanceUID")
+    return _fill_header(FileHeader(path=path), _Fields(ds.get_item, lambda: ds), ds, _syntax_of(ds))
+
+
+def header_from_raw(raw: RawHeader, path: str) -> FileHeader:
+    """Collect a `FileHeader` from `read_raw_header`'s elements (same values as `header_from_dataset`)."""
+    return _fill_header(
+        FileHeader(path=path),
+        _Fields(raw.elements.get, raw.dataset),
+        raw.subset(_CONVERTED_TAGS),
+        raw.transfer_syntax,
+    )
+
+
+def _fill_header(h: FileHeader, fields: _Fields, ds: Dataset, transfer_syntax: str) -> FileHeader:
+    """Fill ``h`` from ``fields`` (numbers, UIDs, codes) and ``ds`` (text, padding, functional groups)."""
+    h.sop_class = fields.text("SOPClassUID")
+    h.sop_uid = fields.text("SOPInstanceUID")
+    h.series_uid = fields.text("SeriesInstanceUID")
+    h.study_uid = fields.text("StudyInstanceUID")
     h.patient_id = str(ds.get("PatientID", "") or "")
-    h.study_date = _raw_str(ds, "StudyDate")
-    h.modality = _raw_str(ds, "Modality")
+    h.study_date = fields.text("StudyDate")
+    h.modality = fields.text("Modality")
     h.description = str(ds.get("SeriesDescription", "") or "")
-    h.series_number = _raw_int(ds, "SeriesNumber", None)
+    h.series_number = fields.integer("SeriesNumber", None)
     h.manufacturer = str(ds.get("Manufacturer", "") or "")
-    h.transfer_syntax = _syntax_of(ds)
-    h.image_type = _raw_str(ds, "ImageType")
-    h.rows, h.cols = _raw_int(ds, "Rows", 0), _raw_int(ds, "Columns", 0)
-    h.n_frames = _raw_int(ds, "NumberOfFrames", 1) or 1
-    h.bits_allocated = _raw_int(ds, "BitsAllocated", 16) or 16
-    h.bits_stored = _raw_int(ds, "BitsStored", h.bits_allocated) or h.bits_allocated
-    h.signed = _raw_int(ds, "PixelRepresentation", 0) == 1
-    h.photometric = (_raw_str(ds, "PhotometricInterpretation") or "MONOCHROME2").upper()
-    h.samples_per_pixel = _raw_int(ds, "SamplesPerPixel", 1) or 1
+    h.transfer_syntax = transfer_syntax
+    h.image_type = fields.text("ImageType")
+    h.rows, h.cols = fields.integer("Rows", 0), fields.integer("Columns", 0)
+    h.n_frames = fields.integer("NumberOfFrames", 1) or 1
+    h.bits_allocated = fields.integer("BitsAllocated", 16) or 16
+    h.bits_stored = fields.integer("BitsStored", h.bits_allocated) or h.bits_allocated
+    h.signed = fields.integer("PixelRepresentation", 0) == 1
+    h.photometric = (fields.text("PhotometricInterpretation") or "MONOCHROME2").upper()
+    h.samples_per_pixel = fields.integer("SamplesPerPixel", 1) or 1
     if "PixelPaddingValue" in ds:  # US or SS depending on PixelRepresentation: pydicom resolves it
         padding = ds.get("PixelPaddingValue")
         h.padding_value = int(padding) if isinstance(padding, (int, np.integer)) else None
         limit = ds.get("PixelPaddingRangeLimit")
         h.padding_limit = int(limit) if isinstance(limit, (int, np.integer)) else None
-    h.acquisition = _raw_str(ds, "AcquisitionNumber")
-    echo = _raw(ds, "EchoNumbers")
+    h.acquisition = fields.text("AcquisitionNumber")
+    echo = fields.values("EchoNumbers")
     h.echo = str(echo[0]) if echo else ""
-    h.temporal = _raw_str(ds, "TemporalPositionIdentifier")
-    h.window_center = _raw_float(ds, "WindowCenter")
-    h.window_width = _raw_float(ds, "WindowWidth")
-    h.kvp = _raw_float(ds, "KVP")
-    h.slice_thickness = _raw_float(ds, "SliceThickness")
+    h.temporal = fields.text("TemporalPositionIdentifier")
+    h.window_center = fields.number("WindowCenter")
+    h.window_width = fields.number("WindowWidth")
+    h.kvp = fields.number("KVP")
+    h.slice_thickness = fields.number("SliceThickness")
 
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None or "SharedFunctionalGroupsSequence" in ds:
         _enhanced_geometry(ds, h, per_frame)
     else:
-        h.pixel_spacing = _raw_floats(ds, "PixelSpacing", 2)
-        h.orientation = _raw_floats(ds, "ImageOrientationPatient", 6)
-        position = _raw_floats(ds, "ImagePositionPatient", 3)
+        h.pixel_spacing = fields.numbers("PixelSpacing", 2)
+        h.orientation = fields.numbers("ImageOrientationPatient", 6)
+        position = fields.numbers("ImagePositionPatient", 3)
         h.positions = [position] * h.n_frames if h.n_frames == 1 else [None] * h.n_frames
         if h.n_frames > 1:
             h.problems.append(f"{h.n_frames} frames but no per-frame positions (not an enhanced object)")
-        slope = _raw_float(ds, "RescaleSlope")
-        intercept = _raw_float(ds, "RescaleIntercept")
+        slope = fields.number("RescaleSlope")
+        intercept = fields.number("RescaleIntercept")
         h.slopes = [1.0 if slope is None else slope] * h.n_frames
         h.intercepts = [0.0 if intercept is None else intercept] * h.n_frames
     return h
@@ -366,6 +398,9 @@ def non_image_reason(sop_class: str) -> str | None:
 def scan_file(path: str) -> FileHeader | tuple[str, str]:
     """Header of one file, or ``(path, reason)`` when it is not an image slice; never raises."""
     try:
+        raw = read_raw_header(path)
+        if raw is not None:  # uncompressed little endian: the fast path
+            return _scan_raw(raw, path)
         with open(path, "rb") as fp:
             try:
                 ds = open_header(fp, path)
@@ -391,6 +426,23 @@ def scan_file(path: str) -> FileHeader | tuple[str, str]:
         return path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
 
 
+def _scan_raw(raw: RawHeader, path: str) -> FileHeader | tuple[str, str]:
+    """`scan_file` for a header read by `read_raw_header` (same results as the pydicom path)."""
+    reason = non_image_reason(raw.sop_class())
+    if reason:
+        return path, reason
+    if _ROWS not in raw.elements or _COLUMNS not in raw.elements:
+        return path, "no image (no Rows/Columns)"
+    header = header_from_raw(raw, path)
+    if header.samples_per_pixel != 1:
+        return path, f"colour image ({header.photometric}), not a grey-level slice"
+    if raw.pixel_offset is None:
+        header.problems.append("no pixel data (the file ends before it: truncated?)")
+    else:
+        _check_pixel_length(header, raw.pixel_length, raw.file_size - raw.pixel_offset)
+    return header
+
+
 def _check_native_pixels(fp: BinaryIO, header: FileHeader) -> None:
     """Note a missing or truncated uncompressed Pixel Data element on ``header`` (cheap: no pixel read)."""
     start = fp.tell()
@@ -403,8 +455,11 @@ def _check_native_pixels(fp: BinaryIO, header: FileHeader) -> None:
     except ValueError as exc:
         header.problems.append(str(exc).split(": ", 1)[-1])
         return
+    _check_pixel_length(header, length, size - fp.tell())
+
+
+def _check_pixel_length(header: FileHeader, length: int, present: int) -> None:
     expected = header.n_frames * header.rows * header.cols * (header.bits_allocated // 8)
-    present = size - fp.tell()
     if length < expected or present < expected:
         header.problems.append(
             f"pixel data too short ({min(length, present)} of {expected} bytes; truncated or wrong length)"

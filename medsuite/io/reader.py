@@ -10,7 +10,7 @@ units) with per-slice RescaleSlope/Intercept, MONOCHROME1 inverted, padding set 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +18,23 @@ from typing import Any
 
 import numpy as np
 from pydicom import dcmread
+from pydicom import uid as uids
 from pydicom.errors import InvalidDicomError
 
-from medsuite.io.decode import NATIVE_SYNTAXES, check_decoder, decode_dataset, fix_bits_stored, read_native
+from medsuite.io.decode import (
+    NATIVE_SYNTAXES,
+    check_decoder,
+    decode_dataset,
+    fix_bits_stored,
+    native_dtype,
+    pixel_element_length,
+)
 from medsuite.io.dicom import (
     FileHeader,
     Stack,
     group_stacks,
     header_from_dataset,
+    header_from_raw,
     iter_files,
     non_image_reason,
     open_header,
@@ -41,52 +50,88 @@ from medsuite.io.errors import (
     SeriesGeometryError,
 )
 from medsuite.io.orientation import StackGeometry, analyse_positions, plane_axes
+from medsuite.io.rawheader import read_raw_header
 from medsuite.io.volume import Volume
 
 AIR_HU = -1024.0
+# Below this many files headers are parsed in the calling thread (parsing holds the GIL).
+_PARALLEL_HEADERS_FROM = 64
+_ROWS, _COLUMNS = 0x00280010, 0x00280011
 
 
 @dataclass
 class _Instance:
+    """One file's header and where its stored values come from."""
+
     header: FileHeader
-    stored: np.ndarray  # (frames, rows, cols) stored values, bits fixed
+    offset: int | None = None  # byte offset of uncompressed pixel values; None: decode with pydicom
+    dtype: np.dtype | None = None  # stored dtype as in the file (big endian for Explicit VR Big Endian)
 
 
-def _read_instance(path: str, strict: bool = True) -> _Instance:
-    """Header and stored pixel values of one file (uncompressed data read directly at its offset).
+def _checked_header(
+    sop_class: str, has_size: bool, header: Callable[[], FileHeader], path: str
+) -> FileHeader:
+    """`FileHeader` of an image slice; raise for non-image objects and colour images."""
+    reason = non_image_reason(sop_class)
+    if reason:
+        raise NotDicomError(f"{path}: {reason}")
+    if not has_size:
+        raise PixelDataError(f"{path}: no image (Rows/Columns missing)")
+    h = header()
+    if h.samples_per_pixel != 1:
+        raise PixelDataError(f"{path}: colour image ({h.photometric}); only grey-level slices")
+    return h
+
+
+def _locate(path: str) -> tuple[FileHeader, int | None, int, int]:
+    """Header, Pixel Data value offset and length (uncompressed syntaxes only) and the file size."""
+    raw = read_raw_header(path)
+    if raw is not None:  # uncompressed little endian: the fast path
+        has_size = _ROWS in raw.elements and _COLUMNS in raw.elements
+        header = _checked_header(raw.sop_class(), has_size, lambda: header_from_raw(raw, path), path)
+        if raw.pixel_offset is None:
+            raise PixelDataError(
+                f"{path}: the file ends before its Pixel Data element (truncated or no image)"
+            )
+        return header, raw.pixel_offset, raw.pixel_length, raw.file_size
+    with open(path, "rb") as fp:  # anything unusual: pydicom parses the header
+        try:
+            ds = open_header(fp, path)
+        except InvalidDicomError as exc:
+            raise NotDicomError(f"{path}: not a DICOM file") from exc
+        has_size = "Rows" in ds and "Columns" in ds
+        header = _checked_header(sop_class_of(ds), has_size, lambda: header_from_dataset(ds, path), path)
+        if header.transfer_syntax not in NATIVE_SYNTAXES:
+            return header, None, 0, 0
+        length = pixel_element_length(fp, header.transfer_syntax, path)
+        return header, fp.tell(), length, os.fstat(fp.fileno()).st_size
+
+
+def _read_header(path: str, strict: bool = True) -> _Instance:
+    """Header of one file and where its pixels are; checks the pixel length without reading the pixels.
 
     ``strict`` raises for header problems that make the file unusable in a volume (e.g. no positions).
     """
     try:
-        with open(path, "rb") as fp:
-            try:
-                ds = open_header(fp, path)
-            except InvalidDicomError as exc:
-                raise NotDicomError(f"{path}: not a DICOM file") from exc
-            reason = non_image_reason(sop_class_of(ds))
-            if reason:
-                raise NotDicomError(f"{path}: {reason}")
-            if "Rows" not in ds or "Columns" not in ds:
-                raise PixelDataError(f"{path}: no image (Rows/Columns missing)")
-            header = header_from_dataset(ds, path)
-            if header.samples_per_pixel != 1:
-                raise PixelDataError(f"{path}: colour image ({header.photometric}); only grey-level slices")
-            if header.transfer_syntax in NATIVE_SYNTAXES:
-                stored = read_native(
-                    fp,
-                    path=path,
-                    transfer_syntax=header.transfer_syntax,
-                    frames=header.n_frames,
-                    rows=header.rows,
-                    cols=header.cols,
-                    bits_allocated=header.bits_allocated,
-                    signed=header.signed,
+        header, offset, length, size = _locate(path)
+        inst = _Instance(header)
+        if offset is None:
+            check_decoder(header.transfer_syntax, path)
+        else:
+            dtype = native_dtype(
+                header.bits_allocated, header.signed, header.transfer_syntax == uids.ExplicitVRBigEndian
+            )
+            expected = header.n_frames * header.rows * header.cols * dtype.itemsize
+            if length < expected:
+                raise PixelDataError(
+                    f"{path}: Pixel Data holds {length} bytes but {header.n_frames} frame(s) of "
+                    f"{header.rows}x{header.cols} at {header.bits_allocated} bits need {expected}"
                 )
-            else:
-                check_decoder(header.transfer_syntax, path)
-                fp.seek(0)
-                full = dcmread(fp, force=True)
-                stored = decode_dataset(full, path=path, transfer_syntax=header.transfer_syntax)
+            if size - offset < expected:
+                raise PixelDataError(
+                    f"{path}: the file is truncated ({max(0, size - offset)} of {expected} pixel bytes present)"
+                )
+            inst.offset, inst.dtype = offset, dtype
     except DicomError:
         raise
     except OSError as exc:
@@ -95,7 +140,70 @@ def _read_instance(path: str, strict: bool = True) -> _Instance:
         raise NotDicomError(f"{path}: unreadable DICOM: {type(exc).__name__}: {exc}") from exc
     if strict and header.problems:
         raise DicomHeaderError(f"{path}: {'; '.join(header.problems)}")
-    return _Instance(header, fix_bits_stored(stored, header.bits_stored, header.signed))
+    return inst
+
+
+def _read_native_into(inst: _Instance, out: np.ndarray) -> None:
+    """Read an instance's uncompressed frames straight into ``out`` (C-contiguous, native byte order)."""
+    path = inst.header.path
+    view = memoryview(out).cast("B")
+    got = 0
+    try:
+        with open(path, "rb", buffering=0) as fp:
+            fp.seek(inst.offset)
+            while got < len(view):  # readinto releases the GIL: threads overlap file reads
+                n = fp.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+    except OSError as exc:
+        raise NotDicomError(f"{path}: cannot read the file: {exc}") from exc
+    if got != len(view):
+        raise PixelDataError(f"{path}: the file is truncated ({got} of {len(view)} pixel bytes present)")
+    if inst.dtype is not None and inst.dtype.byteorder == ">":
+        out.byteswap(inplace=True)
+
+
+def _decode(inst: _Instance) -> np.ndarray:
+    """Stored values ``(frames, rows, cols)`` of a compressed or deflated instance, through pydicom."""
+    path, syntax = inst.header.path, inst.header.transfer_syntax
+    try:
+        full = dcmread(path, force=True)
+        return decode_dataset(full, path=path, transfer_syntax=syntax)
+    except DicomError:
+        raise
+    except OSError as exc:
+        raise NotDicomError(f"{path}: cannot read the file: {exc}") from exc
+    except Exception as exc:  # pydicom raises assorted errors on corrupt files
+        raise NotDicomError(f"{path}: unreadable DICOM: {type(exc).__name__}: {exc}") from exc
+
+
+def _stored_dtype(header: FileHeader) -> np.dtype:
+    return native_dtype(header.bits_allocated, header.signed, False)
+
+
+def _fix_bits_inplace(stored: np.ndarray, bits_stored: int, signed: bool) -> None:
+    """`fix_bits_stored` without a copy: clear (or sign-extend) the bits above BitsStored."""
+    bits_allocated = stored.dtype.itemsize * 8
+    if bits_stored >= bits_allocated or bits_stored <= 0:
+        return
+    if signed:
+        shift = bits_allocated - bits_stored
+        np.left_shift(stored, shift, out=stored)
+        np.right_shift(stored, shift, out=stored)
+    else:
+        np.bitwise_and(stored, np.array((1 << bits_stored) - 1, dtype=stored.dtype), out=stored)
+
+
+def _instance_stored(inst: _Instance) -> np.ndarray:
+    """All frames of one instance as a new ``(frames, rows, cols)`` array of stored values, bits fixed."""
+    h = inst.header
+    if inst.offset is None:
+        return fix_bits_stored(_decode(inst), h.bits_stored, h.signed)
+    out = np.empty((h.n_frames, h.rows, h.cols), dtype=_stored_dtype(h))
+    _read_native_into(inst, out)
+    _fix_bits_inplace(out, h.bits_stored, h.signed)
+    return out
 
 
 def read_pixels(path: str | Path) -> tuple[FileHeader, np.ndarray]:
@@ -104,8 +212,8 @@ def read_pixels(path: str | Path) -> tuple[FileHeader, np.ndarray]:
     Uncompressed syntaxes are read directly; compressed ones through pydicom's decoders (a missing decoder
     raises `MissingDecoderError` naming the transfer syntax and the package to install).
     """
-    inst = _read_instance(str(path), strict=False)
-    return inst.header, inst.stored
+    inst = _read_header(str(path), strict=False)
+    return inst.header, _instance_stored(inst)
 
 
 def _resolve_files(source: Any) -> list[str]:
@@ -138,14 +246,63 @@ def _resolve_files(source: Any) -> list[str]:
     )
 
 
-def _read_all(files: list[str], workers: int | None) -> list[_Instance]:
+def _workers(workers: int | None) -> int:
+    return min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+
+
+def _read_headers(files: list[str], workers: int) -> list[_Instance]:
+    """Headers of every file (no pixels yet), so that slices are ordered before any pixel is read."""
     if not files:
         raise DicomError("read_series: no files given")
-    workers = min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    if workers == 1 or len(files) < 4:
-        return [_read_instance(f) for f in files]
+    if workers == 1 or len(files) < _PARALLEL_HEADERS_FROM:
+        return [_read_header(f) for f in files]
+    chunk = -(-len(files) // workers)
+    parts = [files[i : i + chunk] for i in range(0, len(files), chunk)]
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(_read_instance, files))
+        return [inst for part in pool.map(lambda p: [_read_header(f) for f in p], parts) for inst in part]
+
+
+def _load_stored(frames: list[tuple[_Instance, int]], workers: int) -> np.ndarray:
+    """Stored values of ``frames`` (in that order) as one ``(n, rows, cols)`` array, bits fixed.
+
+    Uncompressed files are read straight into their slot of the preallocated array (no intermediate
+    bytes); compressed ones are decoded by pydicom. Files are handled in a thread pool.
+    """
+    first = frames[0][0].header
+    dtypes = {_stored_dtype(inst.header) for inst, _ in frames}
+    dtype = np.result_type(*dtypes) if len(dtypes) > 1 else dtypes.pop()
+    stored = np.empty((len(frames), first.rows, first.cols), dtype=dtype)
+    slots: dict[int, tuple[_Instance, list[tuple[int, int]]]] = {}
+    for k, (inst, f) in enumerate(frames):
+        slots.setdefault(id(inst), (inst, []))[1].append((f, k))
+
+    def load(job: tuple[_Instance, list[tuple[int, int]]]) -> None:
+        inst, pairs = job
+        h = inst.header
+        ks = [k for _, k in pairs]
+        direct = (
+            inst.offset is not None
+            and _stored_dtype(h) == dtype
+            and [f for f, _ in pairs] == list(range(h.n_frames))
+            and ks == list(range(ks[0], ks[0] + h.n_frames))
+        )
+        if direct:  # the common case: frames land on consecutive slots of the output
+            target = stored[ks[0] : ks[0] + h.n_frames]
+            _read_native_into(inst, target)
+            _fix_bits_inplace(target, h.bits_stored, h.signed)
+            return
+        values = _instance_stored(inst)
+        for f, k in pairs:
+            stored[k] = values[f]
+
+    jobs = list(slots.values())
+    if workers == 1 or len(jobs) < 4:
+        for job in jobs:
+            load(job)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(load, jobs))
+    return stored
 
 
 def _one_stack(instances: list[_Instance], label: str) -> tuple[list[_Instance], list[str]]:
@@ -183,55 +340,107 @@ def _check_geometry_tags(instances: list[_Instance], label: str) -> None:
             raise DicomHeaderError(f"{h.path}: missing {', '.join(missing)} (needed for geometry) in {label}")
 
 
-def _to_output(
-    frames: list[tuple[_Instance, int]], exact: bool, dtype: np.dtype
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Rescale each frame into one ``(n, rows, cols)`` array; also return the padding mask (or None)."""
-    first = frames[0][0].header
-    out = np.empty((len(frames), first.rows, first.cols), dtype=dtype)
-    mask = None
+def _pixel_key(h: FileHeader, f: int) -> tuple:
+    return (
+        h.slopes[f],
+        h.intercepts[f],
+        h.photometric,
+        h.bits_stored,
+        h.signed,
+        h.padding_value,
+        h.padding_limit,
+    )
+
+
+def _runs(frames: list[tuple[_Instance, int]]) -> list[tuple[int, int, FileHeader, int]]:
+    """Consecutive frames sharing rescale, photometric and padding: ``(start, stop, header, frame)``."""
+    runs: list[tuple[int, int, FileHeader, int]] = []
+    key = None
     for k, (inst, f) in enumerate(frames):
-        h = inst.header
-        stored = inst.stored[f]
-        if h.padding_value is not None:
-            lo = h.padding_value
-            hi = h.padding_limit if h.padding_limit is not None else lo
-            lo, hi = min(lo, hi), max(lo, hi)
-            pad = (stored >= lo) & (stored <= hi)
-            if pad.any():
-                if mask is None:
-                    mask = np.zeros(out.shape, dtype=bool)
-                mask[k] = pad
-        if h.photometric == "MONOCHROME1":  # invert within the stored range so that bright = high
-            top = (1 << (h.bits_stored - 1)) - 1 if h.signed else (1 << h.bits_stored) - 1
-            low = -(1 << (h.bits_stored - 1)) if h.signed else 0
-            stored = (top + low) - stored.astype(np.int64)
-        slope, intercept = h.slopes[f], h.intercepts[f]
-        if exact and slope == 1:
-            np.add(stored, np.int32(round(intercept)), out=out[k], casting="unsafe")
-        elif exact:
-            np.copyto(
-                out[k], stored.astype(np.int32) * int(round(slope)) + int(round(intercept)), casting="unsafe"
-            )
+        this = _pixel_key(inst.header, f)
+        if this == key:
+            start, _, h, hf = runs[-1]
+            runs[-1] = (start, k + 1, h, hf)
         else:
-            np.multiply(stored, np.float32(slope), out=out[k], casting="unsafe")
-            out[k] += np.float32(intercept)
-    return out, mask
+            runs.append((k, k + 1, inst.header, f))
+            key = this
+    return runs
 
 
-def _output_dtype(frames: list[tuple[_Instance, int]]) -> tuple[bool, np.dtype]:
+def _padding_mask(stored: np.ndarray, runs: list[tuple[int, int, FileHeader, int]]) -> np.ndarray | None:
+    """True where a stored value lies in PixelPaddingValue..PixelPaddingRangeLimit (None if nowhere)."""
+    mask = None
+    for start, stop, h, _ in runs:
+        if h.padding_value is None:
+            continue
+        lo = h.padding_value
+        hi = h.padding_limit if h.padding_limit is not None else lo
+        lo, hi = min(lo, hi), max(lo, hi)
+        part = stored[start:stop]
+        pad = (part >= lo) & (part <= hi)
+        if pad.any():
+            if mask is None:
+                mask = np.zeros(stored.shape, dtype=bool)
+            mask[start:stop] = pad
+    return mask
+
+
+def _output_dtype(stored: np.ndarray, runs: list[tuple[int, int, FileHeader, int]]) -> tuple[bool, np.dtype]:
     """int16 when every rescale is integral and the result fits int16, else float32."""
     lo, hi = np.inf, -np.inf
-    for inst, f in frames:
-        h = inst.header
+    for start, stop, h, f in runs:
         slope, intercept = h.slopes[f], h.intercepts[f]
         if slope != round(slope) or intercept != round(intercept) or h.photometric == "MONOCHROME1":
             return False, np.dtype(np.float32)
-        a, b = float(inst.stored[f].min()), float(inst.stored[f].max())
+        if stored.dtype == np.int16 and slope == 1 and intercept == 0:
+            continue  # int16 values unchanged: always fit
+        part = stored[start:stop]
+        a, b = float(part.min()), float(part.max())
         ends = (a * slope + intercept, b * slope + intercept)
         lo, hi = min(lo, *ends), max(hi, *ends)
     exact = lo >= -32768 and hi <= 32767
     return exact, np.dtype(np.int16 if exact else np.float32)
+
+
+def _to_output(
+    stored: np.ndarray, frames: list[tuple[_Instance, int]]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rescale stored values into output units, vectorised over runs of slices with the same rescale.
+
+    Returns the array (int16 when exact, else float32; ``stored`` itself is reused when it is int16) and
+    the padding mask (or None), taken from the stored values.
+    """
+    runs = _runs(frames)
+    mask = _padding_mask(stored, runs)
+    exact, dtype = _output_dtype(stored, runs)
+    in_place = (
+        exact
+        and stored.dtype == np.int16
+        and all(h.slopes[f] == 1 and -32768 <= h.intercepts[f] <= 32767 for _, _, h, f in runs)
+    )
+    if in_place:  # the usual CT: add the intercept where the pixels were read, no copy
+        for start, stop, h, f in runs:
+            if h.intercepts[f]:
+                np.add(stored[start:stop], np.int16(round(h.intercepts[f])), out=stored[start:stop])
+        return stored, mask
+    out = np.empty(stored.shape, dtype=dtype)
+    for start, stop, h, f in runs:
+        part, target = stored[start:stop], out[start:stop]
+        if h.photometric == "MONOCHROME1":  # invert within the stored range so that bright = high
+            top = (1 << (h.bits_stored - 1)) - 1 if h.signed else (1 << h.bits_stored) - 1
+            low = -(1 << (h.bits_stored - 1)) if h.signed else 0
+            part = (top + low) - part.astype(np.int64)
+        slope, intercept = h.slopes[f], h.intercepts[f]
+        if exact and slope == 1:
+            np.add(part, np.int32(round(intercept)), out=target, casting="unsafe")
+        elif exact:
+            np.copyto(
+                target, part.astype(np.int32) * int(round(slope)) + int(round(intercept)), casting="unsafe"
+            )
+        else:
+            np.multiply(part, np.float32(slope), out=target, casting="unsafe")
+            target += np.float32(intercept)
+    return out, mask
 
 
 def _correct_tilt(
@@ -281,7 +490,8 @@ def read_series(
     if on_tilt not in ("correct", "error"):
         raise ValueError(f"on_tilt must be 'correct' or 'error', got {on_tilt!r}")
     files = _resolve_files(source)
-    instances = _read_all(files, workers)
+    workers = _workers(workers)
+    instances = _read_headers(files, workers)
     series_uid = instances[0].header.series_uid
     label = f"series {series_uid or '(no SeriesInstanceUID)'}" + (
         f" ({Path(files[0]).parent})" if files else ""
@@ -303,12 +513,28 @@ def read_series(
         )
     frames = [frames[i] for i in geometry.order]
 
-    exact, dtype = _output_dtype(frames)
-    array, pad_mask = _to_output(frames, exact, dtype)
+    if not geometry.collinear:
+        raise SeriesGeometryError(f"{label}: slice positions do not lie on a line (erratic in-plane offsets)")
+    if geometry.tilt_deg > 0 and on_tilt == "error":
+        raise SeriesGeometryError(
+            f"{label}: gantry tilt of {geometry.tilt_deg:.2f} deg (slices shifted in-plane); "
+            "pass on_tilt='correct' to resample onto a regular grid"
+        )
+    irregular = geometry.spacing is not None and not geometry.uniform
+    spacing_problem = "; ".join(p for p in geometry.problems() if "spacing" in p) if irregular else ""
+    if irregular and on_irregular == "error":  # refuse before reading any pixel
+        raise SeriesGeometryError(f"{label}: {spacing_problem}; pass on_irregular='resample' to interpolate")
+    array, pad_mask = _to_output(_load_stored(frames, workers), frames)
     meta: dict[str, Any] = {}
-    fill = float(array[~pad_mask].min()) if pad_mask is not None and (~pad_mask).any() else float(array.min())
-    if first.modality == "CT":
-        fill = min(fill, AIR_HU)
+    fill = 0.0
+    if pad_mask is not None or geometry.tilt_deg > 0:  # the fill value costs a pass over the voxels
+        fill = (
+            float(array[~pad_mask].min())
+            if pad_mask is not None and (~pad_mask).any()
+            else float(array.min())
+        )
+        if first.modality == "CT":
+            fill = min(fill, AIR_HU)
     if pad_mask is not None:
         array[pad_mask] = fill
         meta["padding_replaced_with"] = fill
@@ -316,14 +542,7 @@ def read_series(
         meta["inverted"] = "MONOCHROME1 inverted so that higher values are brighter"
 
     resampled: list[str] = []
-    if not geometry.collinear:
-        raise SeriesGeometryError(f"{label}: slice positions do not lie on a line (erratic in-plane offsets)")
     if geometry.tilt_deg > 0:
-        if on_tilt == "error":
-            raise SeriesGeometryError(
-                f"{label}: gantry tilt of {geometry.tilt_deg:.2f} deg (slices shifted in-plane); "
-                "pass on_tilt='correct' to resample onto a regular grid"
-            )
         array = _correct_tilt(array, geometry, row, col, first.pixel_spacing, fill)
         meta["gantry_tilt_deg"] = round(geometry.tilt_deg, 4)
         resampled.append(
@@ -333,10 +552,8 @@ def read_series(
     if spacing_z is None:
         spacing_z = first.slice_thickness if first.slice_thickness and first.slice_thickness > 0 else 1.0
         notes = [*notes, "single slice: depth spacing taken from SliceThickness (or 1 mm)"]
-    elif not geometry.uniform:
-        problem = "; ".join(p for p in geometry.problems() if "spacing" in p)
-        if on_irregular == "error":
-            raise SeriesGeometryError(f"{label}: {problem}; pass on_irregular='resample' to interpolate")
+    elif irregular:
+        problem = spacing_problem
         n_before = array.shape[0]
         array = _resample_uniform(array, geometry.distances, spacing_z)
         resampled.append(
