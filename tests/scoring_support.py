@@ -77,7 +77,9 @@ def make_cohort(root: Path, n_good: int = 3, *, extras: bool = True) -> dict:
         out["corrupt"] = uid
         from pydicom.uid import RLELossless
 
-        uid, files = write(make_volume(93), root / "corrupt_rle", f"{PATIENT_PREFIX}093", transfer_syntax=RLELossless)
+        # the folder is named after the patient, as many exports are: error messages must not repeat it
+        uid, files = write(make_volume(93), root / f"rle_{PATIENT_PREFIX}093", f"{PATIENT_PREFIX}093",
+                           transfer_syntax=RLELossless)
         truncate(files[4])  # passes the header scan (compressed), fails when decoded
         out["corrupt_read"] = uid
         loc = make_volume(91)

@@ -75,10 +75,17 @@ def test_nodule_run_scores_skips_and_records_errors(world, tmp_path, caplog, cap
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
-    # no patient identifier anywhere: outputs, database, logs, progress bar
+    # no patient identifier anywhere: outputs, database (but the folder paths in `source`), logs, progress bar
     captured = capfd.readouterr()
     texts = [captured.out, captured.err, caplog.text, "\n".join(summary.lines())]
-    texts += [p.read_bytes().decode("latin-1") for p in out.iterdir() if p.is_file()]
+    texts += [(out / name).read_bytes().decode("latin-1") for name in ("scores.csv", "scores.parquet")]
+    conn = _db(out)
+    for table in ("runs", "series", "predictions", "errors"):
+        columns = [c[1] for c in conn.execute(f"PRAGMA table_info({table})") if c[1] != "source"]
+        texts += [repr(tuple(r)) for r in conn.execute(f"SELECT {', '.join(columns)} FROM {table}")]
+    read_error = conn.execute("SELECT error FROM errors WHERE stage='read'").fetchone()[0]
+    assert "rle_<patient>" in read_error  # the patient-named folder, scrubbed
+    conn.close()
     for text in texts:
         assert S.PATIENT_PREFIX not in text and S.PATIENT_NAME not in text and "Zzyzx" not in text
     assert "patient_id" not in df.columns
@@ -125,6 +132,13 @@ def test_series_bundle_one_score_per_series_and_exit_codes(world, tmp_path):
     skipped = score(_cfg(world, tmp_path / "skip", bundle=world["series_bundle"], nodules=None, inputs=good_only,
                          rules=["min_slices=100"]))
     assert skipped.exit_code == 2 and skipped.n_skipped == 3
+
+
+def test_second_run_on_a_busy_database_is_refused(world, tmp_path):
+    from medsuite.pipelines.scoring.runner import _DbLock
+
+    with _DbLock(tmp_path / "out" / "medsuite.db"), pytest.raises(UsageError, match="another 'medsuite score' run"):
+        score(_cfg(world, tmp_path / "out"))
 
 
 @pytest.mark.parametrize("change, words", [

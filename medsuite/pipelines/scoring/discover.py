@@ -149,6 +149,7 @@ class Discovery:
 
     series: pd.DataFrame
     skipped_files: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["path", "reason"]))
+    notes: list[str] = field(default_factory=list)  # warnings seen while scanning
 
 
 def _paths_from_table(path: Path) -> tuple[list[Path], set[str] | None]:

@@ -57,6 +57,7 @@ def prepare_row(row: dict[str, Any], *, block_spec_json: str, read_options: dict
         "error": json.dumps(p.error),
         "n_slices": -1 if p.n_slices is None else p.n_slices,
         "spacing": json.dumps(p.spacing),
+        "notes": json.dumps(p.notes),
     }
 
 
@@ -72,19 +73,20 @@ def _prepared_from_row(row: dict[str, Any]) -> Prepared:
         error=None if error is None else tuple(error),
         n_slices=None if int(row["n_slices"]) < 0 else int(row["n_slices"]),
         spacing=None if spacing is None else tuple(spacing),
+        notes=list(json.loads(row["notes"])),
     )
 
 
 def result_to_json(result: SeriesResult) -> str:
     return json.dumps({"series_uid": result.series_uid, "predictions": result.predictions, "errors": result.errors,
-                       "n_slices": result.n_slices, "spacing": result.spacing})
+                       "n_slices": result.n_slices, "spacing": result.spacing, "notes": result.notes})
 
 
 def result_from_json(text: str) -> SeriesResult:
     d = json.loads(text)
     return SeriesResult(series_uid=d["series_uid"], predictions=d["predictions"],
                         errors=[tuple(e) for e in d["errors"]], n_slices=d["n_slices"],
-                        spacing=None if d["spacing"] is None else tuple(d["spacing"]))
+                        spacing=None if d["spacing"] is None else tuple(d["spacing"]), notes=d["notes"])
 
 
 class InferenceActor:

@@ -36,7 +36,7 @@ from medsuite.pipelines.scoring.discover import (
     file_key,
     rules_from_bundle,
 )
-from medsuite.pipelines.scoring.stages import Point, Predictor, SeriesResult, WorkItem, spec_json
+from medsuite.pipelines.scoring.stages import Point, Predictor, SeriesResult, WorkItem, captured, spec_json
 from medsuite.pipelines.scoring.writer import ScoreStore
 from medsuite.pipelines.store import StoreError
 
@@ -229,10 +229,13 @@ def score(cfg: ScoreConfig) -> Summary:
         rules = apply_overrides(rules_from_bundle(bundle.meta), cfg.rules)
     except RuleError as exc:
         raise UsageError(str(exc)) from exc
+    scan_notes: list[str] = []
     try:
-        found = discover(cfg.inputs, workers=cfg.workers)
+        with captured(scan_notes):  # header warnings name files; they are logged (scrubbed) in _run
+            found = discover(cfg.inputs, workers=cfg.workers)
     except DiscoveryError as exc:
         raise UsageError(str(exc)) from exc
+    found.notes = scan_notes
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with _DbLock(cfg.db_path):
@@ -270,6 +273,8 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
     for r in found.skipped_files.itertuples(index=False):
         unscored.append((file_key(r.path), {"path": str(r.path)}, "skipped", f"not an image instance: {scrub(r.reason)}"))
     db.record_unscored(run_id, unscored)
+    for note in found.notes:
+        log.debug("scan: %s", scrub(note))
     if nodules is not None:
         discovered = set(series["series_uid"].astype(str)) if len(series) else set()
         orphans = int((~nodules["series_uid"].isin(discovered)).sum())
@@ -288,6 +293,8 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
         with _progress(len(items), cfg.progress) as bar:
             for result in results:
                 db.commit_series(run_id, bundle.sha256, predictor.threshold, result, rows[result.series_uid], scrub=scrub)
+                for note in result.notes:
+                    log.debug("series %s: %s", result.series_uid, scrub(note))
                 if result.status == "scored":
                     n_scored += 1
                 else:

@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -43,6 +47,7 @@ class Prepared:
     error: tuple[str, str] | None = None      # (stage, reason) when the whole series failed
     n_slices: int | None = None
     spacing: tuple[float, float, float] | None = None
+    notes: list[str] = field(default_factory=list)  # warnings raised while reading (may name files)
 
 
 @dataclass
@@ -54,6 +59,7 @@ class SeriesResult:
     errors: list[tuple[str, str]] = field(default_factory=list)   # (stage, reason)
     n_slices: int | None = None
     spacing: tuple[float, float, float] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -88,16 +94,47 @@ def _outside(volume: Any, point: Point) -> str | None:
     )
 
 
+class _Collect(logging.Handler):
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(f"{record.name}: {record.getMessage()}")
+
+
+@contextmanager
+def captured(sink: list[str]) -> Iterator[None]:
+    """Collect warnings and log records instead of printing them from a worker: they often name files,
+    and file paths may hold patient ids; the caller decides what to show (after scrubbing)."""
+    handler = _Collect(sink)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        sink.extend(f"{w.category.__name__}: {w.message}" for w in caught)
+    finally:
+        root.removeHandler(handler)
+
+
 def prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] | None = None) -> Prepared:
     """Read one series and sample it (one sample per point, or one for the series); errors become data."""
+    out = Prepared(series_uid=item.series_uid)
+    with captured(out.notes):
+        _prepare(item, block_spec_json, read_options, out)
+    return out
+
+
+def _prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] | None, out: Prepared) -> None:
     from medsuite.io.reader import read_series
 
-    out = Prepared(series_uid=item.series_uid)
     try:
         volume = read_series(list(item.files), **(read_options or {}))
     except Exception as exc:  # a corrupt series must not stop the run: it becomes an error row
         out.error = ("read", _describe(exc))
-        return out
+        return
     out.n_slices = int(volume.shape[0])
     out.spacing = tuple(float(s) for s in volume.spacing)  # type: ignore[assignment]
     try:
@@ -127,7 +164,6 @@ def prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] |
         out.samples, out.keys = None, []
     finally:
         del volume  # only the small samples leave this function
-    return out
 
 
 class Predictor:
@@ -160,7 +196,8 @@ class Predictor:
 
 def finish(prepared: Prepared, probs: np.ndarray | None, predictor: Predictor) -> SeriesResult:
     """Turn a prepared series and its samples' probabilities into a `SeriesResult`."""
-    result = SeriesResult(series_uid=prepared.series_uid, n_slices=prepared.n_slices, spacing=prepared.spacing)
+    result = SeriesResult(series_uid=prepared.series_uid, n_slices=prepared.n_slices, spacing=prepared.spacing,
+                          notes=list(prepared.notes))
     if prepared.error is not None:
         result.errors.append(prepared.error)
         return result
