@@ -27,12 +27,20 @@ def test_ramp_is_reproduced_exactly_at_grid_world(geometry, rotated):
     np.testing.assert_allclose(values[ok], world[ok] @ RAMP, atol=2e-2)
 
 
-@pytest.mark.parametrize("perm_axes", [np.diag([0.9, 1.1, 1.3]), np.diag([-0.9, 1.1, -1.3])[:, [2, 1, 0]]])
+@pytest.mark.parametrize(
+    ("perm_axes", "shape"),
+    [
+        (np.diag([0.9, 1.1, 1.3]), (5, 33, 40)),
+        (np.diag([-0.9, 1.1, -1.3])[:, [2, 1, 0]], (5, 33, 40)),
+        (np.diag([9.0, -4.0, 4.0]), (4, 5, 6)),  # sparse: samples further apart than voxels on every axis
+    ],
+    ids=["aligned", "permuted-flipped", "sparse"],
+)
 @pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (25.0, -10.0, 14.0), (500.0, 0.0, 0.0)])
-def test_separable_path_equals_map_coordinates(perm_axes, offset):
+def test_separable_path_equals_map_coordinates(perm_axes, shape, offset):
     rng = np.random.default_rng(0)
     vol = Volume(rng.normal(size=(20, 30, 40)).astype(np.float32), (2.0, 0.7, 0.8), (-10.0, 5.0, 3.0), modality="CT")
-    grid = Grid(vol.center_world + np.asarray(offset), perm_axes, (5, 33, 40))
+    grid = Grid(vol.center_world + np.asarray(offset), perm_axes, shape)
     a, b = grid.index_affine(vol)
     fast = sample_grid(vol, grid)
     general = _sample_general(vol.array, a, b, grid.shape, CT_AIR_HU)
