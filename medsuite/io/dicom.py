@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -191,23 +191,62 @@ _HEADER_KEYWORDS = (
     "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "RescaleSlope", "RescaleIntercept",
 )  # fmt: skip
 _TAG_OF = {keyword: tag_for_keyword(keyword) for keyword in _HEADER_KEYWORDS}
-# Elements that go through pydicom's conversion (character sets, VR resolved by PixelRepresentation).
-_CONVERTED = ("SpecificCharacterSet", "PatientID", "SeriesDescription", "Manufacturer", "PixelRepresentation", "PixelPaddingValue", "PixelPaddingRangeLimit")  # fmt: skip
 _ROWS, _COLUMNS = tag_for_keyword("Rows"), tag_for_keyword("Columns")
-_CONVERTED_TAGS = tuple(tag_for_keyword(k) for k in _CONVERTED)
+_PADDING, _PADDING_LIMIT = tag_for_keyword("PixelPaddingValue"), tag_for_keyword("PixelPaddingRangeLimit")
 
 
 class _Fields:
-    """Values of numeric/ASCII header elements read from their raw bytes, skipping pydicom's (slow) conversion.
+    """Values of header elements read from their raw bytes, skipping pydicom's (slow) conversion.
 
     Header parsing dominates reading and scanning time; this decodes the few tags we need directly.
-    ``lookup`` gives an element by tag (raw or converted); ``dataset`` gives the full `Dataset` for the
-    rare element that needs pydicom (an unexpected VR).
+    Built from a pydicom `Dataset` or from `read_raw_header`'s elements (then the `Dataset` is only
+    built for the rare element that needs pydicom: an unexpected VR or character set).
     """
 
-    def __init__(self, lookup: Callable[[int], Any], dataset: Callable[[], Dataset]) -> None:
-        self._lookup = lookup
-        self._dataset = dataset
+    def __init__(self, ds: Dataset | None = None, raw: RawHeader | None = None) -> None:
+        self._ds = ds
+        self._raw = raw
+        self._lookup = raw.elements.get if raw is not None else ds.get_item
+
+    def _dataset(self) -> Dataset:
+        if self._ds is None:
+            self._ds = self._raw.dataset()
+        return self._ds
+
+    def string(self, keyword: str) -> str:
+        """A text element (any character set) as ``str(ds.get(keyword, ""))`` gives it; "" when absent."""
+        if self._raw is not None:
+            value = self._raw.text(tag_for_keyword(keyword))
+            if value is not None:
+                return value
+        return str(self._dataset().get(keyword, "") or "")
+
+    def padding(self) -> tuple[int | None, int | None]:
+        """PixelPaddingValue and PixelPaddingRangeLimit (US or SS depending on PixelRepresentation)."""
+        if self._raw is not None:
+            if _PADDING not in self._raw.elements:
+                return None, None
+            signed = self.integer("PixelRepresentation", 0) == 1
+            values = [_padding_value(self._raw.elements.get(t), signed) for t in (_PADDING, _PADDING_LIMIT)]
+            if all(v is not False for v in values):
+                return values[0], values[1]
+        ds = self._dataset()
+        if "PixelPaddingValue" not in ds:
+            return None, None
+        padding, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+        return (
+            int(padding) if isinstance(padding, (int, np.integer)) else None,
+            int(limit) if isinstance(limit, (int, np.integer)) else None,
+        )
+
+    def functional_groups(self) -> tuple[Dataset, Any] | None:
+        """``(dataset, per-frame sequence or None)`` of an enhanced multi-frame object, else None."""
+        if self._raw is not None:
+            return None  # read_raw_header leaves enhanced objects to pydicom
+        per_frame = self._ds.get("PerFrameFunctionalGroupsSequence")
+        if per_frame is not None or "SharedFunctionalGroupsSequence" in self._ds:
+            return self._ds, per_frame
+        return None
 
     def values(self, keyword: str) -> list | None:
         """All values of an element; None when absent."""
@@ -263,31 +302,36 @@ def _syntax_of(ds: Dataset) -> str:
 
 def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
     """Collect a `FileHeader` from a dataset read with or without pixel data."""
-    return _fill_header(FileHeader(path=path), _Fields(ds.get_item, lambda: ds), ds, _syntax_of(ds))
+    return _fill_header(FileHeader(path=path), _Fields(ds=ds), _syntax_of(ds))
 
 
 def header_from_raw(raw: RawHeader, path: str) -> FileHeader:
     """Collect a `FileHeader` from `read_raw_header`'s elements (same values as `header_from_dataset`)."""
-    return _fill_header(
-        FileHeader(path=path),
-        _Fields(raw.elements.get, raw.dataset),
-        raw.subset(_CONVERTED_TAGS),
-        raw.transfer_syntax,
-    )
+    return _fill_header(FileHeader(path=path), _Fields(raw=raw), raw.transfer_syntax)
 
 
-def _fill_header(h: FileHeader, fields: _Fields, ds: Dataset, transfer_syntax: str) -> FileHeader:
-    """Fill ``h`` from ``fields`` (numbers, UIDs, codes) and ``ds`` (text, padding, functional groups)."""
+def _padding_value(elem: Any, signed: bool) -> int | None | bool:
+    """One US/SS padding element from raw bytes; None when absent, False when pydicom must convert it."""
+    if elem is None:
+        return None
+    vr = elem.VR or ("SS" if signed else "US")
+    if vr not in ("US", "SS") or len(elem.value) != 2:
+        return False
+    return struct.unpack("<h" if vr == "SS" else "<H", elem.value)[0]
+
+
+def _fill_header(h: FileHeader, fields: _Fields, transfer_syntax: str) -> FileHeader:
+    """Fill ``h`` from the header ``fields`` of one instance."""
     h.sop_class = fields.text("SOPClassUID")
     h.sop_uid = fields.text("SOPInstanceUID")
     h.series_uid = fields.text("SeriesInstanceUID")
     h.study_uid = fields.text("StudyInstanceUID")
-    h.patient_id = str(ds.get("PatientID", "") or "")
+    h.patient_id = fields.string("PatientID")
     h.study_date = fields.text("StudyDate")
     h.modality = fields.text("Modality")
-    h.description = str(ds.get("SeriesDescription", "") or "")
+    h.description = fields.string("SeriesDescription")
     h.series_number = fields.integer("SeriesNumber", None)
-    h.manufacturer = str(ds.get("Manufacturer", "") or "")
+    h.manufacturer = fields.string("Manufacturer")
     h.transfer_syntax = transfer_syntax
     h.image_type = fields.text("ImageType")
     h.rows, h.cols = fields.integer("Rows", 0), fields.integer("Columns", 0)
@@ -297,11 +341,7 @@ def _fill_header(h: FileHeader, fields: _Fields, ds: Dataset, transfer_syntax: s
     h.signed = fields.integer("PixelRepresentation", 0) == 1
     h.photometric = (fields.text("PhotometricInterpretation") or "MONOCHROME2").upper()
     h.samples_per_pixel = fields.integer("SamplesPerPixel", 1) or 1
-    if "PixelPaddingValue" in ds:  # US or SS depending on PixelRepresentation: pydicom resolves it
-        padding = ds.get("PixelPaddingValue")
-        h.padding_value = int(padding) if isinstance(padding, (int, np.integer)) else None
-        limit = ds.get("PixelPaddingRangeLimit")
-        h.padding_limit = int(limit) if isinstance(limit, (int, np.integer)) else None
+    h.padding_value, h.padding_limit = fields.padding()
     h.acquisition = fields.text("AcquisitionNumber")
     echo = fields.values("EchoNumbers")
     h.echo = str(echo[0]) if echo else ""
@@ -311,9 +351,9 @@ def _fill_header(h: FileHeader, fields: _Fields, ds: Dataset, transfer_syntax: s
     h.kvp = fields.number("KVP")
     h.slice_thickness = fields.number("SliceThickness")
 
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None or "SharedFunctionalGroupsSequence" in ds:
-        _enhanced_geometry(ds, h, per_frame)
+    enhanced = fields.functional_groups()
+    if enhanced is not None:
+        _enhanced_geometry(enhanced[0], h, enhanced[1])
     else:
         h.pixel_spacing = fields.numbers("PixelSpacing", 2)
         h.orientation = fields.numbers("ImageOrientationPatient", 6)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pydicom import uid as uids
@@ -30,6 +29,9 @@ _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # Sequences that make a file an enhanced multi-frame object: pydicom parses those.
 _FUNCTIONAL_GROUPS = frozenset({0x52009229, 0x52009230})
 _UNDEFINED = 0xFFFFFFFF
+_CHARSET = 0x00080005
+# SpecificCharacterSet values whose decoding is one Python codec (as pydicom maps them).
+_SIMPLE_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1", "ISO_IR 192": "utf-8"}
 _FIRST_READ = 16384
 _MAX_HEADER = 64 << 20
 
@@ -65,15 +67,25 @@ class RawHeader:
 
     def dataset(self) -> Dataset:
         """A pydicom `Dataset` of every element, with ``file_meta``; values are converted when read."""
-        ds = self.subset(self.elements)
+        ds = Dataset(dict(self.elements))
+        ds.set_original_encoding(self.transfer_syntax == uids.ImplicitVRLittleEndian, True)
         ds.file_meta = FileMetaDataset(self.meta)
         return ds
 
-    def subset(self, tags: Iterable[int]) -> Dataset:
-        """A pydicom `Dataset` of only ``tags`` (those present), without ``file_meta``: cheap to build."""
-        ds = Dataset({t: self.elements[t] for t in tags if t in self.elements})
-        ds.set_original_encoding(self.transfer_syntax == uids.ImplicitVRLittleEndian, True)
-        return ds
+    def text(self, tag: int) -> str | None:
+        """A single-valued text element (LO/SH) decoded as pydicom would, for the default, Latin-1 and UTF-8
+        character sets; None when pydicom must decide (other character sets, several values, bad bytes).
+        """
+        charset = self.elements.get(_CHARSET)
+        name = charset.value.decode("latin-1").strip(" \x00") if charset is not None and charset.value else ""
+        codec = _SIMPLE_CHARSETS.get(name)
+        elem = self.elements.get(tag)
+        if codec is None or elem is None or b"\\" in elem.value:
+            return None if codec is None or elem is not None else ""
+        try:
+            return elem.value.decode(codec).rstrip("\x00 ")
+        except UnicodeDecodeError:
+            return None
 
     def sop_class(self) -> str:
         """SOPClassUID, or the file meta's MediaStorageSOPClassUID when absent."""
