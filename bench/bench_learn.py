@@ -56,9 +56,9 @@ def amp_ctx(device: torch.device, dtype: torch.dtype | None):
 class PlainLoop:
     """What one would write by hand: the same optimiser, autocast and validation metric."""
 
-    def __init__(self, dls, device: torch.device, dtype: torch.dtype | None) -> None:
+    def __init__(self, dls, device: torch.device, dtype: torch.dtype | None, model: nn.Module) -> None:
         self.dls, self.device, self.dtype = dls, device, dtype
-        self.model = make_model().to(device)
+        self.model = model.to(device)
         self.opt = adamw(param_groups(self.model, 1e-2), lr=1e-3, wd=1e-2)
         self.loss_func = nn.CrossEntropyLoss()
 
@@ -129,6 +129,33 @@ class GpuSampler:
         self._thread.join()
 
 
+def micro(device: torch.device, dtype: torch.dtype | None, amp) -> None:
+    """Fixed cost per batch: a model so small that the loop's own Python work dominates."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8192, 16, generator=g), torch.randint(0, 2, (8192,), generator=g)
+    dls = SimpleNamespace(train=DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True),
+                          valid=DataLoader(TensorDataset(x[:64], y[:64]), batch_size=64), vocab=["a", "b"])
+
+    def tiny() -> nn.Module:
+        set_seed(0)
+        return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+
+    plain = PlainLoop(dls, device, dtype, tiny())
+    learn = Learner(dls, tiny(), lr=1e-3, wd=1e-2, metrics=[accuracy], device=device, amp=amp, progress=False,
+                    checkpoint=False, path="/tmp/bench_learn_micro")
+    jobs = {"plain": plain.epoch, "learner": lambda: learn.fit(1)}
+    for job in jobs.values():
+        job()
+    runs: dict[str, list[float]] = {k: [] for k in jobs}
+    for r in range(ARGS.repeats):
+        for name in (["plain", "learner"] if r % 2 == 0 else ["learner", "plain"]):
+            runs[name].append(timed(jobs[name], device)[1])
+    n = len(dls.train)
+    per = {k: statistics.median(v) / n * 1e6 for k, v in runs.items()}
+    print(f"fixed cost per training batch (tiny MLP, {n} batches of 8, CPU time): plain {per['plain']:.0f} us, "
+          f"learner {per['learner']:.0f} us, learner adds {per['learner'] - per['plain']:+.0f} us per batch")
+
+
 def main() -> None:
     device = torch.device(ARGS.device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[ARGS.amp]
@@ -136,7 +163,7 @@ def main() -> None:
     print(f"device={device} threads={torch.get_num_threads()} amp={ARGS.amp} n_train={len(dls.train.dataset)} "
           f"n_valid={len(dls.valid.dataset)} bs={ARGS.bs} input={ARGS.channels}x{ARGS.size}x{ARGS.size} "
           f"model=slice_cnn(width={ARGS.width}, depth={ARGS.depth}) torch={torch.__version__}")
-    plain = PlainLoop(dls, device, dtype)
+    plain = PlainLoop(dls, device, dtype, make_model())
     amp = ARGS.amp if ARGS.amp != "fp32" else False
     learn = Learner(dls, make_model(), lr=1e-3, wd=1e-2, metrics=[accuracy], device=device, amp=amp,
                     progress=False, checkpoint=False, path="/tmp/bench_learn")
@@ -160,6 +187,7 @@ def main() -> None:
         print(f"{name:<28} wall {wall * 1e3:8.1f} ms/epoch ({n / wall:7.0f} samples/s) overhead "
               f"{100 * (wall / base_wall - 1):+6.1f} %  |  cpu {cpu * 1e3:8.1f} ms overhead "
               f"{100 * (cpu / base_cpu - 1):+6.1f} %")
+    micro(device, dtype, amp)
     if device.type == "cuda":
         with GpuSampler() as gpu:
             t = timed(lambda: learn.fit(ARGS.util_epochs), device)

@@ -645,8 +645,8 @@ class Learner:
                         self._restore(ckpt)
                     self._setup_loaders()
                     self.total_iter = self.n_epoch * self._n_iter_full
-                    if ckpt is None and self.is_main and not lr_find:
-                        self.fit_history.append(config)
+                    if not lr_find:
+                        self.fit_history.append({**config, "resumed": ckpt is not None})
                     if self._start_epoch < self.n_epoch:
                         self._do_fit()
                 except CancelFitException:
