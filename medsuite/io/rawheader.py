@@ -24,7 +24,7 @@ _FAST_SYNTAXES = frozenset({uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEn
 # Explicit VRs with a 2-byte reserved field and a 4-byte length.
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})  # fmt: skip
 _PIXEL_DATA = 0x7FE00010
-_OTHER_PIXEL_DATA = frozenset({0x7FE00008, 0x7FE00009})  # float / double float pixel data
+_FIRST_PIXEL_TAG = 0x7FE00008  # float, double float, then (integer) Pixel Data
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # Sequences that make a file an enhanced multi-frame object: pydicom parses those.
 _FUNCTIONAL_GROUPS = frozenset({0x52009229, 0x52009230})
@@ -35,6 +35,7 @@ _SIMPLE_CHARSETS = {"": "latin-1", "ISO_IR 6": "latin-1", "ISO_IR 100": "latin-1
 _FIRST_READ = 16384
 _MAX_HEADER = 64 << 20
 
+_VR_NAMES = {vr: vr.decode() for vr in (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV")}  # fmt: skip
 _TAG = struct.Struct("<HH")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -163,27 +164,40 @@ def _parse(buf: bytes, file_size: int) -> RawHeader:
     implicit = syntax == uids.ImplicitVRLittleEndian
     elements: dict[int, RawDataElement] = {}
     pixel_offset, pixel_length = None, 0
-    while pos < file_size:
-        if pos + 8 > len(buf):
-            raise _NeedMore
-        tag, vr, length, value = _element(buf, pos, implicit)
-        if tag == _PIXEL_DATA:
-            if length == _UNDEFINED:
-                raise _Unsupported  # encapsulated pixels under a native syntax: malformed, pydicom reports it
+    n = len(buf)
+    head = _IMPLICIT_HEAD.unpack_from if implicit else _EXPLICIT_HEAD.unpack_from
+    while pos < file_size:  # the element loop, inlined: it runs ~50 times per file
+        if pos + 12 > n and n < file_size:
+            raise _NeedMore  # (at the end of the file, struct.error on a short header means truncated)
+        if implicit:
+            group, elem, length = head(buf, pos)
+            vr, value = None, pos + 8
+        else:
+            group, elem, vr_bytes, length = head(buf, pos)
+            if vr_bytes in _LONG_VRS:
+                length = _U32.unpack_from(buf, pos + 8)[0]
+                value = pos + 12
+            elif group == 0xFFFE or not (65 <= vr_bytes[0] <= 90 and 65 <= vr_bytes[1] <= 90):
+                raise _Unsupported  # an item outside a sequence or no explicit VR: let pydicom judge
+            else:
+                value = pos + 8
+            vr = _VR_NAMES.get(vr_bytes) or vr_bytes.decode()
+        tag = group << 16 | elem
+        if tag >= _FIRST_PIXEL_TAG:
+            if tag != _PIXEL_DATA or length == _UNDEFINED:
+                raise _Unsupported  # float pixel data, or encapsulated pixels under a native syntax
             pixel_offset, pixel_length = value, length
             break
-        if tag in _FUNCTIONAL_GROUPS or tag in _OTHER_PIXEL_DATA or tag > _PIXEL_DATA:
+        if tag in _FUNCTIONAL_GROUPS:
             raise _Unsupported
         if length == _UNDEFINED:
             pos = _skip_undefined(buf, value, implicit)  # sequences: not needed for plain slices
             continue
         end = value + length
-        if vr != b"SQ":
-            if end > len(buf):
+        if vr != "SQ":
+            if end > n:
                 raise _NeedMore
-            elements[tag] = RawDataElement(
-                tag, None if vr is None else vr.decode(), length, buf[value:end], value, implicit, True
-            )
+            elements[tag] = RawDataElement(tag, vr, length, buf[value:end], value, implicit, True)
         elif end > file_size:
             raise _Unsupported
         pos = end
