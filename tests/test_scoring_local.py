@@ -56,3 +56,22 @@ def test_a_dying_worker_costs_only_its_series():
 def test_empty_run_starts_nothing():
     results, model = _run([], workers=2)
     assert results == {} and model.batches == []
+
+
+class PickyModel(MeanModel):
+    """Fails on any batch holding a sample whose mean is 7 (a series the model cannot take)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.flatten(1).mean(1) == 7).any():
+            raise RuntimeError("the model rejects this input")
+        return super().forward(x)
+
+
+def test_an_inference_failure_costs_only_its_series():
+    predictor = Predictor(PickyModel(), ["neg", "pos"], None)
+    items = [WorkItem(u, ("/x",)) for u in ("ok-1", "ok-7", "ok-2", "ok-3")]
+    results = {r.series_uid: r for r in run_local(items, predictor=predictor, block_spec_json="{}", workers=1,
+                                                  batch_size=8, prepare_fn=S.fake_prepare)}
+    assert results["ok-7"].errors == [("infer", "RuntimeError: the model rejects this input")]
+    assert all(results[u].status == "scored" for u in ("ok-1", "ok-2", "ok-3"))
+    assert predictor.threshold == 0.5  # a binary bundle without an operating point

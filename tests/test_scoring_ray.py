@@ -22,6 +22,7 @@ def _errors(db) -> set:
 
 
 @pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside Ray Data itself
 @pytest.mark.slow
 def test_ray_engine_matches_local(tmp_path):
     cohort = S.make_cohort(tmp_path / "cohort", n_good=3)

@@ -15,7 +15,7 @@ import scoring_support as S
 
 from medsuite.pipelines.scoring import ScoreConfig, score
 
-N_SERIES = 30
+N_SERIES = 20
 
 
 def _scored(db) -> int:

@@ -19,9 +19,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import numpy as np
-
-from medsuite.pipelines.scoring.stages import Predictor, Prepared, SeriesResult, WorkItem, finish, prepare
+from medsuite.pipelines.scoring.stages import (
+    Predictor,
+    Prepared,
+    SeriesResult,
+    WorkItem,
+    prepare,
+    score_prepared,
+)
 
 log = logging.getLogger("medsuite.scoring")
 
@@ -117,21 +122,8 @@ class _Inference(threading.Thread):
         self.predictor, self.batch_size = predictor, batch_size
 
     def _flush(self, pending: list[Prepared]) -> bool:
-        with_samples = [p for p in pending if p.samples is not None and p.error is None]
-        probs: list[np.ndarray] = []
-        if with_samples:
-            stacked = np.concatenate([p.samples for p in with_samples])
-            for start in range(0, len(stacked), self.batch_size):
-                probs.append(self.predictor.probabilities(stacked[start:start + self.batch_size]))
-            all_probs = np.concatenate(probs)
-        offset = 0
-        for p in pending:
-            part = None
-            if p.samples is not None and p.error is None:
-                part = all_probs[offset:offset + len(p.samples)]
-                offset += len(p.samples)
-            p.samples = None  # free the samples as soon as they are scored
-            if not _put(self.out, finish(p, part, self.predictor), self.stop):
+        for result in score_prepared(pending, self.predictor, self.batch_size):
+            if not _put(self.out, result, self.stop):
                 return False
         return True
 

@@ -21,8 +21,8 @@ from medsuite.pipelines.scoring.stages import (
     Prepared,
     SeriesResult,
     WorkItem,
-    finish,
     prepare,
+    score_prepared,
 )
 
 log = logging.getLogger("medsuite.scoring")
@@ -102,19 +102,7 @@ class InferenceActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["series_uid"])
         prepared = [_prepared_from_row({k: batch[k][i] for k in batch}) for i in range(n)]
-        ok = [p for p in prepared if p.samples is not None and p.error is None]
-        probs = None
-        if ok:
-            stacked = np.concatenate([p.samples for p in ok])
-            probs = np.concatenate([self.predictor.probabilities(stacked[s:s + self.batch_size])
-                                    for s in range(0, len(stacked), self.batch_size)])
-        out, offset = [], 0
-        for p in prepared:
-            part = None
-            if p.samples is not None and p.error is None:
-                part = probs[offset:offset + len(p.samples)]
-                offset += len(p.samples)
-            out.append(result_to_json(finish(p, part, self.predictor)))
+        out = [result_to_json(r) for r in score_prepared(prepared, self.predictor, self.batch_size)]
         return {"series_uid": np.array([p.series_uid for p in prepared], dtype=object),
                 "result": np.array(out, dtype=object)}
 
@@ -125,6 +113,8 @@ def run_ray(items: list[WorkItem], *, bundle_path: str, block_spec_json: str, de
     """Score ``items`` on Ray (``address`` of a running cluster, or a local one with ``workers`` CPUs)."""
     import ray
 
+    if not items:
+        return
     started_here = False
     if not ray.is_initialized():
         if address:
@@ -134,8 +124,6 @@ def run_ray(items: list[WorkItem], *, bundle_path: str, block_spec_json: str, de
             ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
         started_here = True
     try:
-        if not items:
-            return
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         n_gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0

@@ -220,3 +220,35 @@ def finish(prepared: Prepared, probs: np.ndarray | None, predictor: Predictor) -
     if not result.predictions and not result.errors:
         result.errors.append(("preprocess", "no sample could be made from this series"))
     return result
+
+
+def score_prepared(pending: list[Prepared], predictor: Predictor, batch_size: int) -> list[SeriesResult]:
+    """Score the samples of several series together, in batches of ``batch_size``; one result per series.
+
+    If a batch fails (e.g. out of GPU memory, or one series' samples the model rejects), its series are
+    retried one by one and those that still fail get an ``infer`` error; the others are unaffected.
+    """
+    ready = [p for p in pending if p.samples is not None and p.error is None]
+    probs: dict[int, np.ndarray] = {}
+
+    def run(samples: np.ndarray) -> np.ndarray:
+        return np.concatenate([predictor.probabilities(samples[i:i + batch_size])
+                               for i in range(0, len(samples), batch_size)])
+
+    if ready:
+        try:
+            all_probs = run(np.concatenate([p.samples for p in ready]))
+            offset = 0
+            for p in ready:
+                probs[id(p)] = all_probs[offset:offset + len(p.samples)]
+                offset += len(p.samples)
+        except Exception:  # find the series that fails instead of failing all of them
+            for p in ready:
+                try:
+                    probs[id(p)] = run(p.samples)
+                except Exception as exc:
+                    p.error = ("infer", _describe(exc))
+    results = [finish(p, probs.get(id(p)), predictor) for p in pending]
+    for p in pending:
+        p.samples = None  # free the samples as soon as they are scored
+    return results
