@@ -125,7 +125,7 @@ def run_ray(items: list[WorkItem], *, bundle_path: str, block_spec_json: str, de
         started_here = True
     try:
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
+        bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # the runner shows its own bar
         n_gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
         actor_device = "cuda" if n_gpus else "cpu"
         ds = ray.data.from_items([item_to_row(i) for i in items], override_num_blocks=min(len(items), 1000))
@@ -140,8 +140,11 @@ def run_ray(items: list[WorkItem], *, bundle_path: str, block_spec_json: str, de
             num_gpus=1 if n_gpus else 0,
             num_cpus=1,
         )
-        for row in ds.iter_rows():
-            yield result_from_json(row["result"])
+        try:
+            for row in ds.iter_rows():
+                yield result_from_json(row["result"])
+        finally:
+            ctx.enable_progress_bars = bars
     finally:
         if started_here:
             ray.shutdown()

@@ -98,8 +98,8 @@ class Summary:
         rate = 60.0 * (self.n_scored + self.n_error_series) / self.elapsed_s if self.elapsed_s > 0 else 0.0
         out = [
             f"run {self.run_id}: {self.n_found} series found, {self.n_scored} scored ({self.n_predictions} predictions), "
-            f"{self.n_already} already scored earlier, {self.n_skipped} skipped, {self.n_error_series} failed "
-            f"({self.n_errors} error rows) in {self.elapsed_s:.1f} s ({rate:.1f} series/min)",
+            f"{self.n_already} already scored earlier, {self.n_skipped} skipped, {self.n_error_series} series failed, "
+            f"{self.n_errors} error rows, in {self.elapsed_s:.1f} s ({rate:.1f} series/min)",
         ]
         out += [f"  skipped: {n} x {reason}" for reason, n in sorted(self.skip_reasons.items(), key=lambda t: -t[1])[:8]]
         out += [f"  errors at stage {stage}: {n}" for stage, n in sorted(self.error_stages.items())]
