@@ -158,12 +158,12 @@ def test_table_problems_are_clear_errors(cohort):
 
 def test_custom_get_x_and_get_y(cohort):
     table, source = cohort
-    block = _block(item_tfms=None, get_x=lambda r: (r.series_uid, (r.x_mm, r.y_mm, r.z_mm + 30.0)),
+    block = _block(item_tfms=None, get_x=lambda r: (r.series_uid, (r.x_mm + 10.0, r.y_mm, r.z_mm)),
                    get_y=lambda r: "big" if r.label else "small")
     dls = block.dataloaders(table, source=source, bs=4, seed=0)
     assert dls.vocab == ["big", "small"]
     x = torch.cat([xb for xb, _ in dls.valid])
-    assert torch.all(x[:, 1, 7:9, 7:9] < 0.3)  # 30 mm away from the sphere: no nodule in the centre
+    assert torch.all(x[:, 1, 7:9, 7:9] < 0.3)  # 10 mm beside the 5 mm sphere: no nodule in the centre
 
 
 def test_batch_intensity_scales_and_adds_noise_per_sample():

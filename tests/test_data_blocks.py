@@ -155,6 +155,13 @@ def test_spec_round_trip(block):
     np.testing.assert_array_equal(rebuilt.sample(vol, c), block.sample(vol, c))
 
 
+def test_a_centre_outside_the_scan_is_a_clear_error():
+    vol, c = sphere_volume("oblique")
+    ras = c * np.array([-1.0, -1.0, 1.0]) + np.array([300.0, 300.0, 0.0])
+    with pytest.raises(ValueError, match=r"lies outside series 1\.2\.3 .*RAS instead of LPS"):
+        SliceStack(k=3, size=8).sample(vol, ras)
+
+
 def test_bad_parameters_are_clear_errors():
     with pytest.raises(ValueError, match="SliceStack.k must be a positive integer"):
         SliceStack(k=0)

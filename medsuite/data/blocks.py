@@ -83,6 +83,21 @@ def _center(center_xyz: Any, block: str) -> np.ndarray:
     return c
 
 
+def _check_inside(volume: Volume, center: np.ndarray) -> None:
+    """A centre outside the scan is almost always a coordinate mix-up (voxel vs world, RAS vs LPS)."""
+    idx = volume.world_to_index(center)
+    n = np.asarray(volume.shape)
+    if np.any(idx < -0.5) or np.any(idx > n - 0.5):
+        lo = volume.index_to_world(np.zeros(3))
+        hi = volume.index_to_world(n - 1.0)
+        box = np.round(np.stack([np.minimum(lo, hi), np.maximum(lo, hi)]), 1).tolist()
+        raise ValueError(
+            f"centre {np.round(center, 2).tolist()} (world LPS mm) lies outside series {volume.series_uid or '?'} "
+            f"(voxel index {np.round(idx, 1).tolist()} of shape {tuple(int(v) for v in n)}; corner voxels at "
+            f"{box[0]} and {box[1]}); are the coordinates voxel indices, or RAS instead of LPS?"
+        )
+
+
 @dataclass(frozen=True)
 class InputBlock:
     """Base of the input blocks: grids -> trilinear samples -> windows -> (training) augmentation."""
@@ -124,6 +139,8 @@ class InputBlock:
     ) -> np.ndarray:
         """The block's float32 array for ``volume`` around world point ``center_xyz`` (optionally augmented)."""
         grids = self.grids(volume, center_xyz)
+        if center_xyz is not None:
+            _check_inside(volume, grids[0].center)
         draw = aug.draw(rng if rng is not None else np.random.default_rng()) if isinstance(aug, Augment) else aug
         if draw is not None:
             about = self.about(volume, center_xyz)
