@@ -8,6 +8,7 @@ Every file is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import zlib
@@ -19,7 +20,10 @@ from typing import Any
 import numpy as np
 from pydicom import uid as uids
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
 
 from medsuite.io.decode import DECODER_PACKAGES, NATIVE_SYNTAXES, syntax_name
@@ -44,6 +48,8 @@ _ENCODER_PLUGIN = {
     uids.JPEGLSLossless: "pyjpegls",
     uids.JPEG2000Lossless: "pylibjpeg",
 }
+# Syntaxes whose slice files are assembled from a pre-encoded template (`_SliceEncoder`).
+_TEMPLATE_SYNTAXES = frozenset({uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian})
 
 
 def _check_encoder(transfer_syntax: str) -> None:
@@ -169,7 +175,8 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: str) -> None:
             f"32x32 pixels, got {stored.shape[-2]}x{stored.shape[-1]}"
         )
     if transfer_syntax in _ENCODER_PLUGIN:
-        ds.compress(transfer_syntax, stored, encoding_plugin=_ENCODER_PLUGIN[transfer_syntax])
+        # keep the caller's (deterministic) SOPInstanceUID: compress() would draw a random one
+        ds.compress(transfer_syntax, stored, encoding_plugin=_ENCODER_PLUGIN[transfer_syntax], generate_instance_uid=False)
         return
     data = np.ascontiguousarray(stored)
     if transfer_syntax == uids.ExplicitVRBigEndian:
@@ -205,6 +212,83 @@ def _file_names(n: int, shuffle: bool, seed: int, series_uid: str) -> list[str]:
     while len(names) < n:
         names.add(f"{int(rng.integers(0, 2**48)):012x}")
     return sorted(names)  # sorted hex names are in random slice order
+
+
+def slice_uid(series_uid: str, patient_id: str, index: int) -> str:
+    """SOPInstanceUID of slice ``index``: derived from the series UID (so a series is byte-identical when
+    written twice with the same UIDs), unique per slice."""
+    return str(uids.generate_uid(entropy_srcs=[series_uid, patient_id, "slice", str(index)]))
+
+
+class _SliceEncoder:
+    """Encodes one series' slice files from a template: the elements every slice shares are encoded once
+    (by pydicom) and reused; per slice only the file meta, the varying elements and the pixels are encoded.
+
+    The bytes are what ``Dataset.save_as(enforce_file_format=True)`` writes for the same dataset (tested),
+    at a fraction of the cost; used for the uncompressed little-endian syntaxes only."""
+
+    def __init__(self, template: Dataset, varying: list[str]) -> None:
+        self.implicit = template.file_meta.TransferSyntaxUID == uids.ImplicitVRLittleEndian
+        self.encoding = template.get("SpecificCharacterSet", "ISO_IR 100")
+        self.file_meta = template.file_meta
+        var_tags = {tag_for_keyword(kw): kw for kw in varying}
+        self.parts: list[bytes | str] = []
+        run: list[DataElement] = []
+        for elem in [*template, DataElement(0x7FE00010, "OW", b"")]:
+            if elem.tag in var_tags or elem.tag == 0x7FE00010:
+                if run:
+                    self.parts.append(self._encode(run))
+                    run = []
+                self.parts.append(var_tags.get(elem.tag, "PixelData"))
+            else:
+                run.append(elem)
+        if run:
+            self.parts.append(self._encode(run))
+
+    def _encode(self, elements: list[DataElement]) -> bytes:
+        ds = Dataset()
+        for elem in elements:
+            ds.add(elem)
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = self.implicit, True
+        write_dataset(fp, ds, parent_encoding=self.encoding)
+        return fp.getvalue()
+
+    def encode(self, values: dict[str, Any], pixels: np.ndarray) -> bytes:
+        """The whole file (preamble, file meta, dataset) for one slice."""
+        meta = FileMetaDataset()
+        for elem in self.file_meta:
+            meta.add(elem)
+        if "SOPInstanceUID" in values:
+            meta.MediaStorageSOPInstanceUID = values["SOPInstanceUID"]
+        fp = DicomBytesIO()
+        fp.is_implicit_VR, fp.is_little_endian = False, True
+        fp.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        chunks = [fp.getvalue()]
+        for part in self.parts:
+            if isinstance(part, bytes):
+                chunks.append(part)
+            elif part == "PixelData":
+                chunks.append(
+                    self._encode([DataElement(0x7FE00010, "OW", np.ascontiguousarray(pixels).tobytes())])
+                )
+            else:
+                ds = Dataset()
+                setattr(ds, part, values[part])
+                chunks.append(self._encode([ds[part]]))
+        return b"".join(chunks)
+
+
+def _write_bytes_atomic(data: bytes, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_series(
@@ -243,38 +327,51 @@ def write_series(
     order = rng.permutation(n) if shuffle_names else np.arange(n)
 
     row_dir, col_dir, step = volume.direction[:, 2], volume.direction[:, 1], volume.direction[:, 0]
-    iop = [_ds_string(float(v)) for v in (*row_dir, *col_dir)]
-    pixel_spacing = [_ds_string(volume.spacing[1]), _ds_string(volume.spacing[2])]
-    image_type = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    template = _base_dataset(
+        volume,
+        sop_class=CT_IMAGE_STORAGE,
+        patient_id=patient_id,
+        study_uid=study,
+        series_uid=series,
+        frame_of_reference_uid=frame_of_reference,
+        transfer_syntax=transfer_syntax,
+        pixel_representation=pixel_rep,
+        slope=slope,
+        intercept=intercept,
+    )
+    template.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    template.AcquisitionNumber = 1
+    template.ImageOrientationPatient = [_ds_string(float(v)) for v in (*row_dir, *col_dir)]
+    template.PixelSpacing = [_ds_string(volume.spacing[1]), _ds_string(volume.spacing[2])]
+    template.SliceThickness = _ds_string(float(volume.meta.get("slice_thickness", volume.spacing[0])))
+    normal = np.cross(row_dir, col_dir)
+    per_slice = []
+    for k in range(n):
+        position = np.asarray(volume.origin) + step * volume.spacing[0] * k
+        per_slice.append(
+            {
+                "SOPInstanceUID": slice_uid(series, patient_id, k),
+                "InstanceNumber": int(instance_numbers[k]),
+                "ImagePositionPatient": [_ds_string(float(v)) for v in position],
+                "SliceLocation": _ds_string(float(position @ normal)),
+            }
+        )
+    template.update({kw: v for kw, v in per_slice[0].items()})
+    _apply_tags(template, tags)  # user tags win, as before (they may even override per-slice ones)
+    template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
+    varying = [kw for kw in per_slice[0] if kw not in tags]
+    encoder = _SliceEncoder(template, varying) if transfer_syntax in _TEMPLATE_SYNTAXES else None
     paths: list[Path] = []
     for k in range(n):
-        ds = _base_dataset(
-            volume,
-            sop_class=CT_IMAGE_STORAGE,
-            patient_id=patient_id,
-            study_uid=study,
-            series_uid=series,
-            frame_of_reference_uid=frame_of_reference,
-            transfer_syntax=transfer_syntax,
-            pixel_representation=pixel_rep,
-            slope=slope,
-            intercept=intercept,
-        )
-        sop_uid = uids.generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.ImageType = image_type
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = int(instance_numbers[k])
-        position = np.asarray(volume.origin) + step * volume.spacing[0] * k
-        ds.ImagePositionPatient = [_ds_string(float(v)) for v in position]
-        ds.ImageOrientationPatient = iop
-        ds.SliceLocation = _ds_string(float(position @ np.cross(row_dir, col_dir)))
-        ds.PixelSpacing = pixel_spacing
-        ds.SliceThickness = _ds_string(float(volume.meta.get("slice_thickness", volume.spacing[0])))
-        _apply_tags(ds, tags)
-        _set_pixels(ds, stored[k], transfer_syntax)
         paths.append(out / names[order[k]])
+        values = {kw: per_slice[k][kw] for kw in varying}
+        if encoder is not None:
+            _write_bytes_atomic(encoder.encode(values, stored[k]), paths[-1])
+            continue
+        ds = copy.deepcopy(template)
+        ds.update(values)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        _set_pixels(ds, stored[k], transfer_syntax)
         _write_atomic(ds, paths[-1])
     return paths
 
@@ -321,7 +418,7 @@ def write_enhanced(
     )
     for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth"):
         del ds[keyword]  # in the functional groups for enhanced objects
-    sop_uid = uids.generate_uid()
+    sop_uid = slice_uid(series, patient_id, -1)
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     ds.SOPInstanceUID = sop_uid
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]

@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +197,7 @@ def make_patient(spec: PatientSpec) -> tuple[list[dict[str, Any]], dict[str, Any
         if centre is None:
             continue
         values = nodule_hu(occ, spacing, nod["reader_texture"], nod["reader_calcification"], rng)
-        placed = insert(hu, occ, values, centre)
-        com = np.array([np.average(np.indices(placed.shape)[a], weights=placed) for a in range(3)])
+        com = insert(hu, occ, values, centre)
         x, y, z = volume_geom.index_to_world(com)
         inside = occ > 0.5
         rendered_d = 0.0
@@ -281,12 +283,13 @@ def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, worker
     specs = plan_cohort(out, patients, seed, size=size, max_nodules=max_nodules, slab_mm=slab_mm,
                         rle_share=rle_share, shuffle_share=shuffle_share, db_path=db_path)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    if workers == 1 or len(specs) == 1:
-        results = map(make_patient, specs)
-        results = list(_progress(results, len(specs), progress))
-    else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(specs))) as pool:
-            results = list(_progress(pool.map(make_patient, specs), len(specs), progress))
+    with _indexed_copy(specs[0].db_path) as fast_db:
+        jobs = [replace(s, db_path=fast_db) for s in specs]
+        if workers == 1 or len(jobs) == 1:
+            results = list(_progress(map(make_patient, jobs), len(jobs), progress))
+        else:
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+                results = list(_progress(pool.map(make_patient, jobs), len(jobs), progress))
     nodules = pd.DataFrame([r for rows, _ in results for r in rows])
     front = ["series_uid", "patient_id", "x_mm", "y_mm", "z_mm", "diameter_mm", "label", "nodule_id",
              "malignancy", "n_readers", "split"]
@@ -308,6 +311,30 @@ def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, worker
     os.replace(tmp, out / "cohort.json")
     nodules.attrs["source"] = str(out / "nodules.csv")
     return nodules
+
+
+@contextmanager
+def _indexed_copy(db_path: str) -> Iterator[str]:
+    """A temporary copy of the LIDC database with indexes on the columns a patient's outlines are looked
+    up by (contours by annotation, slice positions by scan): the shipped file has none, so each look-up
+    scanned the tables (~30 ms CPU an outline). Falls back to ``db_path`` if the copy cannot be made."""
+    with tempfile.TemporaryDirectory(prefix="medsuite-lidc-") as tmp:
+        copy = Path(tmp) / Path(db_path).name
+        try:
+            src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+            dst = sqlite3.connect(copy)
+            try:
+                src.backup(dst)
+                dst.execute("create index if not exists medsuite_contours_annotation on contours(annotation_id)")
+                dst.execute("create index if not exists medsuite_zvals_scan on zvals(scan_id)")
+                dst.commit()
+            finally:
+                src.close()
+                dst.close()
+        except sqlite3.Error:
+            yield db_path
+            return
+        yield str(copy)
 
 
 def _progress(iterable: Any, total: int, enabled: bool) -> Any:

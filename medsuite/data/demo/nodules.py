@@ -88,18 +88,25 @@ def place_nodules(lung: np.ndarray, spacing: tuple[float, float, float], radii_m
     """Centres (index ``z, y, x``) inside the lung for nodules of the given radii, not touching each other.
 
     A centre must lie deeper inside the lung than the nodule's radius (falling back to half the radius,
-    i.e. juxta-pleural, when the lung is too thin); ``None`` for a nodule that cannot be placed."""
-    step = (1, 2, 2)
+    i.e. juxta-pleural, when the lung is too thin) and from the edge of the field of view; ``None`` for a nodule that cannot be placed. Depths
+    come from a distance transform on a grid of about 2.4 mm; a centre is drawn uniformly inside a
+    coarse cell whose grid point is deep enough for the nodule plus that cell's extent."""
+    sp = np.asarray(spacing, dtype=float)
+    step = np.array([max(1, int(round(1.2 / sp[0]))), *[max(2, int(round(2.4 / s))) for s in sp[1:]]])
     coarse = lung[::step[0], ::step[1], ::step[2]]
-    csp = np.asarray(spacing) * step
-    depth = ndimage.distance_transform_edt(coarse, sampling=csp)
+    csp = sp * step
+    # the edge of the field of view counts as a boundary: nodules lie wholly inside the image
+    framed = np.pad(coarse, ((0, 0), (1, 1), (1, 1)))
+    depth = ndimage.distance_transform_edt(framed, sampling=csp)[:, 1:-1, 1:-1]
+    slack = float(np.linalg.norm((step - 1) * sp))  # farthest a drawn centre can be from its grid point
     zmax = coarse.shape[0] - 1
+    limit = np.asarray(lung.shape) - 1
     placed: list[tuple[np.ndarray, float]] = []
     out: list[np.ndarray | None] = []
     for r in radii_mm:
         found = None
         for need in (r + margin_mm, 0.5 * r + margin_mm):
-            ok = depth >= need
+            ok = depth >= need + slack
             zr = int(np.ceil(r / csp[0]))
             ok[:zr] = False
             ok[max(zmax - zr + 1, 0):] = False
@@ -107,8 +114,8 @@ def place_nodules(lung: np.ndarray, spacing: tuple[float, float, float], radii_m
             if len(cand) == 0:
                 continue
             for _ in range(50):
-                c = cand[rng.integers(len(cand))] * np.asarray(step)
-                if all(np.linalg.norm((c - p) * np.asarray(spacing)) > r + q + 3 for p, q in placed):
+                c = np.minimum(cand[rng.integers(len(cand))] * step + rng.integers(0, step), limit)
+                if all(np.linalg.norm((c - p) * sp) > r + q + 3 for p, q in placed):
                     found = c.astype(float)
                     break
             if found is not None:
@@ -121,8 +128,7 @@ def place_nodules(lung: np.ndarray, spacing: tuple[float, float, float], radii_m
 
 def insert(hu: np.ndarray, occ: np.ndarray, values: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """Blend a nodule into ``hu`` in place at index ``centre`` (clipped at the borders); returns the
-    occupancy placed on the full grid (for the nodule's world centroid)."""
-    full = np.zeros(hu.shape, dtype=np.float32)
+    centroid (index ``z, y, x``, float) of the occupancy placed on the grid (for the nodule's world centre)."""
     c = np.round(centre).astype(int)
     half = np.asarray(occ.shape) // 2
     lo = c - half
@@ -131,5 +137,9 @@ def insert(hu: np.ndarray, occ: np.ndarray, values: np.ndarray, centre: np.ndarr
     o = occ[tuple(src)]
     region = hu[tuple(dst)]
     region[...] = region * (1 - o) + values[tuple(src)] * o
-    full[tuple(dst)] = o
-    return full
+    total = float(o.sum())
+    if total <= 0:
+        return np.asarray(centre, dtype=float)
+    com = [float((o.sum(axis=tuple(b for b in range(3) if b != a)) * np.arange(o.shape[a])).sum()) / total
+           for a in range(3)]
+    return np.array([d.start for d in dst], dtype=float) + np.array(com)
