@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 __all__ = ["accuracy", "balanced_accuracy", "roc_auc"]
 
@@ -29,6 +28,8 @@ def accuracy(probs: np.ndarray, targets: np.ndarray) -> float:
 
 def balanced_accuracy(probs: np.ndarray, targets: np.ndarray) -> float:
     """Mean per-class recall (scikit-learn)."""
+    from sklearn.metrics import balanced_accuracy_score  # lazy: keeps `import medsuite.learn` light
+
     probs, targets = _check(probs, targets, "balanced_accuracy")
     return float(balanced_accuracy_score(targets, probs.argmax(1)))
 
@@ -36,6 +37,8 @@ def balanced_accuracy(probs: np.ndarray, targets: np.ndarray) -> float:
 def roc_auc(probs: np.ndarray, targets: np.ndarray) -> float:
     """ROC AUC (scikit-learn): binary on the positive class (index 1), else one-vs-rest macro.
     NaN when the set holds a single class (AUC is undefined there)."""
+    from sklearn.metrics import roc_auc_score
+
     probs, targets = _check(probs, targets, "roc_auc")
     present = np.unique(targets)
     if len(present) < 2:
