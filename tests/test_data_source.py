@@ -92,3 +92,12 @@ def test_dataloader_workers_open_cached_volumes_lazily(dicom_cohort, tmp_path):
     xs = torch.cat([x for x, _ in dls.valid])
     assert xs.shape == (2, 3, 16, 16) and torch.all(xs[:, 1, 7:9, 7:9] > 0.6)
     assert not source._open  # the main process opened nothing: workers did
+
+
+def test_a_dicom_folder_is_enough(dicom_cohort):
+    root, _, centers = dicom_cohort
+    table = nodule_table(4, per_patient=1, series_uid_of=lambda p: f"1.2.826.0.1.3680043.9.{p}", centers=centers)
+    dls = DataBlock(splitter=PatientSplitter(0.25, seed=0)).dataloaders(table, source=str(root), bs=2, seed=0)
+    x, y = next(iter(dls.valid))
+    assert x.shape == (1, 5, 64, 64) and torch.all(x[:, 2, 31:33, 31:33] > 0.6)
+    assert any((root / ".medsuite-cache").rglob("array.npy"))

@@ -257,7 +257,8 @@ class DataBlock:
     item_tfms: `Augment` (random, training only; default ``Augment()``; None for none) and/or callables
         ``np.ndarray -> np.ndarray`` applied to every split after sampling.
     batch_tfms: callables ``(x, y) -> (x, y)`` on training batches, on the loaders' device.
-    source: the default `VolumeSource` (or pass one to `dataloaders` / `summary`).
+    source: the default `VolumeSource`, or a DICOM folder (cached in ``<folder>/.medsuite-cache``); or pass
+        one to `dataloaders` / `summary`.
     """
 
     def __init__(
@@ -269,7 +270,7 @@ class DataBlock:
         splitter: Callable[[pd.DataFrame], dict[str, np.ndarray]] | None = None,
         item_tfms: Any = _DEFAULT,
         batch_tfms: Sequence[Callable] | Callable | None = None,
-        source: VolumeSource | None = None,
+        source: VolumeSource | str | os.PathLike[str] | None = None,
     ) -> None:
         blocks = blocks if blocks is not None else (SliceStack(), Category())
         if len(blocks) != 2 or not isinstance(blocks[0], InputBlock) or not isinstance(blocks[1], Category):
@@ -352,14 +353,16 @@ class DataBlock:
                 raise DataBlockError(f"step 'Category' failed for item {_describe(items.iloc[pos], pos)}: {exc}") from exc
         return out
 
-    def _source(self, source: VolumeSource | None) -> VolumeSource:
+    def _source(self, source: VolumeSource | str | os.PathLike[str] | None) -> VolumeSource:
         src = source if source is not None else self.source
         if src is None:
-            raise DataBlockError("no volume source: pass source=VolumeSource(dicom_root, cache_dir=...)")
+            raise DataBlockError("no volume source: pass source=VolumeSource(dicom_root, cache_dir=...) or a DICOM folder")
+        if isinstance(src, (str, os.PathLike)):  # a DICOM folder: cache next to it, as the pipelines do
+            src = VolumeSource(src, cache_dir=Path(src) / ".medsuite-cache")
         return src
 
     # ------------------------------------------------------------------ public verbs
-    def datasets(self, table: pd.DataFrame, source: VolumeSource | None = None) -> tuple[dict[str, BlockDataset], dict[str, pd.DataFrame], Category]:
+    def datasets(self, table: pd.DataFrame, source: VolumeSource | str | os.PathLike[str] | None = None) -> tuple[dict[str, BlockDataset], dict[str, pd.DataFrame], Category]:
         """Per-split datasets, the item rows per split, and the set-up `Category`."""
         src = self._source(source)
         items = self._items(table)
@@ -390,7 +393,7 @@ class DataBlock:
     def dataloaders(
         self,
         table: pd.DataFrame,
-        source: VolumeSource | None = None,
+        source: VolumeSource | str | os.PathLike[str] | None = None,
         bs: int = 64,
         num_workers: int = 0,
         seed: int | None = None,
@@ -427,7 +430,7 @@ class DataBlock:
             )
         return DataLoaders(loaders, item_rows, category, self.block, self)
 
-    def summary(self, table: pd.DataFrame, source: VolumeSource | None = None, split: str = "train",
+    def summary(self, table: pd.DataFrame, source: VolumeSource | str | os.PathLike[str] | None = None, split: str = "train",
                 index: int = 0, print_fn: Callable[[str], None] = print) -> None:
         """Push one item (``index`` of ``split``) through every step, printing shapes and dtypes.
 
