@@ -217,8 +217,6 @@ def test_per_item_loss_without_reduction_attribute(tmp_path):
 def test_bad_inputs_are_clear(tmp_path):
     with pytest.raises(TypeError, match="train and .valid"):
         Learner(object(), TinyNet(), path=tmp_path)
-    with pytest.raises(ValueError, match="amp='fp16' needs a CUDA"):
-        Learner(tiny_dls(), TinyNet(), path=tmp_path, amp="fp16", device="cpu")
     with pytest.raises(ValueError, match="amp must be"):
         Learner(tiny_dls(), TinyNet(), path=tmp_path, amp="int8")
     dls = tiny_dls()
@@ -263,3 +261,28 @@ def test_dict_metrics_are_prefixed(tmp_path):
 
     out = compute_metrics([auc_ci, accuracy], np.array([[0.2, 0.8], [0.9, 0.1]]), np.array([1, 1]))
     assert out == {"auc_ci": 0.8, "auc_ci_ci_low": 0.7, "auc_ci_ci_high": 0.9, "accuracy": 0.5}
+
+
+def test_fp16_grad_scaler_path_with_clipping_and_resume(tmp_path):
+    from medsuite.learn.callbacks import GradientClip
+    from medsuite.learn.checkpoint import load_checkpoint
+
+    learn = make(tmp_path, amp="fp16", cbs=[GradientClip(1.0)])
+    assert learn.amp_dtype == torch.float16 and learn.scaler is not None
+    learn.fit(2, lr=1e-2)
+    assert np.isfinite(learn.recorder.df.train_loss).all()
+    saved = load_checkpoint(learn.checkpoint_path).meta["scaler"]
+    assert saved["scale"] == learn.scaler.get_scale() and saved["_growth_tracker"] > 0
+    again = make(tmp_path, amp="fp16", cbs=[GradientClip(1.0)])
+    again.fit(2, lr=1e-2, resume=True)  # finished run: restores the state, scaler included
+    assert again.scaler.state_dict() == learn.scaler.state_dict()
+    assert torch.equal(again.model.head.weight, learn.model.head.weight)
+
+
+def test_compile_is_opt_in(tmp_path):
+    learn = make(tmp_path, compile={"backend": "eager"}, checkpoint=False)
+    learn.fit(1)
+    assert learn._fwd_model is not learn.model  # the training forward went through torch.compile
+    assert np.isfinite(learn.recorder.last["train_loss"])
+    plain = make(tmp_path, checkpoint=False)
+    assert plain._forward_model() is plain.model  # not compiled unless asked

@@ -132,9 +132,7 @@ def _resolve_amp(amp: bool | str | None, device: torch.device) -> tuple[torch.dt
         return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
     if amp == "bf16":
         return torch.bfloat16, False
-    if amp == "fp16":
-        if device.type != "cuda":
-            raise ValueError(f"amp='fp16' needs a CUDA device, got {device}; use amp='bf16' or amp=False")
+    if amp == "fp16":  # with a GradScaler; on CPU this is mainly useful to test that code path
         return torch.float16, True
     raise ValueError(f"amp must be 'auto', 'bf16', 'fp16' or False, got {amp!r}")
 
@@ -155,7 +153,8 @@ class Learner:
     (``metric(probs, targets) -> float | dict`` on the whole validation set); ``cbs`` (callbacks);
     ``path`` (run folder: ``checkpoints/``, ``models/``, logs); ``device`` ('auto' = CUDA if present);
     ``amp`` ('auto': bf16 on CUDA where supported, else fp16 + GradScaler; fp32 on CPU);
-    ``channels_last``; ``compile`` (opt-in `torch.compile`); ``seed`` (seeds python/numpy/torch at the
+    ``channels_last``; ``compile`` (opt-in `torch.compile`: True or a dict of its keyword arguments);
+    ``seed`` (seeds python/numpy/torch at the
     first fit and the data order); ``deterministic`` (deterministic algorithms during fit);
     ``checkpoint`` (atomic checkpoint each epoch) and ``checkpoint_every`` (also every N steps);
     ``progress`` (tqdm bar + epoch table).
@@ -165,7 +164,7 @@ class Learner:
                  opt_func: OptFunc | type[torch.optim.Optimizer] = adamw, lr: float = 1e-3, wd: float = 1e-2,
                  metrics: Iterable[Metric] = (), cbs: Iterable[Callback] = (), path: str | Path = "run",
                  device: str | torch.device = "auto", amp: bool | str | None = "auto",
-                 channels_last: bool = False, compile: bool = False, seed: int | None = None,
+                 channels_last: bool = False, compile: bool | dict[str, Any] = False, seed: int | None = None,
                  deterministic: bool = False, checkpoint: bool = True, checkpoint_every: int | None = None,
                  progress: bool = True) -> None:
         if not hasattr(dls, "train") or not hasattr(dls, "valid"):
@@ -175,8 +174,9 @@ class Learner:
         self.dls, self.lr, self.wd = dls, float(lr), float(wd)
         self.device = _resolve_device(device)
         self.amp_dtype, needs_scaler = _resolve_amp(amp, self.device)
-        self.scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
-        self.channels_last, self.compile = bool(channels_last), bool(compile)
+        self.scaler = torch.amp.GradScaler(self.device.type) if needs_scaler else None
+        self.channels_last = bool(channels_last)
+        self.compile: bool | dict[str, Any] = compile if isinstance(compile, dict) else bool(compile)
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -352,7 +352,7 @@ class Learner:
 
                 model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.compile:
-                model = torch.compile(model)
+                model = torch.compile(model, **(self.compile if isinstance(self.compile, dict) else {}))
             self._fwd_model = model
         return self._fwd_model
 
