@@ -111,7 +111,7 @@ def nodule_table(cohort: dict, *, outside: bool = True) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def make_bundle(path: Path, task: str, *, seed: int = 0) -> Path:
+def make_bundle(path: Path, task: str, *, seed: int = 0, extra_meta: dict | None = None) -> Path:
     """Export a tiny untrained bundle (SliceStack 3 x 16 x 16, slice_cnn) for ``task`` 'nodule'|'series'."""
     import torch
 
@@ -124,7 +124,7 @@ def make_bundle(path: Path, task: str, *, seed: int = 0) -> Path:
     arch_kwargs = {"in_channels": 3, "n_classes": 2, "width": 4, "depth": 2}
     model = build_model("slice_cnn", **arch_kwargs)
     return export_bundle(path, model, arch="slice_cnn", arch_kwargs=arch_kwargs, block_spec=block.spec(),
-                         labels=["benign", "malignant"], threshold=0.5, task=task)
+                         labels=["benign", "malignant"], threshold=0.5, task=task, extra_meta=extra_meta)
 
 
 def fake_prepare(item, block_spec_json, read_options):

@@ -133,6 +133,14 @@ def test_series_bundle_one_score_per_series_and_exit_codes(world, tmp_path):
                          rules=["min_slices=100"]))
     assert skipped.exit_code == 2 and skipped.n_skipped == 3
 
+    # a bundle's own eligibility rules are the defaults, and the user can lift them
+    strict = S.make_bundle(tmp_path / "strict", "series", extra_meta={"eligibility": {"min_slices": 50}})
+    by_bundle = score(_cfg(world, tmp_path / "strict_out", bundle=strict, nodules=None, inputs=good_only))
+    assert by_bundle.n_skipped == 3 and set(by_bundle.skip_reasons) == {"N slices, fewer than min_slices=N"}
+    lifted = score(_cfg(world, tmp_path / "strict_out", bundle=strict, nodules=None, inputs=good_only[:1],
+                        rules=["min_slices=none"]))
+    assert lifted.n_scored == 1 and lifted.exit_code == 0
+
 
 def test_second_run_on_a_busy_database_is_refused(world, tmp_path):
     from medsuite.pipelines.scoring.runner import _DbLock
