@@ -175,3 +175,50 @@ def test_export_writes_a_loadable_bundle(tmp_path):
     loaded = bundle.load_bundle(out)
     for k, v in learn.model.state_dict().items():
         assert torch.equal(v.cpu(), loaded.model.state_dict()[k])
+
+
+class ScaledLoader(torch.utils.data.DataLoader):
+    """A DataLoader subclass with its own behaviour (like the data layer's BlockLoader)."""
+
+    def __iter__(self):
+        for x, y in super().__iter__():
+            yield x * 2, y
+
+
+def _custom_learner(path, **kw) -> Learner:
+    set_seed(0)
+    base = tiny_dls(n_train=80, bs=8)
+    g = torch.Generator().manual_seed(7)
+    base.train = ScaledLoader(base.train.dataset, batch_size=8, shuffle=True, generator=g)
+    return Learner(base, TinyNet(dropout=0.2), path=path, seed=0, progress=False, **kw)
+
+
+def test_loader_subclass_kept_and_resumed_exactly(tmp_path):
+    seen = []
+
+    class Peek(Callback):
+        run_valid = False
+
+        def before_batch(self):
+            seen.append(float(self.learn.xb.abs().max()))
+
+    full = _custom_learner(tmp_path / "full", cbs=[Peek()])
+    full.fit_one_cycle(3, 1e-2)
+    assert full.dl_train is full.dls.train  # used as it is: its own __iter__ ran (x doubled)
+    assert max(seen) > 2 * float(full.dls.train.dataset.tensors[0].abs().max()) - 1e-6
+
+    class Crash(Callback):
+        def after_batch(self):
+            if self.learn.training and self.learn.train_iter == 15:
+                raise CancelFitException()
+
+    _custom_learner(tmp_path / "part", checkpoint_every=4, cbs=[Crash()]).fit_one_cycle(3, 1e-2)
+    resumed = _custom_learner(tmp_path / "part", checkpoint_every=4)  # fresh loader, generator re-seeded
+    resumed.fit_one_cycle(3, 1e-2, resume=True)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+    from medsuite.learn.callbacks import ClassBalancedSampling
+
+    with pytest.raises(ValueError, match="cannot take another sampler"):
+        _custom_learner(tmp_path / "cb", cbs=[ClassBalancedSampling()]).fit(1)

@@ -207,6 +207,7 @@ def test_per_item_loss_without_reduction_attribute(tmp_path):
     def my_loss(pred, y):
         return torch.nn.functional.cross_entropy(pred, y)
 
+    assert isinstance(make(tmp_path, loss_func=torch.nn.CrossEntropyLoss).loss_func, torch.nn.CrossEntropyLoss)
     learn = make(tmp_path, loss_func=my_loss, checkpoint=False)
     learn.fit(1)
     preds = learn.get_preds(with_loss=True)

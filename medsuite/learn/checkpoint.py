@@ -163,9 +163,12 @@ def _unflatten_optimizer(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer | None,
-                    scaler: Any | None, state: dict[str, Any]) -> Path:
-    """Write model + optimiser + scaler + RNG states + ``state`` (JSON-able loop state) atomically."""
+                    scaler: Any | None, state: dict[str, Any],
+                    extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write model + optimiser + scaler + RNG states + ``state`` (JSON-able loop state) atomically;
+    ``extra_tensors`` are stored under ``extra/<key>`` (read back with ``ckpt.section("extra")``)."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra/{k}": v for k, v in (extra_tensors or {}).items()})
     meta: dict[str, Any] = {"format": FORMAT, "state": _json_safe(state, "loop state")}
     if opt is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(opt)

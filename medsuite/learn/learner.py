@@ -47,7 +47,7 @@ from medsuite.learn.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from medsuite.learn.loaders import train_loader, valid_loader
+from medsuite.learn.loaders import loader_generators, train_loader, valid_loader
 from medsuite.learn.optim import OptFunc, adamw, make_optimizer
 from medsuite.learn.schedule import OneCycleSchedule, ParamScheduler, set_hyper
 
@@ -180,6 +180,8 @@ class Learner:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if isinstance(loss_func, type):  # Learner(loss_func=nn.CrossEntropyLoss) means an instance of it
+            loss_func = loss_func()
         self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
         self.opt_func = opt_func
         self.metrics = list(metrics)
@@ -404,7 +406,8 @@ class Learner:
             self.opt.step()
 
     def _per_item_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of each item: ``reduction='none'`` when the loss has that attribute, else item by item."""
+        """Loss of each item: ``reduction='none'`` when the loss has that attribute, else item by item.
+        (With class weights, the valid loss is then the plain mean of the weighted item losses.)"""
         lf = self.loss_func
         if hasattr(lf, "reduction"):
             old = lf.reduction
@@ -437,7 +440,14 @@ class Learner:
             self._epoch_sampler.set_epoch(self.epochs_done)
             self._epoch_sampler.set_skip(start * (self.dl_train.batch_size or 1))
             dl: Iterable = self.dl_train
-        else:  # cannot skip at the sampler level: draw and drop the batches already done
+        else:  # the loader's own order: replay its generators from the epoch start, drop done batches
+            gens = loader_generators(self.dl_train)
+            if self._resume_gen_states is not None:
+                if len(self._resume_gen_states) == len(gens):
+                    for g, state in zip(gens, self._resume_gen_states, strict=True):
+                        g.set_state(state)
+                self._resume_gen_states = None
+            self._epoch_gen_states = [g.get_state() for g in gens]
             dl = iter(self.dl_train)
             for _ in range(start):
                 next(dl)
@@ -555,7 +565,12 @@ class Learner:
                  "epochs_done": self.epochs_done, "epochs_base": self._epochs_base,
                  "data_seed": self.data_seed, "finished": epoch >= self.n_epoch,
                  "recorder": self.recorder.state_dict(), "callbacks": self._cb_states()}
-        save_checkpoint(self.checkpoint_path, self.model, self.opt, self.scaler, state)
+        extra: dict[str, torch.Tensor] = {}
+        if self._epoch_sampler is None:  # the loader's own generators: where this epoch's order started
+            states = (self._epoch_gen_states if iter_done else
+                      [g.get_state() for g in loader_generators(self.dl_train)])
+            extra = {f"loader_gen/{i}": s for i, s in enumerate(states)}
+        save_checkpoint(self.checkpoint_path, self.model, self.opt, self.scaler, state, extra)
 
     def save_checkpoint(self) -> Path:
         """Write the current state to ``path/checkpoints/last.safetensors`` now (e.g. from a callback)."""
@@ -632,6 +647,8 @@ class Learner:
         self._fit_config = config
         self.n_epoch = int(n_epoch)
         self._start_epoch, self._resume_iter = 0, 0
+        self._resume_gen_states: list[torch.Tensor] | None = None
+        self._epoch_gen_states: list[torch.Tensor] = []
         self.train_iter = 0
         self._epochs_base = self.epochs_done
         self._in_lr_find = lr_find
@@ -668,6 +685,8 @@ class Learner:
         self.train_iter = int(state["train_iter"])
         self.epochs_done, self._epochs_base = int(state["epochs_done"]), int(state["epochs_base"])
         self.data_seed = int(state["data_seed"])
+        gens = ckpt.section("extra/loader_gen")
+        self._resume_gen_states = [gens[k] for k in sorted(gens, key=int)] if gens else None
         log.info("resumed from %s at epoch %d, batch %d", self.checkpoint_path, self._start_epoch,
                  self._resume_iter)
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Ra
 
 from medsuite.learn.distributed import ShardSampler
 
-__all__ = ["EpochSampler", "rebuild_loader", "train_loader", "valid_loader"]
+__all__ = ["EpochSampler", "loader_generators", "rebuild_loader", "train_loader", "valid_loader"]
 
 
 class EpochSampler(Sampler[int]):
@@ -75,16 +75,45 @@ def rebuild_loader(dl: DataLoader, sampler: Sampler, generator: torch.Generator 
 
 
 def _rebuildable(dl: Any) -> bool:
-    return isinstance(dl, DataLoader) and dl.batch_size is not None and not isinstance(dl.dataset, IterableDataset)
+    """A plain DataLoader over a map-style dataset with a batch size can be rebuilt around our sampler;
+    a subclass (e.g. one that moves batches or applies batch transforms) only if it offers
+    ``with_sampler(sampler) -> DataLoader`` (a copy of itself drawing from ``sampler``)."""
+    if callable(getattr(dl, "with_sampler", None)):
+        return True
+    return (type(dl) is DataLoader and dl.batch_size is not None
+            and not isinstance(dl.dataset, IterableDataset))
+
+
+def _rebuild(dl: Any, sampler: Sampler, generator: torch.Generator | None = None) -> Any:
+    if callable(getattr(dl, "with_sampler", None)):
+        return dl.with_sampler(sampler)
+    return rebuild_loader(dl, sampler, generator)
+
+
+def loader_generators(dl: Any) -> list[torch.Generator]:
+    """The torch Generators a loader draws its order (and worker seeds) from, for loaders the learner
+    uses as they are: their states at the start of an epoch are checkpointed so a resume replays it."""
+    found: list[torch.Generator] = []
+    for owner in (dl, getattr(dl, "sampler", None), getattr(getattr(dl, "batch_sampler", None), "sampler", None)):
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not f for f in found):
+            found.append(g)
+    return found
 
 
 def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank: int = 0,
                  world_size: int = 1) -> tuple[DataLoader, EpochSampler | None]:
-    """The loader the learner trains on and its `EpochSampler` (None when ``dl`` cannot be rebuilt:
-    an IterableDataset or a custom batch_sampler; then order and mid-epoch resume are the loader's own).
+    """The loader the learner trains on and its `EpochSampler` (None when ``dl`` is used as it is: a
+    DataLoader subclass without ``with_sampler``, an IterableDataset, a custom batch_sampler; then the
+    order is the loader's own and resuming replays its generators' epoch-start states).
     ``sampler`` replaces ``dl``'s sampler (e.g. class-balanced); under DDP a shuffling or sequential
     sampler becomes a `DistributedSampler` seeded with ``seed``."""
     if not _rebuildable(dl):
+        if world_size > 1 or sampler is not None:
+            raise ValueError(
+                f"the train loader ({type(dl).__name__}) cannot take another sampler: "
+                f"{'distributed training' if world_size > 1 else 'a sampler callback'} needs a plain torch "
+                "DataLoader over a map-style dataset, or a loader with a with_sampler(sampler) method")
         return dl, None
     base = sampler if sampler is not None else dl.sampler
     if world_size > 1 and not isinstance(base, DistributedSampler) and not hasattr(base, "set_epoch"):
@@ -93,7 +122,7 @@ def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank
     epoch_sampler = EpochSampler(base, seed)
     g = torch.Generator()
     g.manual_seed(seed)  # worker seeds come from here, not from the global RNG
-    return rebuild_loader(dl, epoch_sampler, generator=g), epoch_sampler
+    return _rebuild(dl, epoch_sampler, generator=g), epoch_sampler
 
 
 def valid_loader(dl: DataLoader, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -101,7 +130,8 @@ def valid_loader(dl: DataLoader, rank: int = 0, world_size: int = 1) -> DataLoad
     if world_size <= 1:
         return dl
     if not _rebuildable(dl):
-        raise ValueError("distributed validation needs a map-style valid DataLoader with a batch_size "
-                         "(an IterableDataset or custom batch_sampler cannot be sharded without duplicates)")
+        raise ValueError(f"distributed validation needs a plain torch DataLoader over a map-style dataset "
+                         f"or a loader with with_sampler(sampler); got {type(dl).__name__} (it cannot be "
+                         "sharded without duplicates)")
     base: Sized = dl.sampler
-    return rebuild_loader(dl, ShardSampler(base, rank, world_size))
+    return _rebuild(dl, ShardSampler(base, rank, world_size))
