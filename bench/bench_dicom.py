@@ -2,8 +2,9 @@
 
     python bench/bench_dicom.py [--slices 300] [--size 512] [--scan-files 3000] [--repeats 3]
 
-1. read_series vs SimpleITK's ImageSeriesReader on the same uncompressed CT series (and RLE), both
-   with the OS file cache warm; prints the best of ``--repeats`` and the ratio.
+1. read_series vs SimpleITK's ImageSeriesReader vs reading the files' raw bytes, on the same uncompressed
+   CT series (and RLE), file cache warm for all; the readers take turns within each repeat and the
+   medians of ``--repeats`` are printed with their ratios and the load average (the machine may be shared).
 2. read_series with 1 thread vs the default thread count.
 3. scan_folder's header pass: serial vs threads vs processes on many small files.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,13 +29,23 @@ from medsuite.io.reader import read_series
 from medsuite.io.volume import Volume
 
 
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def median_of(fn: Callable[[], object], repeats: int) -> float:
+    return medians({"fn": fn}, repeats)["fn"]
+
+
+def medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function; they take turns within a repeat so that load swings hit all alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def make_series(folder: Path, slices: int, size: int, syntax: str) -> list[Path]:
@@ -49,24 +61,48 @@ def sitk_read(folder: Path, files: list[str] | None) -> sitk.Image:
     return reader.Execute()
 
 
+def read_raw(files: list[str]) -> int:
+    """The floor: every file's bytes into memory, no parsing."""
+    total = 0
+    for name in files:
+        with open(name, "rb") as fp:
+            total += len(fp.read())
+    return total
+
+
 def bench_read(root: Path, slices: int, size: int, repeats: int, syntax: str) -> None:
     folder = root / f"read-{uids.UID(syntax).name.replace(' ', '_')}"
     paths = make_series(folder, slices, size, syntax)
     files = [str(p) for p in paths]  # slice order, as a series table row lists them
     sitk_read(folder, files)  # warm the file cache
-    ours = best_of(lambda: read_series(files), repeats)
-    theirs = best_of(lambda: sitk_read(folder, files), repeats)
-    theirs_discover = best_of(lambda: sitk_read(folder, None), repeats)
-    one_thread = best_of(lambda: read_series(files, workers=1), repeats)
+    ours = read_series(files).array
+    theirs = sitk.GetArrayFromImage(sitk_read(folder, files))
+    assert np.array_equal(ours, theirs), "medsuite and SimpleITK disagree"
+    before = load()
+    t = medians(
+        {
+            "raw": lambda: read_raw(files),
+            "ours": lambda: read_series(files),
+            "one_thread": lambda: read_series(files, workers=1),
+            "sitk": lambda: sitk_read(folder, files),
+            "sitk_discover": lambda: sitk_read(folder, None),
+        },
+        repeats,
+    )
     name = uids.UID(syntax).name
-    print(f"\n[{name}] {slices} slices of {size}x{size}, best of {repeats}")
-    print(f"  medsuite read_series (default threads) {ours:7.3f} s")
-    print(f"  medsuite read_series (1 thread)        {one_thread:7.3f} s")
     print(
-        f"  SimpleITK ImageSeriesReader (files)    {theirs:7.3f} s   ratio sitk/medsuite = {theirs / ours:.2f}x"
+        f"\n[{name}] {slices} slices of {size}x{size}, median of {repeats}, load average {before} -> {load()}"
+    )
+    print(f"  raw bytes of every file (no parsing)   {t['raw']:7.3f} s")
+    print(
+        f"  medsuite read_series (default threads) {t['ours']:7.3f} s   = {t['ours'] / t['raw']:.1f}x raw bytes"
+    )
+    print(f"  medsuite read_series (1 thread)        {t['one_thread']:7.3f} s")
+    print(
+        f"  SimpleITK ImageSeriesReader (files)    {t['sitk']:7.3f} s   ratio sitk/medsuite = {t['sitk'] / t['ours']:.2f}x"
     )
     print(
-        f"  SimpleITK incl. GetGDCMSeriesFileNames {theirs_discover:7.3f} s   ratio = {theirs_discover / ours:.2f}x"
+        f"  SimpleITK incl. GetGDCMSeriesFileNames {t['sitk_discover']:7.3f} s   ratio = {t['sitk_discover'] / t['ours']:.2f}x"
     )
 
 
@@ -79,11 +115,15 @@ def bench_scan(root: Path, n_files: int, repeats: int) -> None:
         write_series(volume, folder / f"s{i:03d}", patient_id="BENCH", shuffle_names=True, seed=i)
     files = list(iter_files(folder))
     cores = os.cpu_count() or 1
-    print(f"\n[scan] header pass over {len(files)} files (64x64 CT slices), {cores} cores, best of {repeats}")
-    serial = best_of(lambda: scan_headers(files, workers=1), repeats)
+    print(
+        f"\n[scan] header pass over {len(files)} files (64x64 CT slices), {cores} cores, median of {repeats}"
+    )
+    serial = median_of(lambda: scan_headers(files, workers=1), repeats)
     print(f"  serial                {serial:7.3f} s  ({len(files) / serial:8.0f} files/s)")
     for executor in ("thread", "process"):
-        t = best_of(lambda executor=executor: scan_headers(files, workers=cores, executor=executor), repeats)
+        t = median_of(
+            lambda executor=executor: scan_headers(files, workers=cores, executor=executor), repeats
+        )
         print(
             f"  {executor:8s} x{cores:<2d}          {t:7.3f} s  ({len(files) / t:8.0f} files/s)  speed-up {serial / t:.2f}x"
         )
@@ -94,7 +134,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--scan-files", type=int, default=3000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="medsuite-bench-") as tmp:
         root = Path(tmp)

@@ -1,7 +1,8 @@
 """Reading a CT series: medsuite vs SimpleITK vs a naive pydicom loop vs raw bytes, and cache reload vs decode.
 
 Generates (or reuses) a synthetic 300-slice 512x512 uncompressed int16 CT series, then times, in one run,
-each reader (best of --repeats, page cache warm for all of them) and prints the ratios. Not a test.
+each reader (median of --repeats, page cache warm for all of them) and prints the ratios and the load
+average (the machine may be shared). Not a test.
 
     python bench/bench_io.py                       # series in a temp dir, removed afterwards
     python bench/bench_io.py --data /tmp/bench_ct  # generate once, reuse on later runs
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,13 +54,13 @@ def ensure_series(folder: Path, slices: int, size: int) -> list[Path]:
     return sorted(written)
 
 
-def best_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
+def median_of(repeats: int, fn: Callable[[], object]) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - t0)
-    return min(times), result
+    return statistics.median(times), result
 
 
 def read_sitk(files: list[Path]) -> np.ndarray:
@@ -99,7 +101,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="folder for the generated series (kept and reused)")
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="medsuite-bench-"))
@@ -109,10 +111,10 @@ def main() -> None:
         print(f"series: {len(files)} files, {mb:.0f} MB, {args.size}x{args.size}, cpus={os.cpu_count()}")
         read_raw(files)  # warm the page cache for everyone
 
-        t_raw, _ = best_of(args.repeats, lambda: read_raw(files))
-        t_med, volume = best_of(args.repeats, lambda: read_series(files))
-        t_sitk, sitk_array = best_of(args.repeats, lambda: read_sitk(files))
-        t_naive, naive = best_of(args.repeats, lambda: read_naive_pydicom(files))
+        t_raw, _ = median_of(args.repeats, lambda: read_raw(files))
+        t_med, volume = median_of(args.repeats, lambda: read_series(files))
+        t_sitk, sitk_array = median_of(args.repeats, lambda: read_sitk(files))
+        t_naive, naive = median_of(args.repeats, lambda: read_naive_pydicom(files))
         assert volume.shape == naive.shape == sitk_array.shape, (volume.shape, naive.shape, sitk_array.shape)
         assert np.array_equal(np.asarray(volume.array, np.float32), naive), "medsuite and pydicom disagree"
         print(
@@ -122,14 +124,16 @@ def main() -> None:
         cache = VolumeCache(scratch / "cache")
         uid = volume.series_uid or "1.2.3"
         params = {"reader": "bench"}
-        t_store, _ = best_of(1, lambda: cache.get(uid, params, lambda: read_series(files)))
-        t_open, cached = best_of(args.repeats, lambda: cache.get(uid, params, lambda: read_series(files)))
-        t_touch, _ = best_of(
+        t_store, _ = median_of(1, lambda: cache.get(uid, params, lambda: read_series(files)))
+        t_open, cached = median_of(args.repeats, lambda: cache.get(uid, params, lambda: read_series(files)))
+        t_touch, _ = median_of(
             args.repeats, lambda: np.array(cache.get(uid, params, lambda: read_series(files)).array)
         )
         assert np.array_equal(np.asarray(cached.array), np.asarray(volume.array))
 
-        print(f"\n{'reader':<44}{'best s':>9}{'vs medsuite':>13}")
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+        print(f"\nload average {load}; median of {args.repeats}")
+        print(f"{'reader':<44}{'median s':>9}{'vs medsuite':>13}")
         rows = [
             ("raw bytes (read every file, no decoding)", t_raw),
             ("medsuite read_series", t_med),

@@ -1,4 +1,4 @@
-"""The fast header reader (rawheader) must give exactly what the pydicom path gives, or step aside (None)."""
+"""The fast paths (raw header reader, direct pixel reads, in-place rescale) give exactly what pydicom gives."""
 
 from __future__ import annotations
 
@@ -163,3 +163,28 @@ def test_unsigned_stored_values_with_intercept_become_exact_int16(tmp_path):
     vol = read_series(paths)
     assert vol.array.dtype == np.int16
     np.testing.assert_array_equal(vol.array, truth.array)
+
+
+@pytest.mark.parametrize(
+    "stored_dtype,offset,intercept,out_dtype",
+    [
+        (np.uint16, 40000, -40000, np.int16),  # fits int16 only because the smallest value is large
+        (np.int16, 30000, -30000, np.int16),  # intercept added in place, modulo 2**16
+        (np.int16, 30000, 3000, np.float32),  # results above 32767: float output
+    ],
+)
+def test_in_place_rescale_edges(tmp_path, stored_dtype, offset, intercept, out_dtype):
+    truth = make_volume(shape=(2, 8, 8))
+    paths = write_ct(tmp_path, truth, shuffle_names=False)
+    stored = truth.array.astype(np.int64) + offset
+    assert stored.min() >= np.iinfo(stored_dtype).min and stored.max() <= np.iinfo(stored_dtype).max
+
+    def encode(ds, k):
+        ds.PixelData = stored[k].astype(stored_dtype).tobytes()
+        ds.PixelRepresentation = 1 if stored_dtype == np.int16 else 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+
+    edit_files(paths, encode)
+    vol = read_series(paths)
+    assert vol.array.dtype == out_dtype
+    np.testing.assert_array_equal(vol.array, stored + intercept)

@@ -5,6 +5,11 @@ positions. Gaps or uneven spacing are resampled onto a uniform grid (or refused 
 ``on_irregular='error'``); gantry tilt is corrected by shifting each slice in-plane onto a regular grid
 (or refused with ``on_tilt='error'``). Pixel values become Hounsfield units (or the modality's rescaled
 units) with per-slice RescaleSlope/Intercept, MONOCHROME1 inverted, padding set to air.
+
+Speed: headers come first (uncompressed little-endian files through `rawheader`, which skips pydicom's
+per-element bookkeeping), so slices are ordered before any pixel is read; uncompressed pixels are then
+read with one ``readinto`` per file straight into their slot of the preallocated volume (threads overlap
+the reads, which release the GIL) and the rescale runs in place over runs of slices that share it.
 """
 
 from __future__ import annotations
@@ -385,21 +390,31 @@ def _padding_mask(stored: np.ndarray, runs: list[tuple[int, int, FileHeader, int
     return mask
 
 
+def _rescaled_fits_int16(part: np.ndarray, slope: float, intercept: float) -> bool:
+    """Whether ``part * slope + intercept`` fits int16; one pass over unsigned data when that settles it."""
+
+    def fits(a: float, b: float) -> bool:
+        ends = (a * slope + intercept, b * slope + intercept)
+        return min(ends) >= -32768 and max(ends) <= 32767
+
+    if part.dtype.kind == "u" and slope > 0 and fits(0.0, float(part.max())):
+        return True  # the smallest stored value is at least 0: no need to look for it
+    return fits(float(part.min()), float(part.max()))
+
+
 def _output_dtype(stored: np.ndarray, runs: list[tuple[int, int, FileHeader, int]]) -> tuple[bool, np.dtype]:
     """int16 when every rescale is integral and the result fits int16, else float32."""
-    lo, hi = np.inf, -np.inf
-    for start, stop, h, f in runs:
+    for _, _, h, f in runs:
         slope, intercept = h.slopes[f], h.intercepts[f]
         if slope != round(slope) or intercept != round(intercept) or h.photometric == "MONOCHROME1":
             return False, np.dtype(np.float32)
+    for start, stop, h, f in runs:
+        slope, intercept = h.slopes[f], h.intercepts[f]
         if stored.dtype == np.int16 and slope == 1 and intercept == 0:
             continue  # int16 values unchanged: always fit
-        part = stored[start:stop]
-        a, b = float(part.min()), float(part.max())
-        ends = (a * slope + intercept, b * slope + intercept)
-        lo, hi = min(lo, *ends), max(hi, *ends)
-    exact = lo >= -32768 and hi <= 32767
-    return exact, np.dtype(np.int16 if exact else np.float32)
+        if not _rescaled_fits_int16(stored[start:stop], slope, intercept):
+            return False, np.dtype(np.float32)
+    return True, np.dtype(np.int16)
 
 
 def _to_output(
@@ -407,22 +422,20 @@ def _to_output(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Rescale stored values into output units, vectorised over runs of slices with the same rescale.
 
-    Returns the array (int16 when exact, else float32; ``stored`` itself is reused when it is int16) and
-    the padding mask (or None), taken from the stored values.
+    Returns the array (int16 when exact, else float32) and the padding mask (or None), taken from the
+    stored values. 16-bit stored values with slope 1 are rescaled in place, without a copy.
     """
     runs = _runs(frames)
     mask = _padding_mask(stored, runs)
     exact, dtype = _output_dtype(stored, runs)
-    in_place = (
-        exact
-        and stored.dtype == np.int16
-        and all(h.slopes[f] == 1 and -32768 <= h.intercepts[f] <= 32767 for _, _, h, f in runs)
-    )
-    if in_place:  # the usual CT: add the intercept where the pixels were read, no copy
+    if exact and stored.dtype in (np.int16, np.uint16) and all(h.slopes[f] == 1 for _, _, h, f in runs):
+        # The usual CT. Adding modulo 2**16 gives the right int16 bits because every result fits int16.
         for start, stop, h, f in runs:
-            if h.intercepts[f]:
-                np.add(stored[start:stop], np.int16(round(h.intercepts[f])), out=stored[start:stop])
-        return stored, mask
+            shift = int(round(h.intercepts[f])) % 65536
+            if shift:
+                part = stored[start:stop]
+                np.add(part, np.array(shift, dtype=np.uint16).view(stored.dtype), out=part)
+        return stored.view(np.int16), mask
     out = np.empty(stored.shape, dtype=dtype)
     for start, stop, h, f in runs:
         part, target = stored[start:stop], out[start:stop]
@@ -483,7 +496,8 @@ def read_series(
     ``source``: a row of ``scan_folder(...).series`` (uses its ``files``), a list of files, one file
     (e.g. an enhanced multi-frame object) or a folder holding exactly one stack. ``on_irregular``:
     'resample' (linear, along the normal) or 'error' for missing slices / uneven spacing; ``on_tilt``:
-    'correct' or 'error' for gantry tilt. ``workers`` threads decode files in parallel.
+    'correct' or 'error' for gantry tilt. ``workers`` threads read and decode files in parallel
+    (default: up to 8).
     """
     if on_irregular not in ("resample", "error"):
         raise ValueError(f"on_irregular must be 'resample' or 'error', got {on_irregular!r}")
