@@ -172,6 +172,7 @@ class Learner:
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
         self.dls, self.lr, self.wd = dls, float(lr), float(wd)
+        D.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the process group; otherwise nothing
         self.device = _resolve_device(device)
         self.amp_dtype, needs_scaler = _resolve_amp(amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if needs_scaler else None
