@@ -3,6 +3,8 @@
     python bench/bench_demo.py                # 12 patients in-process + a 24-patient cohort on 2 workers
     python bench/bench_demo.py --quick        # 6 patients in-process, no cohort run
     python bench/bench_demo.py -n 180 -w 2    # the default cohort (about a minute on 2 free cores)
+    python bench/bench_demo.py --figure docs/demo-cohort-slices.png   # slices through 4 nodules (seed 0)
+    python bench/bench_demo.py --figure cmp.png --cohorts old_demo new_demo   # rows: existing cohorts
 
 Per patient: ``make_patient`` (thorax, nodules, scanner effects, DICOM writing) timed with
 ``time.process_time`` on one core, after one warm-up patient (imports), on the first patients of seed 0
@@ -63,6 +65,32 @@ def cohort(n: int, workers: int, seed: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def figure(path: Path, cohorts: list[Path], labels: list[str], n: int = 4) -> None:
+    """One row per cohort: the axial slice through each of its first ``n`` nodules (lung window, marker
+    at the table's world centre), so that cohorts made from the same seed can be compared by eye."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from medsuite.io.reader import read_series
+
+    fig, axes = plt.subplots(len(cohorts), n, figsize=(3.6 * n, 3.5 * len(cohorts)), squeeze=False)
+    for row, (root, label) in enumerate(zip(cohorts, labels, strict=True)):
+        table = pd.read_csv(root / "nodules.csv").head(n)
+        for ax, nod in zip(axes[row], table.itertuples(), strict=False):
+            vol = read_series(root / "dicom" / nod.patient_id)
+            z, y, x = vol.world_to_index((nod.x_mm, nod.y_mm, nod.z_mm))
+            ax.imshow(vol.array[int(round(z))], cmap="gray", vmin=-1350, vmax=150)
+            ax.plot([x], [y], "+", color="red", markersize=14)
+            ax.set_title(f"{label}{nod.nodule_id} d={nod.diameter_mm:.0f} tex={nod.rendered_texture} "
+                         f"calc={nod.rendered_calcification} y={int(nod.label == 'malignant')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--patients", type=int, default=24, help="patients in the cohort run")
@@ -70,7 +98,19 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=12, help="patients timed one by one in-process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--figure", type=Path, help="write a PNG of slices through nodules instead of timing")
+    ap.add_argument("--cohorts", type=Path, nargs="*", help="with --figure: existing cohort folders (one row each)")
     args = ap.parse_args()
+    if args.figure:
+        if args.cohorts:
+            figure(args.figure, args.cohorts, [f"{c.name}: " for c in args.cohorts])
+            return
+        from medsuite.data.demo import make_demo_cohort
+
+        with tempfile.TemporaryDirectory() as tmp:
+            make_demo_cohort(Path(tmp) / "demo", patients=4, seed=args.seed, workers=args.workers)
+            figure(args.figure, [Path(tmp) / "demo"], [""])
+        return
     single = 6 if args.quick else args.single
     plan_s, mean_s, times, slices = per_patient(single, args.seed)
     print(f"planning ({single + 1} patients): {plan_s:.2f} s CPU")

@@ -75,6 +75,13 @@ def test_deterministic_by_seed_and_workers(cohort, tmp_path):
     b = read_series(tmp_path / "again" / "dicom" / pid).array
     assert uid == again["series_uid"].iloc[0]
     np.testing.assert_array_equal(a, b)
+    # every file is byte-identical (deterministic SOPInstanceUIDs, names and headers), as are the tables
+    files = sorted(p.relative_to(out) for p in (out / "dicom").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again" / "dicom").rglob("*")
+                           if p.is_file())
+    assert all((out / f).read_bytes() == (tmp_path / "again" / f).read_bytes() for f in files)
+    for name in ("nodules.csv", "series.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
 
 
 def test_bad_requests_are_clear_errors(cohort, tmp_path):
