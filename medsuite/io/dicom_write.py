@@ -69,6 +69,17 @@ def _check_encoder(transfer_syntax: str) -> None:
             )
 
 
+def _encoder_plugin(transfer_syntax: str) -> str:
+    """The pydicom encoding plugin for a compressed syntax: for RLE the compiled pylibjpeg-rle encoder
+    when installed (~50x faster than pydicom's own, same lossless result), else pydicom's."""
+    if transfer_syntax == uids.RLELossless:
+        from pydicom.pixels import get_encoder
+
+        if "pylibjpeg" in get_encoder(transfer_syntax).available_plugins:
+            return "pylibjpeg"
+    return _ENCODER_PLUGIN[transfer_syntax]
+
+
 def hu_to_stored(array: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     """Map HU to 16-bit stored values: ``(stored, pixel_representation, slope, intercept)``.
 
@@ -176,7 +187,7 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: str) -> None:
         )
     if transfer_syntax in _ENCODER_PLUGIN:
         # keep the caller's (deterministic) SOPInstanceUID: compress() would draw a random one
-        ds.compress(transfer_syntax, stored, encoding_plugin=_ENCODER_PLUGIN[transfer_syntax], generate_instance_uid=False)
+        ds.compress(transfer_syntax, stored, encoding_plugin=_encoder_plugin(transfer_syntax), generate_instance_uid=False)
         return
     data = np.ascontiguousarray(stored)
     if transfer_syntax == uids.ExplicitVRBigEndian:
