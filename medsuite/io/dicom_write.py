@@ -321,7 +321,8 @@ def write_series(
     files get random extension-less names (seeded by ``seed`` and the series UID, so series can share a
     folder) and shuffled InstanceNumbers, so that a
     reader which sorts by name or InstanceNumber instead of position is caught. UIDs are generated when
-    not given (series in one study share the FrameOfReferenceUID).
+    not given (series in one study share the FrameOfReferenceUID); SOPInstanceUIDs derive from the series
+    UID and the slice index, so given UIDs (and ``seed``) make the files byte-identical run to run.
     """
     transfer_syntax = uids.UID(str(transfer_syntax))
     _check_encoder(transfer_syntax)
