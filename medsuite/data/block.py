@@ -119,6 +119,15 @@ class BlockLoader(torch.utils.data.DataLoader):
         self.batch_tfms = tuple(batch_tfms)
         super().__init__(dataset, **kwargs)
 
+    def with_sampler(self, sampler: Any) -> BlockLoader:
+        """A copy drawing from ``sampler`` (same dataset, device, batch transforms and settings); the
+        Learner uses it for distributed shards, class-balanced sampling and exact resume."""
+        return BlockLoader(
+            self.dataset, device=self.device, batch_tfms=self.batch_tfms, batch_size=self.batch_size,
+            sampler=sampler, num_workers=self.num_workers, drop_last=self.drop_last, pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers, generator=self.generator,
+        )
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in super().__iter__():
             if self.device is not None:
