@@ -104,11 +104,13 @@ def loader_generators(dl: Any) -> list[torch.Generator]:
 def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank: int = 0,
                  world_size: int = 1) -> tuple[DataLoader, EpochSampler | None]:
     """The loader the learner trains on and its `EpochSampler` (None when ``dl`` is used as it is: a
-    DataLoader subclass without ``with_sampler``, an IterableDataset, a custom batch_sampler; then the
-    order is the loader's own and resuming replays its generators' epoch-start states).
+    DataLoader subclass in a single-process fit without a sampler callback, an IterableDataset, a custom
+    batch_sampler; then the order is the loader's own and resuming replays its generators' epoch-start
+    states). A subclass must offer ``with_sampler`` for DDP or a sampler callback.
     ``sampler`` replaces ``dl``'s sampler (e.g. class-balanced); under DDP a shuffling or sequential
     sampler becomes a `DistributedSampler` seeded with ``seed``."""
-    if not _rebuildable(dl):
+    own_order = type(dl) is not DataLoader and world_size == 1 and sampler is None
+    if own_order or not _rebuildable(dl):  # a subclass keeps its own order unless DDP or a sampler needs another
         if world_size > 1 or sampler is not None:
             raise ValueError(
                 f"the train loader ({type(dl).__name__}) cannot take another sampler: "
