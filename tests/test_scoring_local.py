@@ -45,12 +45,13 @@ def test_scores_errors_and_batches():
 
 
 def test_a_dying_worker_costs_only_its_series():
-    uids = [f"ok-{v}" for v in range(6)] + ["crash-1"]
+    uids = [f"ok-{v}" for v in range(3)] + ["crash-1"] + [f"ok-{v}" for v in range(3, 6)] + ["crash-2"]
     results, _ = _run(uids, workers=2, batch_size=2)
     assert set(results) == set(uids)
     assert all(results[f"ok-{v}"].status == "scored" for v in range(6))
-    (stage, reason), = results["crash-1"].errors
-    assert stage == "read" and "worker process" in reason and "died" in reason
+    for uid in ("crash-1", "crash-2"):
+        (stage, reason), = results[uid].errors
+        assert stage == "read" and "worker process" in reason and "died" in reason
 
 
 def test_empty_run_starts_nothing():

@@ -67,30 +67,32 @@ class _Feeder(threading.Thread):
 
     def run(self) -> None:
         pool: ProcessPoolExecutor | None = None  # started on the first series: no processes for an empty run
-        inflight: dict[Future, WorkItem] = {}
+        inflight: dict[Future, tuple[WorkItem, bool]] = {}  # future -> (series, submitted alone as a suspect)
         suspects: deque[WorkItem] = deque()
         exhausted = False
         try:
             while not self.stop.is_set():
-                limit = 1 if suspects else self.max_inflight
+                # after a worker died, the series that were in flight run one at a time until all are cleared
+                isolating = bool(suspects) or any(alone for _, alone in inflight.values())
+                limit = 1 if isolating else self.max_inflight
                 while len(inflight) < limit and not self.stop.is_set():
                     item = suspects.popleft() if suspects else (None if exhausted else next(self.items, None))
                     if item is None:
                         exhausted = True
                         break
                     pool = pool or self._pool()
-                    inflight[pool.submit(self.prepare_fn, item, self.spec, self.read_options)] = item
+                    inflight[pool.submit(self.prepare_fn, item, self.spec, self.read_options)] = (item, isolating)
                 if not inflight:
                     break
                 done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
                 broken = False
                 for fut in done:
-                    item = inflight.pop(fut)
+                    item, alone = inflight.pop(fut)
                     try:
                         prepared = fut.result()
                     except BrokenProcessPool:
                         broken = True
-                        if len(inflight) == 0 and limit == 1:
+                        if alone:  # it ran by itself, so it is the one that kills its worker
                             prepared = Prepared(item.series_uid, error=("read", "the worker process reading this "
                                                 "series died (decoder crash or out of memory)"))
                         else:
@@ -99,11 +101,13 @@ class _Feeder(threading.Thread):
                     if not _put(self.out, prepared, self.stop):
                         return
                 if broken:
-                    suspects.extend(inflight.values())
+                    suspects.extend(item for item, _ in inflight.values())
                     inflight.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
-                    log.warning("a worker process died; retrying %d in-flight series one at a time", len(suspects))
                     pool = None
+                    if suspects:
+                        log.warning("a worker process died; retrying the %d series that were in flight one at a time",
+                                    len(suspects))
             _put(self.out, _DONE, self.stop)
         except BaseException as exc:  # surface to the caller instead of hanging the pipeline
             _put(self.out, _Failure(exc), self.stop)
