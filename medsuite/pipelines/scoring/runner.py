@@ -369,7 +369,8 @@ class _progress:
             return None
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.total, unit="series", file=sys.stderr, dynamic_ncols=True, desc="scoring")
+        self.bar = tqdm(total=self.total, unit="series", file=sys.stderr, dynamic_ncols=True, desc="scoring",
+                        mininterval=1.0)
         return self.bar
 
     def __exit__(self, *exc: object) -> None:
