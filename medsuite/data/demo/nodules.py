@@ -88,25 +88,35 @@ def place_nodules(lung: np.ndarray, spacing: tuple[float, float, float], radii_m
     """Centres (index ``z, y, x``) inside the lung for nodules of the given radii, not touching each other.
 
     A centre must lie deeper inside the lung than the nodule's radius (falling back to half the radius,
-    i.e. juxta-pleural, when the lung is too thin) and from the edge of the field of view; ``None`` for a nodule that cannot be placed. Depths
-    come from a distance transform on a grid of about 2.4 mm; a centre is drawn uniformly inside a
-    coarse cell whose grid point is deep enough for the nodule plus that cell's extent."""
+    i.e. juxta-pleural, when the lung is too thin), and as far from the edge of the field of view so that
+    the nodule is wholly in the image (a last fallback, as before, lets it touch that edge); ``None`` for
+    a nodule that cannot be placed. Depths come from a distance transform on a grid of about 2.4 mm; a
+    centre is drawn uniformly inside a coarse cell whose grid point is deep enough for the nodule plus
+    that cell's extent."""
     sp = np.asarray(spacing, dtype=float)
     step = np.array([max(1, int(round(1.2 / sp[0]))), *[max(2, int(round(2.4 / s))) for s in sp[1:]]])
     coarse = lung[::step[0], ::step[1], ::step[2]]
     csp = sp * step
-    # the edge of the field of view counts as a boundary: nodules lie wholly inside the image
-    framed = np.pad(coarse, ((0, 0), (1, 1), (1, 1)))
+    framed = np.pad(coarse, ((0, 0), (1, 1), (1, 1)))  # the edge of the field of view counts as a boundary
     depth = ndimage.distance_transform_edt(framed, sampling=csp)[:, 1:-1, 1:-1]
     slack = float(np.linalg.norm((step - 1) * sp))  # farthest a drawn centre can be from its grid point
+    unframed: list[np.ndarray] = []  # computed only when needed
+
+    def depth_to_edge() -> np.ndarray:
+        if not unframed:
+            unframed.append(ndimage.distance_transform_edt(coarse, sampling=csp))
+        return unframed[0]
+
     zmax = coarse.shape[0] - 1
     limit = np.asarray(lung.shape) - 1
     placed: list[tuple[np.ndarray, float]] = []
     out: list[np.ndarray | None] = []
     for r in radii_mm:
         found = None
-        for need in (r + margin_mm, 0.5 * r + margin_mm):
-            ok = depth >= need + slack
+        levels = ((lambda: depth, r + margin_mm + slack, True), (lambda: depth, 0.5 * r + margin_mm + slack, True),
+                  (depth_to_edge, 0.5 * r + margin_mm, False))
+        for get_depth, need, jitter in levels:
+            ok = get_depth() >= need
             zr = int(np.ceil(r / csp[0]))
             ok[:zr] = False
             ok[max(zmax - zr + 1, 0):] = False
@@ -114,7 +124,8 @@ def place_nodules(lung: np.ndarray, spacing: tuple[float, float, float], radii_m
             if len(cand) == 0:
                 continue
             for _ in range(50):
-                c = np.minimum(cand[rng.integers(len(cand))] * step + rng.integers(0, step), limit)
+                c = cand[rng.integers(len(cand))] * step
+                c = np.minimum(c + rng.integers(0, step), limit) if jitter else c
                 if all(np.linalg.norm((c - p) * sp) > r + q + 3 for p, q in placed):
                     found = c.astype(float)
                     break
