@@ -127,6 +127,8 @@ def run_ray(items: list[WorkItem], *, bundle_path: str, block_spec_json: str, de
         ctx = ray.data.DataContext.get_current()
         bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # the runner shows its own bar
         n_gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
+        if device == "cuda" and not n_gpus:
+            log.warning("--device cuda: the Ray cluster has no GPU; inference runs on CPU actors")
         actor_device = "cuda" if n_gpus else "cpu"
         ds = ray.data.from_items([item_to_row(i) for i in items], override_num_blocks=min(len(items), 1000))
         ds = ds.map(prepare_row, fn_kwargs={"block_spec_json": block_spec_json,

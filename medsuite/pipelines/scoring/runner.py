@@ -222,8 +222,14 @@ def score(cfg: ScoreConfig) -> Summary:
     """Run batch scoring as configured; returns the summary (raises `UsageError` for exit code 3)."""
     t0 = time.perf_counter()
     _check(cfg)
-    device = resolve_device(cfg.device)
-    bundle = _load_bundle(Path(cfg.bundle), device)
+    if cfg.engine == "ray":  # the actors infer, on the cluster's GPUs if it has any; the driver only reads meta
+        if cfg.device not in DEVICES:
+            raise UsageError(f"--device {cfg.device!r}: choose one of {list(DEVICES)}")
+        device = cfg.device
+        bundle = _load_bundle(Path(cfg.bundle), "cpu")
+    else:
+        device = resolve_device(cfg.device)
+        bundle = _load_bundle(Path(cfg.bundle), device)
     nodules = _load_nodules(Path(cfg.nodules) if cfg.nodules else None, bundle.task)
     try:
         rules = apply_overrides(rules_from_bundle(bundle.meta), cfg.rules)
@@ -288,7 +294,7 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
     last_export = time.monotonic()
     status = "failed"
     try:
-        predictor = Predictor(bundle.model, bundle.labels, bundle.threshold, device)
+        predictor = Predictor(bundle.model, bundle.labels, bundle.threshold, "cpu" if cfg.engine == "ray" else device)
         results = _engine(cfg, bundle, predictor, items, device)
         with _progress(len(items), cfg.progress) as bar:
             for result in results:
