@@ -29,5 +29,5 @@ def command(
     counts = table["split"].value_counts().to_dict()
     typer.echo(
         f"wrote {table['patient_id'].nunique()} series and {len(table)} nodules "
-        f"({int(table['label'].sum())} malignant; split {counts}) to {out} in {time.perf_counter() - start:.1f} s"
+        f"({int((table['label'] == 'malignant').sum())} malignant; split {counts}) to {out} in {time.perf_counter() - start:.1f} s"
     )
