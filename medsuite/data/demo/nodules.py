@@ -100,32 +100,34 @@ def place_nodules(lung: np.ndarray, spacing: tuple[float, float, float], radii_m
     framed = np.pad(coarse, ((0, 0), (1, 1), (1, 1)))  # the edge of the field of view counts as a boundary
     depth = ndimage.distance_transform_edt(framed, sampling=csp)[:, 1:-1, 1:-1]
     slack = float(np.linalg.norm((step - 1) * sp))  # farthest a drawn centre can be from its grid point
-    unframed: list[np.ndarray] = []  # computed only when needed
+    old_step = np.array([1, 2, 2])
+    unframed: list[np.ndarray] = []  # the previous rule's finer grid, computed only when needed
 
     def depth_to_edge() -> np.ndarray:
         if not unframed:
-            unframed.append(ndimage.distance_transform_edt(coarse, sampling=csp))
+            fine = lung[::old_step[0], ::old_step[1], ::old_step[2]]
+            unframed.append(ndimage.distance_transform_edt(fine, sampling=sp * old_step))
         return unframed[0]
 
-    zmax = coarse.shape[0] - 1
     limit = np.asarray(lung.shape) - 1
     placed: list[tuple[np.ndarray, float]] = []
     out: list[np.ndarray | None] = []
     for r in radii_mm:
         found = None
-        levels = ((lambda: depth, r + margin_mm + slack, True), (lambda: depth, 0.5 * r + margin_mm + slack, True),
-                  (depth_to_edge, 0.5 * r + margin_mm, False))
-        for get_depth, need, jitter in levels:
+        levels = ((lambda: depth, step, r + margin_mm + slack, True),
+                  (lambda: depth, step, 0.5 * r + margin_mm + slack, True),
+                  (depth_to_edge, old_step, 0.5 * r + margin_mm, False))
+        for get_depth, st, need, jitter in levels:
             ok = get_depth() >= need
-            zr = int(np.ceil(r / csp[0]))
+            zr = int(np.ceil(r / (sp[0] * st[0])))
             ok[:zr] = False
-            ok[max(zmax - zr + 1, 0):] = False
+            ok[max(ok.shape[0] - zr, 0):] = False
             cand = np.argwhere(ok)
             if len(cand) == 0:
                 continue
             for _ in range(50):
-                c = cand[rng.integers(len(cand))] * step
-                c = np.minimum(c + rng.integers(0, step), limit) if jitter else c
+                c = cand[rng.integers(len(cand))] * st
+                c = np.minimum(c + rng.integers(0, st), limit) if jitter else c
                 if all(np.linalg.norm((c - p) * sp) > r + q + 3 for p, q in placed):
                     found = c.astype(float)
                     break
