@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import images
 import numpy as np
 import streamlit as st
 
@@ -35,15 +36,48 @@ def prediction_panel(pred: dict[str, Any], info: dict[str, str] | None, positive
 @st.cache_data(max_entries=64, show_spinner="Computing the attribution ...")
 def attribution(bundle_path: str, prediction_id: int, method: str, _bundle: Any, _volume: Any,
                 center: tuple[float, float, float] | None) -> dict[str, Any]:
-    """The attribution volume (cropped, scan geometry) for one prediction and method; cached per key."""
+    """The attribution volume (cropped, scan geometry) for one prediction and method, its display scale (99th
+    percentile of |attribution|) and what its native resolution is; cached per (bundle, prediction, method)."""
     from medsuite.interpret.explain import explain
 
     res = explain(_bundle, _volume, methods=[method], center_xyz=center)
-    vol = res.volumes[method]
+    vol, attr = res.volumes[method], res.attributions[method]
     arr = np.asarray(vol.array, dtype=np.float32)
-    scale = float(np.percentile(np.abs(arr[arr != 0]), 99)) if np.any(arr) else 0.0
-    return {"array": arr, "offset": tuple(int(v) for v in vol.meta["offset_zyx"]), "scale": scale,
-            "key": f"{prediction_id}:{method}"}
+    spec = _bundle.block.spec() if hasattr(_bundle.block, "spec") else {}
+    return {"array": arr, "offset": tuple(int(v) for v in vol.meta["offset_zyx"]),
+            "scale": images.attribution_scale(arr), "max": float(np.abs(arr).max()) if arr.size else 0.0,
+            "key": f"{prediction_id}:{method}", "method": method,
+            "resolution": native_resolution(method, attr.params, spec), "notes": list(attr.notes)}
+
+
+def native_resolution(method: str, params: dict[str, Any], spec: dict[str, Any]) -> str:
+    """One sentence on how fine the method's map really is, in the model input's millimetres."""
+    px, size = spec.get("pixel_mm"), spec.get("size")
+    grid = (f"{spec['k']} slices {spec['spacing_mm']:g} mm apart, " if spec.get("k") and spec.get("spacing_mm") else "")
+    field = f" ({size}×{size} px = {size * px:g} mm field)" if px and size else ""
+    if method == "gradcam" and params.get("native_shape"):
+        native = params["native_shape"]
+        cell = f" of about {size * px / native[-1]:.0f} mm" if px and size else ""
+        return (f"Grad-CAM is coarse: {'×'.join(map(str, native))} cells{cell}, upsampled to the input"
+                f"{field}; read it as a region, not an outline.")
+    if method == "occlusion" and params.get("window_mm"):
+        return (f"Occlusion resolution: {params['window_mm']:g} mm windows moved in {params['stride_mm']:g} mm steps"
+                f" over the input{field}.")
+    if px:
+        return f"Per input pixel: {px:g} mm in-plane, {grid}{field.strip(' ()')}; pixel-level, so expect speckle."
+    return "Per input pixel of the model's input."
+
+
+def overlay_legend(overlay: dict[str, Any], opacity: float) -> None:
+    """Colour bar, scale and native resolution of the attribution on the views."""
+    st.image(images.colorbar(opacity=opacity), width="stretch")
+    st.caption(f"{METHOD_NAMES.get(overlay['method'], overlay['method'])} |attribution|: 0 (transparent) → "
+               f"{overlay['scale']:.3g} and above (opaque {images.HEAT_NAME}; clipped at the "
+               f"{images.CLIP_PERCENTILE:g}th percentile, max {overlay['max']:.3g}). "
+               "Drawn on the slices the model's input covered.")
+    st.caption(overlay["resolution"])
+    for note in overlay["notes"]:
+        st.caption(note)
 
 
 def why_controls(pid: int, enabled: bool) -> tuple[str | None, float]:
@@ -53,7 +87,7 @@ def why_controls(pid: int, enabled: bool) -> tuple[str | None, float]:
         st.info("No model bundle loaded: attributions need the bundle.")
         return None, 0.0
     method = st.selectbox("Method", list(METHODS), format_func=lambda m: METHOD_NAMES.get(m, m), key="why_sel")
-    opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.45, 0.05, key="why_opacity")
+    opacity = st.slider("Overlay opacity (at the clip value)", 0.0, 1.0, 0.85, 0.05, key="why_opacity")
     shown = st.session_state.get(WHY_KEY)
     c1, c2 = st.columns(2)
     if c1.button("Show attribution", key="why_show"):

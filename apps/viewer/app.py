@@ -109,6 +109,9 @@ def case_page(cfg: ViewerConfig, pid: int, identity: str | None) -> None:
             overlay = dict(analysis.attribution(bpath, pid, method, bundle, vol, center), opacity=opacity)
         except Exception as exc:  # noqa: BLE001
             right.error(f"Attribution failed: {exc}")
+        else:
+            with right:
+                analysis.overlay_legend(overlay, opacity)
     ctx = {"volume": vol, "prediction_id": pid, "nodule_zyx": nod, "radius_mm": (pred.get("diameter_mm") or 0) / 2 or None,
            "cache_key": f"{pred['series_uid']}:{resources.VOLUME_PARAMS}", "overlay": overlay}
     with left:

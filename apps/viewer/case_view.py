@@ -1,6 +1,7 @@
 """The case view: axial, coronal and sagittal slices with linked crosshairs at the nodule, a slice slider and
 keyboard scrolling (Up/Down), window presets on keys 1-5 as in OHIF plus a custom window, the nodule circle,
-and the slice number and world position. Runs inside ``st.fragment`` so scrolling re-renders only the views."""
+a 1×/2×/4× zoom around the crosshair, and the slice number and world position. Runs inside ``st.fragment`` so
+scrolling re-renders only the views."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from medsuite.data.windows import WINDOWS
 # keys 1-5 as in OHIF: lung, mediastinum, bone, brain, then the DICOM file's own window
 PRESETS: tuple[tuple[str, str], ...] = (("1", "lung"), ("2", "mediastinum"), ("3", "bone"), ("4", "brain"))
 WINDOW_KEY = "viewer_window"
+ZOOM_KEY = "viewer_zoom"
+ZOOMS = (1.0, 2.0, 4.0)
 
 
 def dicom_window(meta: dict[str, Any]) -> tuple[float, float] | None:
@@ -39,11 +42,12 @@ def preset_windows(meta: dict[str, Any]) -> list[tuple[str, str, tuple[float, fl
 @st.cache_data(max_entries=512, show_spinner=False)
 def view_image(cache_key: str, plane: str, cursor: tuple[int, int, int], window: tuple[float, float],
                nodule: tuple[float, float, float] | None, radius_mm: float | None, overlay_key: str | None,
-               opacity: float, _array: np.ndarray, _geometry: images.Geometry, _overlay: np.ndarray | None) -> np.ndarray:
-    """One rendered view, cached by the series, plane, position, window and overlay (arrays are not hashed:
-    their identity is ``cache_key``/``overlay_key``)."""
+               opacity: float, zoom: float, _array: np.ndarray, _geometry: images.Geometry,
+               _overlay: np.ndarray | None) -> np.ndarray:
+    """One rendered view, cached by the series, plane, position, window, zoom and overlay (arrays are not
+    hashed: their identity is ``cache_key``/``overlay_key``)."""
     return images.render(_array, _geometry, plane, cursor, window, nodule_zyx=nodule, nodule_radius_mm=radius_mm,
-                         overlay=_overlay, opacity=opacity)
+                         overlay=_overlay, opacity=opacity, zoom=zoom)
 
 
 def geometry_of(volume: Any) -> images.Geometry:
@@ -88,10 +92,12 @@ def viewer(ctx: dict[str, Any]) -> None:
     zkey = f"slice_{pid}"
     st.session_state.setdefault(zkey, int(centre[0]))
     window = window_controls(vol.meta)
-    c1, c2, c3 = st.columns([1, 1, 8])
+    c1, c2, c3, c4 = st.columns([1, 1, 6, 2])
     c1.button("▲", key="slice_up", shortcut="up", help="previous slice (Up)", on_click=_step, args=(zkey, -1, nz))
     c2.button("▼", key="slice_down", shortcut="down", help="next slice (Down)", on_click=_step, args=(zkey, 1, nz))
     z = c3.slider("Axial slice", 0, nz - 1, key=zkey, label_visibility="collapsed")
+    zoom = c4.segmented_control("Zoom", ZOOMS, default=ZOOMS[0], key=ZOOM_KEY, label_visibility="collapsed",
+                                format_func=lambda f: f"{f:g}×", help="magnify around the crosshair") or ZOOMS[0]
     cursor = (int(z), int(centre[1]), int(centre[2]))
     world = vol.index_to_world(np.array(cursor, dtype=float))
     st.caption(f"Slice {z} of 0–{nz - 1} · world (x, y, z) = ({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm · "
@@ -106,5 +112,5 @@ def viewer(ctx: dict[str, Any]) -> None:
             ov = images.overlay_plane(overlay["array"], overlay["offset"], arr.shape, plane, cursor[axis], overlay["scale"])
             okey = f"{overlay['key']}:{plane}:{cursor[axis]}" if ov is not None else None
         img = view_image(ctx["cache_key"], plane, cursor, window, nodule, ctx["radius_mm"], okey,
-                         float(overlay["opacity"]) if overlay else 0.0, arr, geo, ov)
+                         float(overlay["opacity"]) if overlay else 0.0, float(zoom), arr, geo, ov)
         col.image(img, caption=plane, width="stretch")

@@ -1,5 +1,5 @@
 """Slice pictures for the viewer: a plane of the volume, windowed to uint8, square pixels, crosshair, nodule
-circle and an optional attribution overlay. Pure numpy (and Pillow for resizing), no Streamlit, so it is
+circle and an optional attribution overlay (red-yellow heat, alpha proportional to the magnitude). Pure numpy (and Pillow for resizing), no Streamlit, so it is
 testable and timeable on its own.
 
 Display conventions (radiological, as in OHIF): axial with the patient's right on the image left and
@@ -14,7 +14,7 @@ import numpy as np
 
 PLANES = ("axial", "coronal", "sagittal")
 CROSS = np.array([0, 200, 255], dtype=np.float32)   # crosshair colour
-RING = np.array([255, 220, 0], dtype=np.float32)    # nodule circle colour
+RING = np.array([40, 255, 90], dtype=np.float32)    # nodule circle colour (green: apart from the heat map)
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,41 @@ def _in_plane(plane: str, zyx: tuple[float, float, float]) -> tuple[float, float
     return {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[plane]
 
 
-def _heat(values: np.ndarray) -> np.ndarray:
-    """Normalised magnitude 0..1 -> RGB float (black-red-yellow-white, like 'hot')."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    return np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1) * 255
+HEAT_NAME = "red-yellow"
+# (position, RGB) anchors of the overlay colour map: dark red -> red -> orange -> pale yellow
+_HEAT_STOPS = np.array([0.0, 0.35, 0.7, 1.0], dtype=np.float32)
+_HEAT_RGB = np.array([[128, 0, 0], [230, 20, 0], [255, 160, 0], [255, 255, 120]], dtype=np.float32)
+CLIP_PERCENTILE = 99.0
+
+
+def heat_rgb(values: np.ndarray) -> np.ndarray:
+    """Normalised magnitude 0..1 -> RGB float 0..255 on the red-yellow heat map (higher = brighter)."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
+    return np.stack([np.interp(v, _HEAT_STOPS, _HEAT_RGB[:, c]) for c in range(3)], axis=-1)
+
+
+def attribution_scale(attr: np.ndarray, percentile: float = CLIP_PERCENTILE) -> float:
+    """The magnitude shown at full colour: the ``percentile`` of |attribution| over the voxels that received
+    any (larger values are clipped, so one hot pixel does not wash out the rest); 0 for an all-zero map."""
+    mags = np.abs(np.asarray(attr, dtype=np.float32))
+    mags = mags[mags > 0]
+    return float(np.percentile(mags, percentile)) if mags.size else 0.0
+
+
+def blend_overlay(rgb: np.ndarray, overlay: np.ndarray, opacity: float) -> np.ndarray:
+    """Blend a normalised magnitude map (0..1, clipped) over ``rgb``: heat colour, alpha = opacity x magnitude,
+    so weak attribution stays see-through and strong attribution is opaque."""
+    v = np.clip(np.nan_to_num(overlay), 0.0, 1.0)
+    alpha = (float(np.clip(opacity, 0.0, 1.0)) * v)[..., None]
+    return rgb * (1 - alpha) + heat_rgb(v) * alpha
+
+
+def colorbar(width: int = 200, height: int = 14, opacity: float = 1.0, background: float = 128.0) -> np.ndarray:
+    """The overlay legend as RGB uint8 ``(height, width, 3)``: magnitude 0 (left) to the clip value (right),
+    blended over a mid-grey ``background`` exactly as on the views."""
+    ramp = np.broadcast_to(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, width))
+    grey = np.full((height, width, 3), background, dtype=np.float32)
+    return np.clip(blend_overlay(grey, ramp, opacity), 0, 255).astype(np.uint8)
 
 
 def render(
@@ -70,14 +101,17 @@ def render(
     nodule_zyx: tuple[float, float, float] | None = None,
     nodule_radius_mm: float | None = None,
     overlay: np.ndarray | None = None,
-    opacity: float = 0.4,
+    opacity: float = 0.85,
     crosshair: bool = True,
+    zoom: float = 1.0,
 ) -> np.ndarray:
     """One view as RGB uint8 ``(h, w, 3)`` with square display pixels.
 
     ``cursor_zyx`` chooses the plane (its coordinate along the plane's axis) and the crosshair; the nodule
     circle is the cross-section of a sphere of ``nodule_radius_mm`` at ``nodule_zyx`` (voxel indices) with
-    this plane. ``overlay`` is a plane-shaped map (already normalised to 0..1) blended with ``opacity``.
+    this plane. ``zoom`` > 1 shows the part around the crosshair (before the display flip). ``overlay`` is a
+    plane-shaped magnitude map normalised to 0..1 (see `overlay_plane`), drawn with
+    `blend_overlay` (alpha = ``opacity`` x magnitude).
     """
     axis = PLANES.index(plane)
     grey = window_uint8(extract(array, plane, int(cursor_zyx[axis])), *window).astype(np.float32)
@@ -85,8 +119,7 @@ def render(
     if overlay is not None:
         if overlay.shape != grey.shape:
             raise ValueError(f"overlay shape {overlay.shape} does not match the {plane} plane {grey.shape}")
-        alpha = (opacity * np.clip(overlay, 0, 1))[..., None]
-        rgb = rgb * (1 - alpha) + _heat(overlay) * alpha
+        rgb = blend_overlay(rgb, overlay, opacity)
     row_mm, col_mm = _pixel_mm(plane, geometry.spacing)
     flip = plane != "axial" and geometry.z_towards_head
     cr, cc = _in_plane(plane, cursor_zyx)
@@ -102,10 +135,23 @@ def render(
             d = np.sqrt(((rows - nr) * row_mm) ** 2 + ((cols - nc) * col_mm) ** 2)
             ring = np.abs(d - np.sqrt(r2)) <= 0.75 * max(row_mm, col_mm)
             rgb[ring] = RING
-    out = np.clip(rgb, 0, 255).astype(np.uint8)
+    out = zoom_crop(np.clip(rgb, 0, 255).astype(np.uint8), (cr, cc), zoom)
     if flip:
         out = out[::-1]
     return square_pixels(out, row_mm, col_mm)
+
+
+def zoom_crop(image: np.ndarray, center_rc: tuple[float, float], zoom: float) -> np.ndarray:
+    """The part of ``image`` a ``zoom`` x magnification shows, centred on ``center_rc`` (kept inside the image)."""
+    if zoom <= 1.0:
+        return image
+    out = image
+    for axis, c in enumerate(center_rc):
+        n = image.shape[axis]
+        m = max(1, round(n / zoom))
+        lo = int(np.clip(round(c - m / 2), 0, n - m))
+        out = out[(slice(None),) * axis + (slice(lo, lo + m),)]
+    return out
 
 
 def square_pixels(image: np.ndarray, row_mm: float, col_mm: float) -> np.ndarray:
