@@ -12,7 +12,7 @@ import typer
 
 def command(
     out: Annotated[Path, typer.Option("--out", help="Folder for the cohort, run, bundle, report and scores.")] = Path("demo_out"),
-    patients: Annotated[int, typer.Option("--patients", help="Demo patients to generate (one CT series each).")] = 180,
+    patients: Annotated[int, typer.Option("--patients", help="Demo patients to generate (one CT series each).")] = 700,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the cohort and the training run.")] = 0,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Override the demo config's epochs.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Processes for generation and scoring (default: all cores).")] = None,

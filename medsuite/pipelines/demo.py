@@ -81,7 +81,10 @@ def score_held_out(out: Path, bundle: Path, cohort: Path, nodules: pd.DataFrame,
     return summary.exit_code
 
 
-def run_demo(out: str | Path = "demo_out", *, patients: int = 180, seed: int = 0, workers: int | None = None,
+DEFAULT_PATIENTS = 700  # about every LIDC-IDRI scan with a usable nodule (720): ~1,400 nodules, ~470 held out
+
+
+def run_demo(out: str | Path = "demo_out", *, patients: int = DEFAULT_PATIENTS, seed: int = 0, workers: int | None = None,
              overrides: dict[str, Any] | None = None) -> DemoResult:
     """Cohort → training → bundle → report → held-out scoring; every artefact under `out`."""
     from medsuite.pipelines.train import run_training

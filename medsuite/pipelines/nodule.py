@@ -24,6 +24,8 @@ from medsuite.data.tables import read_table, validate_nodule_table
 from medsuite.pipelines.tasks import TaskLearner, make_learner
 
 DEFAULT_BLOCK = SliceStack(k=5, size=64, spacing_mm=1.0, pixel_mm=0.75, window="lung")
+# Size is the strongest single predictor of malignancy: rotate, flip and shift, but never rescale.
+NODULE_AUGMENT = Augment(scale=(1.0, 1.0))
 
 
 def label_vocab(labels: pd.Series, positive: str) -> list[str]:
@@ -52,7 +54,7 @@ def dataloaders(
     positive: str = "malignant",
     cache_dir: str | os.PathLike[str] | None = None,
     source: VolumeSource | None = None,
-    augment: Augment | None = Augment(),
+    augment: Augment | None = NODULE_AUGMENT,
     splitter: Any = None,
     bs: int = 64,
     num_workers: int = 0,
