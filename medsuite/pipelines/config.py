@@ -59,6 +59,7 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
     lr: float | Literal["auto"] = "auto"
+    lr_suggestion: Literal["valley", "steep", "minimum"] = "valley"
     wd: float = Field(0.01, ge=0.0)
     mixup: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)

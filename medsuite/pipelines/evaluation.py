@@ -212,7 +212,7 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
 
 
 def write_report(folder: Any, *, title: str, learn: TaskLearner, evaluation: Evaluation, lr_result: Any = None,
-                 top_losses: int = 12) -> Any:
+                 lr: float | None = None, top_losses: int = 12) -> Any:
     """Write `folder/report.html` (data, training, held-out performance, baselines) and return its path."""
     rep = Report(title)
     s = rep.section("Data")
@@ -220,7 +220,9 @@ def write_report(folder: Any, *, title: str, learn: TaskLearner, evaluation: Eva
     rep.text(s, f"Input: {learn.dls.block.spec()}; architecture {learn.arch} {learn.arch_kwargs}.")
     s = rep.section("Training")
     if lr_result is not None:
-        rep.figure(s, "lr_find", lr_result.plot(), f"Learning-rate finder; valley suggestion {lr_result.valley:.2e}")
+        rep.figure(s, "lr_find", lr_result.plot(), f"Learning-rate finder: suggestions valley {lr_result.valley:.2e}, "
+                   f"steep {lr_result.steep:.2e}, minimum {lr_result.minimum:.2e}"
+                   + (f"; trained with lr_max {lr:.2e}" if lr is not None else ""))
     df = learn.recorder.df
     if len(df):
         rep.figure(s, "training curves", _curves_figure(df), "Loss per epoch and validation metrics")

@@ -80,21 +80,25 @@ def build_learner(cfg: PipelineConfig, dls: Any) -> TaskLearner:
 
 
 def choose_lr(learn: TaskLearner, cfg: PipelineConfig, run_dir: Path, resume: bool) -> tuple[float, Any]:
-    """The configured lr, or lr_find's valley (remembered in the run folder so a resume uses the same)."""
+    """The configured lr, or lr_find's suggestion (remembered in the run folder so a resume uses the same)."""
     remembered = run_dir / "lr.json"
     if resume and remembered.is_file():
         return float(json.loads(remembered.read_text())["lr"]), None
     result = None
     if cfg.train.lr == "auto":
         result = learn.lr_find()
-        lr = float(np.clip(result.valley, *LR_BOUNDS))
-        if lr != result.valley:
-            log.warning("lr_find suggested %.2e; using %.2e (clipped to %s)", result.valley, lr, LR_BOUNDS)
+        suggested = float(getattr(result, cfg.train.lr_suggestion))
+        lr = float(np.clip(suggested, *LR_BOUNDS))
+        if lr != suggested:
+            log.warning("lr_find suggested %.2e; using %.2e (clipped to %s)", suggested, lr, LR_BOUNDS)
     else:
         lr = float(cfg.train.lr)
     lr = float(D.gather_objects(lr)[0])  # every rank of a distributed run uses rank 0's choice
     if D.is_main_process():
-        _atomic_json(remembered, {"lr": lr, "suggested": None if result is None else float(result.valley)})
+        _atomic_json(remembered, {"lr": lr, "suggestion": cfg.train.lr_suggestion if result is not None else None,
+                                  "valley": None if result is None else float(result.valley),
+                                  "steep": None if result is None else float(result.steep),
+                                  "minimum": None if result is None else float(result.minimum)})
     return lr, result
 
 
@@ -135,7 +139,7 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
         baselines = run_baselines(cfg, dls, source, split)
         compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
     report = write_report(run_dir, title=f"medsuite — {cfg.name} ({cfg.task})", learn=learn, evaluation=evaluation,
-                          lr_result=lr_result, top_losses=cfg.report.top_losses)
+                          lr_result=lr_result, lr=lr, top_losses=cfg.report.top_losses)
     metrics = {"split": split, "lr": lr, "threshold": threshold, "report": evaluation.report,
                "knn_agreement": evaluation.knn_agreement, "comparisons": evaluation.comparisons}
     _atomic_json(run_dir / "metrics.json", metrics)
