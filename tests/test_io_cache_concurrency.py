@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 import os
 import time
 from pathlib import Path
@@ -42,8 +43,9 @@ def _run(tmp_path: Path, n_procs: int, rounds: int) -> tuple[list[list[int]], in
     root, calls = tmp_path / "cache", tmp_path / "calls"
     calls.mkdir()
     start_at = time.time() + 1.5
-    with mp.get_context("spawn").Pool(n_procs) as pool:
-        results = pool.starmap(_worker, [(str(root), str(calls), start_at, rounds)] * n_procs)
+    # an executor, not a Pool: a worker that dies fails the test instead of being respawned forever
+    with ProcessPoolExecutor(n_procs, mp_context=mp.get_context("spawn")) as pool:
+        results = list(pool.map(_worker, *zip(*[(str(root), str(calls), start_at, rounds)] * n_procs, strict=True)))
     return results, len(list(calls.iterdir()))
 
 
