@@ -155,4 +155,7 @@ def main() -> None:
         case_page(cfg, int(pid), identity)
 
 
-main()
+# Streamlit (and AppTest) run this file as __main__; a process that merely re-imports it (a multiprocessing
+# child started from the same interpreter) must not start the app.
+if __name__ == "__main__":
+    main()
