@@ -40,9 +40,10 @@ class Evaluation:
 
 
 def evaluate(learn: TaskLearner, split: str = "test", *, threshold: float, n_boot: int = 1000, k: int = 5,
-             tta: bool = False) -> Evaluation:
+             tta: bool = False, index: Any = None) -> Evaluation:
     """Score `split` once (per-item scalars only) and compute the metrics with bootstrap CIs; with `tta`
-    the probabilities are the mean over in-plane flips."""
+    the probabilities are the mean over in-plane flips. `index` is the training cases' `CaseIndex` (built
+    when not given) for the k-NN agreement."""
     dls = learn.dls
     items = dls.items(split)
     ids_col = "nodule_id" if "nodule_id" in items.columns else "series_uid"
@@ -55,9 +56,7 @@ def evaluate(learn: TaskLearner, split: str = "test", *, threshold: float, n_boo
     targets = frame["target"].to_numpy().astype(np.int64)
     report = classification_report(targets, probs, vocab, threshold if len(vocab) == 2 else None, n_boot=n_boot)
     evaluation = Evaluation(split, items, probs, targets, loss_table, report)
-    train_items = dls.items("train")
-    index = build_case_index(learn.model, plain_loader(dls, "train"), train_items[ids_col].astype(str).tolist(),
-                             labels=[vocab[int(t)] for t in dls.train.dataset.targets], device=learn.device)
+    index = index if index is not None else learn.case_index()
     held_out = build_case_index(learn.model, plain_loader(dls, split), ids, device=learn.device)
     evaluation.knn_agreement = float(knn_agreement(index, held_out.embeddings, [vocab[t] for t in targets], k=k))
     return evaluation

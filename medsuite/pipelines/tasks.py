@@ -78,33 +78,40 @@ class TaskLearner(Learner):
     def _binary_scores(self, probs: np.ndarray) -> np.ndarray:
         return probs[:, self.positive_index]
 
-    def operating_threshold(self) -> float:
+    def valid_preds(self) -> Any:
+        """Probabilities and targets of the validation split, in table order, without augmentation."""
+        return self.get_preds(plain_loader(self.dls, "valid"))
+
+    def operating_threshold(self, preds: Any = None) -> float:
         """Youden's J on the validation split (0.5 when it is multi-class or one-class)."""
-        preds = self.get_preds(plain_loader(self.dls, "valid"))
+        preds = preds if preds is not None else self.valid_preds()
         probs, targets = np.asarray(preds.probs), np.asarray(preds.targets)
         if probs.shape[1] != 2 or len(np.unique(targets)) < 2:
             return 0.5
         return float(youden_threshold(self._binary_scores(probs), (targets == self.positive_index).astype(int)))
 
-    def export(self, path: str | Path, *, index: bool = True, threshold: float | None = None, **fields: Any) -> Path | None:
-        """Write the bundle: weights, spec, threshold, validation metrics with CIs and the case index."""
+    def case_index(self) -> Any:
+        """The similar-case index of the training items (embeddings, labels, thumbnails)."""
         from medsuite.interpret.index import build_case_index
 
+        items = self.dls.items("train")
+        ids_col = "nodule_id" if "nodule_id" in items.columns else "series_uid"
+        vocab = [str(v) for v in self.dls.vocab]
+        return build_case_index(
+            self.model, plain_loader(self.dls, "train"), items[ids_col].astype(str).tolist(),
+            labels=[vocab[int(t)] for t in self.dls.train.dataset.targets],
+            meta={"id_column": ids_col, "task": self.task}, device=self.device,
+        )
+
+    def export(self, path: str | Path, *, index: bool = True, threshold: float | None = None, **fields: Any) -> Path | None:
+        """Write the bundle: weights, spec, threshold, validation metrics with CIs and the case index."""
+        preds = self.valid_preds() if threshold is None or "metrics" not in fields else None
         if threshold is None:
-            threshold = self.operating_threshold()
+            threshold = self.operating_threshold(preds)
         if "metrics" not in fields:
-            preds = self.get_preds(plain_loader(self.dls, "valid"))
             fields["metrics"] = {"valid": validation_metrics(np.asarray(preds.probs), np.asarray(preds.targets), self.dls.vocab, threshold)}
         if index and "extra_files" not in fields:
-            items = self.dls.items("train")
-            ids_col = "nodule_id" if "nodule_id" in items.columns else "series_uid"
-            vocab = [str(v) for v in self.dls.vocab]
-            case_index = build_case_index(
-                self.model, plain_loader(self.dls, "train"), items[ids_col].astype(str).tolist(),
-                labels=[vocab[int(t)] for t in self.dls.train.dataset.targets],
-                meta={"id_column": ids_col, "task": self.task}, device=self.device,
-            )
-            fields["extra_files"] = case_index.to_extra_files()
+            fields["extra_files"] = self.case_index().to_extra_files()
         fields.setdefault("data_fingerprint", self.dls.fingerprint())
         return super().export(path, arch=self.arch, arch_kwargs=self.arch_kwargs, task=self.task, threshold=float(threshold), **fields)
 

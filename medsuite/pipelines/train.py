@@ -14,7 +14,9 @@ import numpy as np
 
 from medsuite.data.blocks import block_from_spec
 from medsuite.data.source import VolumeSource
+from medsuite.interpret.index import CaseIndex
 from medsuite.learn import distributed as D
+from medsuite.learn.bundle import load_bundle
 from medsuite.pipelines import classify, nodule
 from medsuite.pipelines.baselines import BaselineResult, diameter_baseline, radiomics_baseline
 from medsuite.pipelines.config import PipelineConfig
@@ -129,12 +131,14 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
     if not D.is_main_process():  # rank 0 alone exports, evaluates and reports
         return TrainResult(run_dir, None, None, {})
 
-    threshold = learn.operating_threshold()
     bundle = Path(bundle_path or run_dir / f"{cfg.name}.bundle")
-    learn.export(bundle, threshold=threshold, train_config={"config": cfg.model_dump(mode="json"), **learn.train_config()})
+    learn.export(bundle, train_config={"config": cfg.model_dump(mode="json"), **learn.train_config()})
+    exported = load_bundle(bundle)
+    threshold = exported.threshold
 
     split = "test" if dls.test is not None else "valid"
-    evaluation: Evaluation = evaluate(learn, split, threshold=threshold, n_boot=cfg.report.n_boot, tta=cfg.report.tta)
+    evaluation: Evaluation = evaluate(learn, split, threshold=threshold, n_boot=cfg.report.n_boot, tta=cfg.report.tta,
+                                      index=CaseIndex.from_bundle(exported))
     if cfg.task == "nodule" and cfg.report.baselines:
         baselines = run_baselines(cfg, dls, source, split)
         compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
