@@ -26,15 +26,6 @@ ARCH_KWARGS = {"in_channels": 3, "n_classes": 2, "width": 4, "depth": 2}
 SPEC = {"type": "FakeBlock", "size": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP threads spin and run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class FakeBlock:
     def __init__(self, spec):
         self._spec = dict(spec)

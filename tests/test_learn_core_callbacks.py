@@ -33,14 +33,6 @@ from medsuite.learn.checkpoint import load_weights
 from medsuite.learn.learner import Learner, set_seed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def make(tmp_path, dls=None, model=None, **kw) -> Learner:
     set_seed(0)
     kw.setdefault("progress", False)

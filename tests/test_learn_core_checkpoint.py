@@ -24,14 +24,6 @@ from medsuite.learn.learner import Learner, set_seed
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def test_checkpoint_round_trip_without_pickle(tmp_path):
     set_seed(0)
     model = TinyNet()

@@ -30,14 +30,6 @@ def dls_factory():
     return lambda: block.dataloaders(table, source=source, bs=2, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _learner(dls, path, **kw) -> Learner:
     from medsuite.learn.models import build_model
 

@@ -19,14 +19,6 @@ from medsuite.learn.callbacks.core import (
 from medsuite.learn.learner import Learner, set_seed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention
-    yield
-    torch.set_num_threads(prev)
-
-
 def make(tmp_path, **kw) -> Learner:
     set_seed(0)
     kw.setdefault("progress", False)

@@ -16,14 +16,6 @@ from medsuite.learn.optim import param_groups
 from medsuite.learn.schedule import OneCycleSchedule, combined_cos
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def test_one_cycle_shape():
     s = OneCycleSchedule(1e-2, pct_start=0.25, div=25, final_div=1e4)
     assert s.lr(0) == pytest.approx(1e-2 / 25)

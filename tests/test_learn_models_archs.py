@@ -11,13 +11,6 @@ from medsuite.learn.models import ARCHITECTURES, build_model, inplace_modules
 TINY = {"width": 4, "depth": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a busy 2-core machine OpenMP threads spin and run ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 # arch, kwargs, input shape, expected embed dim, gradcam output spatial rank
 CASES = [
     ("slice_cnn", {"in_channels": 3}, (2, 3, 16, 16), 8, 2),
