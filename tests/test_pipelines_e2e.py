@@ -126,3 +126,14 @@ def test_flip_tta_averages_the_flipped_predictions() -> None:
         plain = torch.softmax(model(x), 1)
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-4)
+
+
+def test_a_seeded_learner_starts_from_the_same_weights(cohort: Path, tmp_path: Path) -> None:
+    import torch
+
+    dls = nodule.dataloaders(cohort / "nodules.csv", dicom_root=cohort, block=SliceStack(k=3, size=24, window="lung"), bs=8)
+    a = nodule.learner(dls, path=tmp_path / "a", progress=False, seed=7)
+    b = nodule.learner(dls, path=tmp_path / "b", progress=False, seed=7)
+    c = nodule.learner(dls, path=tmp_path / "c", progress=False, seed=8)
+    wa, wb, wc = (next(iter(x.model.parameters())).detach() for x in (a, b, c))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc)

@@ -18,6 +18,7 @@ in coronal/sagittal planes; columns along +x (patient right to left) or +y (sagi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -99,7 +100,7 @@ def _check_inside(volume: Volume, center: np.ndarray) -> None:
 
 
 @dataclass(frozen=True)
-class InputBlock:
+class InputBlock(ABC):
     """Base of the input blocks: grids -> trilinear samples -> windows -> (training) augmentation."""
 
     window: Any = "lung"
@@ -116,15 +117,15 @@ class InputBlock:
     def n_windows(self) -> int:
         return len(self.windows)
 
-    # Subclasses define these three.
-    def grids(self, volume: Volume, center_xyz: Any = None) -> list[Grid]:
-        raise NotImplementedError
+    # Each block defines where its pixels lie, how the sampled planes form its output, and its arguments.
+    @abstractmethod
+    def grids(self, volume: Volume, center_xyz: Any = None) -> list[Grid]: ...
 
-    def _assemble(self, values: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def _assemble(self, values: list[np.ndarray]) -> np.ndarray: ...
 
-    def _params(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def _params(self) -> dict[str, Any]: ...
 
     def about(self, volume: Volume, center_xyz: Any) -> np.ndarray:
         """The point that augmentation rotates and scales about (the sample's centre)."""
@@ -154,9 +155,9 @@ class InputBlock:
         """World (x, y, z) mm of every pixel of the un-augmented sample, ``(*spatial shape, 3)``."""
         return np.concatenate([g.world() for g in self.grids(volume, center_xyz)], axis=0)
 
+    @abstractmethod
     def preview(self, sample: np.ndarray) -> np.ndarray:
         """A 2D image of one sample for display (`show_batch`): its centre plane, first window."""
-        raise NotImplementedError
 
     def spec(self) -> dict[str, Any]:
         """JSON-able description (``type`` plus parameters); `block_from_spec` rebuilds the block."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from medsuite.data.blocks import InputBlock, MultiView, Patch3D, SeriesSlices, SliceStack
-from medsuite.learn.learner import Learner
+from medsuite.learn.learner import Learner, set_seed
 from medsuite.learn.metrics import classification_report, roc_auc, youden_threshold
 from medsuite.learn.models import build_model
 
@@ -131,6 +131,8 @@ def make_learner(dls: Any, *, task: Task, arch: str | None = None, arch_kwargs: 
     default_name, default_kwargs = default_arch(dls.block, len(dls.vocab))
     name = arch or default_name
     args = {**(default_kwargs if name == default_name else {"in_channels": default_kwargs["in_channels"], "n_classes": len(dls.vocab)}), **(arch_kwargs or {})}
+    if kwargs.get("seed") is not None:
+        set_seed(int(kwargs["seed"]))  # the initial weights too, so that a seeded run repeats from lr_find on
     model = build_model(name, **args)
     if init_from is not None:
         from medsuite.learn.bundle import init_from_bundle
