@@ -118,8 +118,36 @@ def _head(embed_dim: int, n_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(embed_dim, _positive("n_classes", n_classes, 2)))
 
 
-class SliceCNN(nn.Module):
+class _PooledCNN(nn.Module):
+    """Encoder, global average pooling and a linear head: the body shared by the 2D and 3D single-input CNNs."""
+
+    spatial_dims: int
+    arch: str
+    layout: str
+
+    def _build(self, in_channels: int, n_classes: int, width: int, depth: int, subunits: int, norm: str,
+               dropout: float) -> None:
+        self.encoder = ConvEncoder(self.spatial_dims, in_channels, width=width, depth=depth, subunits=subunits, norm=norm)
+        self.in_channels, self.n_classes = in_channels, n_classes
+        self.embed_dim = self.encoder.out_channels
+        self.head = _head(self.embed_dim, n_classes, dropout)
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        return self.encoder.gradcam_layer
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(self.arch, x, self.spatial_dims + 2, self.layout, 1, self.in_channels)
+        return _pool(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(x))
+
+
+class SliceCNN(_PooledCNN):
     """2D CNN on a stack of slices as channels ``(B, C, H, W)``, C = k slices x windows."""
+
+    spatial_dims, arch, layout = 2, "slice_cnn", "(B, C, H, W)"
 
     def __init__(
         self,
@@ -133,21 +161,7 @@ class SliceCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.encoder = ConvEncoder(2, in_channels, width=width, depth=depth, subunits=subunits, norm=norm)
-        self.in_channels, self.n_classes = in_channels, n_classes
-        self.embed_dim = self.encoder.out_channels
-        self.head = _head(self.embed_dim, n_classes, dropout)
-
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        return self.encoder.gradcam_layer
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("slice_cnn", x, 4, "(B, C, H, W)", 1, self.in_channels)
-        return _pool(self.encoder(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        self._build(in_channels, n_classes, width, depth, subunits, norm, dropout)
 
 
 class MultiViewCNN(nn.Module):
@@ -295,8 +309,10 @@ class SeriesEncoder(nn.Module):
         return (logits, weights) if return_attention else logits
 
 
-class CNN3D(nn.Module):
+class CNN3D(_PooledCNN):
     """Small 3D CNN baseline on ``(B, C, D, H, W)`` patches."""
+
+    spatial_dims, arch, layout = 3, "cnn3d", "(B, C, D, H, W)"
 
     def __init__(
         self,
@@ -310,21 +326,7 @@ class CNN3D(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.encoder = ConvEncoder(3, in_channels, width=width, depth=depth, subunits=subunits, norm=norm)
-        self.in_channels, self.n_classes = in_channels, n_classes
-        self.embed_dim = self.encoder.out_channels
-        self.head = _head(self.embed_dim, n_classes, dropout)
-
-    @property
-    def gradcam_layer(self) -> nn.Module:
-        return self.encoder.gradcam_layer
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input("cnn3d", x, 5, "(B, C, D, H, W)", 1, self.in_channels)
-        return _pool(self.encoder(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+        self._build(in_channels, n_classes, width, depth, subunits, norm, dropout)
 
 
 ARCHITECTURES: Mapping[str, type[nn.Module]] = MappingProxyType(
