@@ -11,18 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "viewer"))
-import images  # noqa: E402
-
 from medsuite.io.cache import VolumeCache  # noqa: E402
 from medsuite.io.volume import Volume  # noqa: E402
+from medsuite.viewer import images
 
 PARAMS = {"viewer": 1, "reader": "read_volume"}
 WINDOW = (1500.0, -600.0)

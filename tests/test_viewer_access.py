@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medsuite.pipelines import access
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "viewer"))
-import images  # noqa: E402
+from medsuite.records import access
+from medsuite.viewer import images
 
 
 def test_users_file_salted_hashes(tmp_path):

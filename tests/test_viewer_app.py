@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 import viewer_support as V
 
+import medsuite.viewer
+
 pytest.importorskip("streamlit")
 from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-APP = str(Path(__file__).resolve().parents[1] / "apps" / "viewer" / "app.py")
+APP = str(Path(medsuite.viewer.__file__).resolve().parent / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_refuses_non_loopback_without_auth(app):
 
 
 def test_login_gate_renders_nothing_before_login(app, tmp_path):
-    from medsuite.pipelines.access import set_password
+    from medsuite.records.access import set_password
 
     users = tmp_path / "users.json"
     set_password(users, "dr.ada", "long password")

@@ -3,15 +3,11 @@ whole attribution path (explain -> cropped world-mapped volume -> plane -> rende
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import viewer_support as V
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "viewer"))
-import images  # noqa: E402
+from medsuite.viewer import images
 
 
 def _redness(rgb: np.ndarray) -> np.ndarray:
@@ -56,10 +52,10 @@ def test_zoom_crops_around_the_crosshair():
 def test_attribution_overlay_sits_on_the_nodule(tmp_path):
     """Occlusion and Grad-CAM of a tiny real bundle, through the viewer's own attribution path: the coloured
     pixels lie inside the model's input field around the nodule, strongest where the attribution is."""
-    import analysis
     import scoring_support as S
 
     from medsuite.learn.bundle import load_bundle
+    from medsuite.viewer import analysis
 
     bundle = load_bundle(V.make_bundle_with_index(tmp_path / "bundle"))
     vol = S.make_volume(0)

@@ -9,7 +9,7 @@ from contextlib import closing
 import pytest
 import viewer_support as V
 
-from medsuite.pipelines import reviews, store
+from medsuite.records import reviews, store
 
 
 @pytest.fixture

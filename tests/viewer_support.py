@@ -47,7 +47,7 @@ def make_scored_db(root: Path, n_series: int = 2) -> dict:
     import torch
 
     from medsuite.learn.bundle import load_bundle
-    from medsuite.pipelines import store
+    from medsuite.records import store
 
     cohort = S.make_cohort(root / "cohort", n_good=n_series, extras=False)
     nodules = S.nodule_table(cohort, outside=False)
@@ -79,7 +79,7 @@ def make_plain_db(path: Path, n: int = 5) -> Path:
     """A database with one run and ``n`` predictions (no images): for review, audit and worklist logic."""
     from contextlib import closing
 
-    from medsuite.pipelines import store
+    from medsuite.records import store
 
     at = "2025-01-01T00:00:00.000+00:00"
     with closing(store.connect(path)) as conn:

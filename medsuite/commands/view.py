@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-APP = Path(__file__).resolve().parents[2] / "apps" / "viewer" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "viewer" / "app.py"
 
 
 def streamlit_argv(db: Path, *, address: str, port: int, bundle: Path | None, auth_users: Path | None, oidc: bool,
@@ -48,7 +48,7 @@ def command(
     add_user: Annotated[str | None, typer.Option("--add-user", help="Create/update NAME in --auth-users (asks for the password) and exit.")] = None,
 ) -> None:
     """Start the clinician viewer: worklist, case view, why, similar cases, reviews and audit trail."""
-    from medsuite.pipelines import access, store
+    from medsuite.records import access, store
 
     if add_user is not None:
         if auth_users is None:

@@ -38,7 +38,7 @@ from medsuite.pipelines.scoring.discover import (
 )
 from medsuite.pipelines.scoring.stages import Point, Predictor, SeriesResult, WorkItem, captured, spec_json
 from medsuite.pipelines.scoring.writer import ScoreStore
-from medsuite.pipelines.store import StoreError
+from medsuite.records.store import StoreError
 
 log = logging.getLogger("medsuite.scoring")
 

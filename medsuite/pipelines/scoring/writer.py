@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from medsuite.pipelines import store
 from medsuite.pipelines.scoring.stages import SeriesResult
+from medsuite.records import store
 
 OUTPUT_COLUMNS = [
     "run_id", "bundle_name", "bundle_sha256", "series_uid", "nodule_id", "x_mm", "y_mm", "z_mm",

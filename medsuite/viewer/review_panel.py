@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from medsuite.pipelines import reviews
+from medsuite.records import reviews
 
 VERDICT_LABELS = {"agree": "Agree", "disagree": "Disagree", "uncertain": "Uncertain"}
 NAME_KEY = "reviewer_name"

@@ -1,4 +1,4 @@
-"""Viewer options: parsed from the arguments after ``--`` (``streamlit run apps/viewer/app.py -- --db ...``),
+"""Viewer options: parsed from the arguments after ``--`` (``streamlit run .../medsuite/viewer/app.py -- --db ...``, as `medsuite view` starts it),
 the same options ``medsuite view`` passes."""
 
 from __future__ import annotations

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import images
 import numpy as np
 import streamlit as st
 
 from medsuite.interpret.attributions import METHODS, SALIENCY_CAVEAT
+from medsuite.viewer import images
 
 METHOD_NAMES = {"ig": "Integrated gradients", "occlusion": "Occlusion", "gradcam": "Grad-CAM"}
 WHY_KEY = "why_method"

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import images
 import numpy as np
 import streamlit as st
 
 from medsuite.data.windows import WINDOWS
+from medsuite.viewer import images
 
 # keys 1-5 as in OHIF: lung, mediastinum, bone, brain, then the DICOM file's own window
 PRESETS: tuple[tuple[str, str], ...] = (("1", "lung"), ("2", "mediastinum"), ("3", "bone"), ("4", "brain"))
@@ -81,7 +81,7 @@ def window_controls(meta: dict[str, Any]) -> tuple[float, float]:
 @st.fragment
 def viewer(ctx: dict[str, Any]) -> None:
     """The three linked views and their controls; reruns alone when the slice or window changes."""
-    import auth
+    from medsuite.viewer import auth
 
     auth.touch()
     vol, pid = ctx["volume"], ctx["prediction_id"]

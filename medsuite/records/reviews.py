@@ -1,4 +1,4 @@
-"""Clinician reviews and the hash-chained audit trail on the scoring database (`medsuite.pipelines.store`).
+"""Clinician reviews and the hash-chained audit trail on the scoring database (`medsuite.records.store`).
 
 Reviews are append-only: a changed opinion is a new row, the latest row per prediction is its status, and the
 whole history stays readable. Every open and every review also appends an ``audit`` row whose ``hash`` is

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from medsuite.pipelines import reviews
+from medsuite.records import reviews
 
 CASE_KEY = "prediction_id"
 COLUMNS = ["status", "probability", "label", "series_uid", "nodule_id", "diameter_mm", "description", "run_id",

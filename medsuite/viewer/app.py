@@ -1,30 +1,20 @@
 """medsuite clinician viewer (Streamlit): worklist, case view with linked planes, prediction, why, similar cases,
 review and a hash-chained audit trail.
 
-Run: ``medsuite view --db DIR/medsuite.db`` or ``streamlit run apps/viewer/app.py --server.address 127.0.0.1 --
---db DIR/medsuite.db``. Without authentication it serves loopback only.
+Run: ``medsuite view --db DIR/medsuite.db``, which starts ``streamlit run`` on this file. Without authentication it
+serves loopback only.
 """
 
 from __future__ import annotations
 
 import sys
 from contextlib import closing
-from pathlib import Path
 
-HERE = str(Path(__file__).resolve().parent)
-if HERE not in sys.path:  # `streamlit run` adds it; AppTest and other runners may not
-    sys.path.insert(0, HERE)
+import streamlit as st
 
-import analysis  # noqa: E402
-import auth  # noqa: E402
-import case_view  # noqa: E402
-import resources  # noqa: E402
-import review_panel  # noqa: E402
-import streamlit as st  # noqa: E402
-import worklist  # noqa: E402
-from config import ViewerConfig, parse  # noqa: E402
-
-from medsuite.pipelines import access, reviews, store  # noqa: E402
+from medsuite.records import access, reviews, store
+from medsuite.viewer import analysis, auth, case_view, resources, review_panel, worklist
+from medsuite.viewer.config import ViewerConfig, parse
 
 ANON = "anonymous@loopback"
 
@@ -33,7 +23,7 @@ def _config() -> ViewerConfig:
     try:
         return parse(sys.argv[1:])
     except SystemExit:
-        st.error("medsuite viewer: bad options. Usage: streamlit run apps/viewer/app.py -- --db DIR/medsuite.db "
+        st.error("medsuite viewer: bad options. Usage: medsuite view --db DIR/medsuite.db "
                  "[--bundle B] [--auth-users FILE | --oidc] [--idle-minutes M] [--cache DIR]")
         st.stop()
 

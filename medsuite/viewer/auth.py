@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from medsuite.pipelines import access, reviews
+from medsuite.records import access, reviews
 
 SESSION_USER = "viewer_user"
 SESSION_SEEN = "viewer_last_seen"

@@ -12,7 +12,7 @@ import numpy as np
 import streamlit as st
 
 from medsuite.io.volume import Volume
-from medsuite.pipelines import store
+from medsuite.records import store
 
 VOLUME_PARAMS = {"viewer": 1, "reader": "read_volume"}
 
