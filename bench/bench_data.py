@@ -10,10 +10,12 @@ Both pipelines cut the same thing at the same random world points: 5 axial slice
 
 - medsuite: ``SliceStack(k=5, size=64, spacing_mm=1.0, pixel_mm=1.0).sample(volume, point)`` on the
   memory-mapped cache entry (crop first, resample only the crop).
-- MONAI per item: ``LoadImage`` -> ``EnsureChannelFirst`` -> ``Spacing(1 mm)`` -> ``SpatialCrop`` at the
-  point -> ``ScaleIntensityRange`` (the usual dictionary pipeline without a cache).
-- MONAI cached: ``LoadImage`` + ``Spacing`` once (as a ``CacheDataset`` would), then crop + window per
-  point; printed for reference (it needs the whole resampled volume in RAM per series).
+- MONAI with its own caching (the fair comparison, printed first): a ``monai.data.CacheDataset`` whose
+  deterministic transforms ``LoadImaged -> EnsureChannelFirstd -> Spacingd(1 mm)`` run once per series and are
+  kept in RAM, followed per sample by a crop at the point and ``ScaleIntensityRanged``; the one-off cache fill
+  and the RAM it holds per series are printed too.
+- MONAI without a cache (reference only: it re-reads and resamples the whole NIfTI for every sample, which
+  nobody would train with): ``LoadImage -> EnsureChannelFirst -> Spacing -> SpatialCrop -> ScaleIntensityRange``.
 
 Ratios are printed against the medsuite figure from the same run; absolute figures depend on the machine.
 """
@@ -71,29 +73,42 @@ def rate(fn, points, min_s: float = 2.0) -> tuple[float, float]:
             return n / elapsed, n / max(time.process_time() - c0, 1e-9)
 
 
-def monai_pipeline(nifti: Path):
-    import torch
-    from monai.transforms import EnsureChannelFirst, LoadImage, ScaleIntensityRange, Spacing, SpatialCrop
+def _crop_at(img, point_lps):
+    """The 64 x 64 x 5 voxels (1 mm) of a resampled MONAI image around a world LPS point."""
+    from monai.transforms import SpatialCrop
+
+    ras = np.array([-point_lps[0], -point_lps[1], point_lps[2], 1.0])
+    ijk = np.linalg.inv(np.asarray(img.affine, dtype=np.float64)) @ ras
+    return SpatialCrop(roi_center=np.round(ijk[:3]).astype(int).tolist(), roi_size=(64, 64, 5))(img)
+
+
+def monai_uncached(nifti: Path):
+    """Per sample: read the NIfTI, resample the whole volume, crop, window (no cache)."""
+    from monai.transforms import EnsureChannelFirst, LoadImage, ScaleIntensityRange, Spacing
 
     load, chan = LoadImage(reader="NibabelReader", image_only=True), EnsureChannelFirst()
     spacing = Spacing(pixdim=(1.0, 1.0, 1.0), mode="bilinear")
     window = ScaleIntensityRange(a_min=-1350.0, a_max=150.0, b_min=0.0, b_max=1.0, clip=True)
+    return lambda point: window(_crop_at(spacing(chan(load(str(nifti)))), point))
 
-    def crop(img, point_lps):
-        ras = np.array([-point_lps[0], -point_lps[1], point_lps[2], 1.0])
-        ijk = np.linalg.inv(np.asarray(img.affine, dtype=np.float64)) @ ras
-        out = SpatialCrop(roi_center=np.round(ijk[:3]).astype(int).tolist(), roi_size=(64, 64, 5))(img)
-        return window(out)
 
-    def per_item(point):
-        return crop(spacing(chan(load(str(nifti)))), point)
+def monai_cache_dataset(nifti: Path):
+    """MONAI's own caching: a CacheDataset holds the loaded, resampled series; each sample is a crop of it.
 
-    def cached():
-        img = spacing(chan(load(str(nifti))))
-        return lambda point: crop(img, point)
+    Returns ``(sample_fn, fill_seconds, cached_bytes)``. ``copy_cache=False`` because the crop does not
+    modify the cached image (MONAI's default deep-copies it for every sample, which is far slower)."""
+    from monai.data import CacheDataset
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityRange, Spacingd
 
-    torch.set_num_threads(1)
-    return per_item, cached
+    deterministic = Compose([LoadImaged("image", reader="NibabelReader", image_only=True), EnsureChannelFirstd("image"),
+                             Spacingd("image", pixdim=(1.0, 1.0, 1.0), mode="bilinear")])
+    t0 = time.perf_counter()
+    dataset = CacheDataset([{"image": str(nifti)}], transform=deterministic, cache_rate=1.0, num_workers=0,
+                           copy_cache=False, progress=False)
+    fill = time.perf_counter() - t0
+    window = ScaleIntensityRange(a_min=-1350.0, a_max=150.0, b_min=0.0, b_max=1.0, clip=True)
+    image = dataset[0]["image"]
+    return (lambda point: window(_crop_at(dataset[0]["image"], point))), fill, int(image.numel() * image.element_size())
 
 
 def main() -> None:
@@ -134,23 +149,24 @@ def main() -> None:
             ("medsuite Patch3D(32^3 at 1 mm)", rate(lambda p: Patch3D(size=32).sample(vol, p), points, min_s)),
             ("medsuite SeriesSlices(n=16, 128x128)", rate(lambda p: series.sample(vol), points[:3], min_s)),
         ]
-        per_item, cached = monai_pipeline(nifti)
-        rows.append(("MONAI LoadImage+Spacing+SpatialCrop per item", rate(per_item, points[: 3 if args.quick else 5], min_s=0.0)))
-        t1 = time.perf_counter()
-        crop = cached()
-        prep = time.perf_counter() - t1
-        rows.append((f"MONAI cached (Load+Spacing once: {prep:.1f} s), crop", rate(crop, points, min_s)))
+        torch.set_num_threads(1)
+        cached, fill_s, cached_bytes = monai_cache_dataset(nifti)
+        rows.append((f"MONAI CacheDataset (fill {fill_s:.1f} s/series), crop+window", rate(cached, points, min_s)))
+        rows.append(("MONAI without cache: Load+Spacing+crop per sample", rate(monai_uncached(nifti), points[: 3 if args.quick else 5], min_s=0.0)))
 
         ours_wall, ours_cpu = rows[0][1]
         width = max(len(r[0]) for r in rows)
         print(f"{'pipeline':<{width}}  samples/s (wall)  samples/CPU-s  vs SliceStack (CPU)")
         for name, (wall, cpu) in rows:
             print(f"{name:<{width}}  {wall:16.1f}  {cpu:13.1f}  {cpu / ours_cpu:10.3g}x")
-        monai_cpu = rows[5][1][1]
+        cache_cpu, uncached_cpu = rows[5][1][1], rows[6][1][1]
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        print(f"\nmedsuite SliceStack vs MONAI per item: {ours_cpu / monai_cpu:.0f}x faster per CPU second (target >= 10x)")
-        print(f"medsuite SliceStack: {ours_cpu:.0f} samples per CPU second, {ours_wall:.0f} per wall second "
-              f"(target >= 2000 per core); machine load average {load:.1f}")
+        print(f"\nHEADLINE (fair): medsuite SliceStack vs MONAI CacheDataset: {ours_cpu / cache_cpu:.2f}x per CPU second; "
+              f"MONAI also spent {fill_s:.1f} s filling its cache and holds {cached_bytes / 2**20:.0f} MiB of RAM per series "
+              f"(medsuite: a memory-mapped int16 cache entry, {vol.array.nbytes / 2**20:.0f} MiB on disk, paged in on demand)")
+        print(f"reference (unfair to MONAI): vs MONAI without a cache: {ours_cpu / uncached_cpu:.0f}x per CPU second")
+        print(f"medsuite SliceStack: {ours_cpu:.0f} samples per CPU second, {ours_wall:.0f} per wall second; "
+              f"machine load average {load:.1f}")
 
 
 if __name__ == "__main__":
