@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "medsuite"
+ROOT = ("__version__", "_exports")  # the package root: usable by every layer
 ORDER = ("io", "data", "learn", "interpret", "records", "pipelines", "viewer", "cli")
 ALLOWED = {
     "io": set(),
@@ -32,6 +33,8 @@ def layer_of(module: str) -> str | None:
     if parts[0] != "medsuite" or len(parts) == 1:
         return None
     head = parts[1]
+    if head in ROOT:
+        return None
     return "cli" if head in ("cli", "__main__", "commands") else head
 
 
@@ -56,7 +59,7 @@ def layer_edges() -> dict[tuple[str, str], list[str]]:
         source = layer_of(module)
         if source is None:
             continue
-        targets = {layer_of(name) for name in imports_of(path)} - {None, source, "__version__"}
+        targets = {layer_of(name) for name in imports_of(path)} - {None, source}
         for target in targets:
             edges[(source, target)].append(str(path.relative_to(PACKAGE.parent)))
     return edges

@@ -1,1 +1,126 @@
-"""Training core: Learner and callbacks, schedules, metrics with confidence intervals, models and bundles."""
+"""Training core: the Learner and its callbacks, lr_find and one-cycle, metrics with confidence intervals, models, checkpoints and model bundles.
+
+The names below are the public API of this layer; they load on first use."""
+
+from typing import TYPE_CHECKING
+
+from medsuite._exports import lazy_exports
+
+_EXPORTS = {
+    "Learner": "medsuite.learn.learner",
+    "Prediction": "medsuite.learn.learner",
+    "Predictions": "medsuite.learn.learner",
+    "set_seed": "medsuite.learn.learner",
+    "LRFindResult": "medsuite.learn.lr_find",
+    "lr_find": "medsuite.learn.lr_find",
+    "ARCHITECTURES": "medsuite.learn.models",
+    "build_model": "medsuite.learn.models",
+    "Bundle": "medsuite.learn.bundle",
+    "BundleError": "medsuite.learn.bundle",
+    "export_bundle": "medsuite.learn.bundle",
+    "load_bundle": "medsuite.learn.bundle",
+    "init_from_bundle": "medsuite.learn.bundle",
+    "roc_auc": "medsuite.learn.metrics",
+    "roc_auc_ci": "medsuite.learn.metrics",
+    "balanced_accuracy": "medsuite.learn.metrics",
+    "classification_report": "medsuite.learn.metrics",
+    "paired_auc_difference": "medsuite.learn.metrics",
+    "youden_threshold": "medsuite.learn.metrics",
+    "reliability_diagram": "medsuite.learn.metrics",
+    "expected_calibration_error": "medsuite.learn.metrics",
+    "brier_score": "medsuite.learn.metrics",
+    "adamw": "medsuite.learn.optim",
+    "make_optimizer": "medsuite.learn.optim",
+    "Callback": "medsuite.learn.callbacks",
+    "CancelBatchException": "medsuite.learn.callbacks",
+    "CancelEpochException": "medsuite.learn.callbacks",
+    "CancelFitException": "medsuite.learn.callbacks",
+    "CSVLogger": "medsuite.learn.callbacks",
+    "TensorBoardLogger": "medsuite.learn.callbacks",
+    "EarlyStopping": "medsuite.learn.callbacks",
+    "SaveBest": "medsuite.learn.callbacks",
+    "MixUp": "medsuite.learn.callbacks",
+    "CutMix": "medsuite.learn.callbacks",
+    "GradientAccumulation": "medsuite.learn.callbacks",
+    "GradientClip": "medsuite.learn.callbacks",
+    "ClassBalancedSampling": "medsuite.learn.callbacks",
+    "ActivationStats": "medsuite.learn.callbacks",
+    "LabelSmoothingCrossEntropy": "medsuite.learn.callbacks",
+}
+__all__ = [
+    "ARCHITECTURES",
+    "ActivationStats",
+    "Bundle",
+    "BundleError",
+    "CSVLogger",
+    "Callback",
+    "CancelBatchException",
+    "CancelEpochException",
+    "CancelFitException",
+    "ClassBalancedSampling",
+    "CutMix",
+    "EarlyStopping",
+    "GradientAccumulation",
+    "GradientClip",
+    "LRFindResult",
+    "LabelSmoothingCrossEntropy",
+    "Learner",
+    "MixUp",
+    "Prediction",
+    "Predictions",
+    "SaveBest",
+    "TensorBoardLogger",
+    "adamw",
+    "balanced_accuracy",
+    "brier_score",
+    "build_model",
+    "classification_report",
+    "expected_calibration_error",
+    "export_bundle",
+    "init_from_bundle",
+    "load_bundle",
+    "lr_find",
+    "make_optimizer",
+    "paired_auc_difference",
+    "reliability_diagram",
+    "roc_auc",
+    "roc_auc_ci",
+    "set_seed",
+    "youden_threshold",
+]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from medsuite.learn.bundle import Bundle, BundleError, export_bundle, init_from_bundle, load_bundle
+    from medsuite.learn.callbacks import (
+        ActivationStats,
+        Callback,
+        CancelBatchException,
+        CancelEpochException,
+        CancelFitException,
+        ClassBalancedSampling,
+        CSVLogger,
+        CutMix,
+        EarlyStopping,
+        GradientAccumulation,
+        GradientClip,
+        LabelSmoothingCrossEntropy,
+        MixUp,
+        SaveBest,
+        TensorBoardLogger,
+    )
+    from medsuite.learn.learner import Learner, Prediction, Predictions, set_seed
+    from medsuite.learn.lr_find import LRFindResult, lr_find
+    from medsuite.learn.metrics import (
+        balanced_accuracy,
+        brier_score,
+        classification_report,
+        expected_calibration_error,
+        paired_auc_difference,
+        reliability_diagram,
+        roc_auc,
+        roc_auc_ci,
+        youden_threshold,
+    )
+    from medsuite.learn.models import ARCHITECTURES, build_model
+    from medsuite.learn.optim import adamw, make_optimizer
