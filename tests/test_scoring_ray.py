@@ -6,11 +6,10 @@ import sqlite3
 
 import pandas as pd
 import pytest
+import ray  # noqa: E402,F401  (the [ray] extra; installed by .ci/run)
 import scoring_support as S
 
 from medsuite.pipelines.scoring import ScoreConfig, score
-
-pytest.importorskip("ray")
 
 
 def _errors(db) -> set:

@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+import streamlit  # noqa: E402,F401  (the [viewer] extra; installed by .ci/run)
 import viewer_support as V
-
-import medsuite.viewer
-
-pytest.importorskip("streamlit")
 from streamlit import config as st_config  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
+
+import medsuite.viewer
 
 APP = str(Path(medsuite.viewer.__file__).resolve().parent / "app.py")
 
