@@ -83,7 +83,7 @@ class PlainLoop:
                     out = model(x.to(dev, non_blocking=True))
                 probs.append(torch.softmax(out.float(), 1).cpu().numpy())
                 targets.append(y.numpy())
-        accuracy(np.concatenate(probs), np.concatenate(targets))
+        accuracy(np.concatenate(targets), np.concatenate(probs))
         return train_loss
 
 

@@ -185,7 +185,7 @@ def test_recorder_metrics_and_preds(tmp_path):
     ce = -np.log(preds.probs[np.arange(n), preds.targets])
     np.testing.assert_allclose(preds.losses, ce, rtol=1e-4, atol=1e-5)
     res = learn.validate()
-    assert res["accuracy"] == pytest.approx(accuracy(preds.probs, preds.targets))
+    assert res["accuracy"] == pytest.approx(accuracy(preds.targets, preds.probs))
     assert res["valid_loss"] == pytest.approx(df.valid_loss.iloc[-1], rel=1e-6)
     assert res["accuracy"] > 0.7  # separable toy data: it actually learns
 

@@ -28,9 +28,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 def test_roc_auc_hand_example_and_input_forms():
     y = np.array([0, 0, 1, 1])
     p = np.array([0.1, 0.4, 0.35, 0.8])
-    assert M.roc_auc(p, y) == pytest.approx(0.75)
-    assert M.roc_auc(np.stack([1 - p, p], 1), y) == pytest.approx(0.75)
-    assert M.roc_auc(p, y.astype(float)) == pytest.approx(0.75)
+    assert M.roc_auc(y, p) == pytest.approx(0.75)
+    assert M.roc_auc(y, np.stack([1 - p, p], 1)) == pytest.approx(0.75)
+    assert M.roc_auc(y.astype(float), p) == pytest.approx(0.75)
 
 
 def test_roc_auc_multiclass_is_sklearn_ovr_macro():
@@ -39,8 +39,8 @@ def test_roc_auc_multiclass_is_sklearn_ovr_macro():
     logits = rng.normal(size=(200, 3)) + 1.5 * np.eye(3)[y]
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     expected = skm.roc_auc_score(y, p, multi_class="ovr", average="macro")
-    assert M.roc_auc(p, y) == pytest.approx(expected)
-    ci = M.roc_auc_ci(p, y, n_boot=200)
+    assert M.roc_auc(y, p) == pytest.approx(expected)
+    ci = M.roc_auc_ci(y, p, n_boot=200)
     assert ci["ci_low"] < expected < ci["ci_high"]
 
 
@@ -70,14 +70,14 @@ def test_stratified_bootstrap_keeps_class_counts():
 
 def test_auc_ci_is_seeded_and_covers_the_truth():
     truth = stats.norm.cdf(1.0 / math.sqrt(2))
-    a = M.roc_auc_ci(*_binormal(300, 1.0, 0)[::-1], n_boot=300, seed=5)
-    b = M.roc_auc_ci(*_binormal(300, 1.0, 0)[::-1], n_boot=300, seed=5)
+    a = M.roc_auc_ci(*_binormal(300, 1.0, 0), n_boot=300, seed=5)
+    b = M.roc_auc_ci(*_binormal(300, 1.0, 0), n_boot=300, seed=5)
     assert a == b
     assert a["ci_low"] < a["value"] < a["ci_high"]
     covered = 0
     for seed in range(20):
         y, s = _binormal(300, 1.0, seed)
-        ci = M.roc_auc_ci(s, y, n_boot=300, seed=seed)
+        ci = M.roc_auc_ci(y, s, n_boot=300, seed=seed)
         covered += ci["ci_low"] <= truth <= ci["ci_high"]
     assert covered >= 16  # nominal 95 %: P(covered <= 15 of 20) < 0.3 %
 
@@ -88,11 +88,11 @@ def test_operating_points_by_hand():
     pos = 0.55 + np.arange(10) * 0.05
     y = np.r_[np.zeros(10, int), np.ones(10, int)]
     s = np.r_[neg, pos]
-    r = M.sensitivity_at_specificity(s, y, specificity=0.9, n_boot=50)
+    r = M.sensitivity_at_specificity(y, s, specificity=0.9, n_boot=50)
     # spec >= 0.9 allows one false positive (0.9): threshold > 0.8 -> positives 0.85..1.0 = 4 (+0.9 tie)
     assert r["value"] == pytest.approx(sum(pos > 0.8) / 10)
     assert r["ci_low"] <= r["value"] <= r["ci_high"]
-    r = M.specificity_at_sensitivity(s, y, sensitivity=1.0 - 1e-9, n_boot=50)
+    r = M.specificity_at_sensitivity(y, s, sensitivity=1.0 - 1e-9, n_boot=50)
     # all positives needed: threshold 0.55 -> negatives below 0.55 = 0.0..0.5 = 6
     assert r["value"] == pytest.approx(0.6)
     assert r["threshold"] == pytest.approx(0.55)
@@ -101,31 +101,31 @@ def test_operating_points_by_hand():
 def test_youden_threshold_and_confusion():
     y = np.array([0, 0, 0, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
-    t = M.youden_threshold(s, y)
+    t = M.youden_threshold(y, s)
     assert t == pytest.approx(0.6)
-    cm = M.confusion_at_threshold(s, y, threshold=t)
+    cm = M.confusion_at_threshold(y, s, threshold=t)
     assert (cm["tp"], cm["fp"], cm["tn"], cm["fn"]) == (3, 0, 3, 0)
-    cm = M.confusion_at_threshold(s, y, threshold=0.25)
+    cm = M.confusion_at_threshold(y, s, threshold=0.25)
     assert cm["matrix"] == [[2, 1], [0, 3]]
     assert cm["sensitivity"] == 1.0 and cm["specificity"] == pytest.approx(2 / 3)
     assert cm["ppv"] == pytest.approx(0.75) and cm["npv"] == 1.0
     p3 = np.eye(3)[[0, 1, 2, 2]] * 0.8 + 0.2 / 3
-    assert M.confusion_at_threshold(p3, np.array([0, 1, 2, 1]))["matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+    assert M.confusion_at_threshold(np.array([0, 1, 2, 1]), p3)["matrix"] == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
     with pytest.raises(ValueError, match="binary"):
-        M.confusion_at_threshold(p3, np.array([0, 1, 2, 1]), threshold=0.5)
+        M.confusion_at_threshold(np.array([0, 1, 2, 1]), p3, threshold=0.5)
 
 
 def test_balanced_accuracy_and_brier_match_sklearn():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 100)
     p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
-    assert M.balanced_accuracy(p, y, threshold=0.4) == pytest.approx(
+    assert M.balanced_accuracy(y, p, threshold=0.4) == pytest.approx(
         skm.balanced_accuracy_score(y, (p >= 0.4).astype(int))
     )
-    assert M.brier_score(p, y) == pytest.approx(np.mean((p - y) ** 2))
+    assert M.brier_score(y, p) == pytest.approx(np.mean((p - y) ** 2))
     p3 = rng.dirichlet([1, 1, 1], 50)
     y3 = rng.integers(0, 3, 50)
-    assert M.brier_score(p3, y3) == pytest.approx(np.mean(((p3 - np.eye(3)[y3]) ** 2).sum(1)))
+    assert M.brier_score(y3, p3) == pytest.approx(np.mean(((p3 - np.eye(3)[y3]) ** 2).sum(1)))
 
 
 def test_ece_of_calibrated_probs_is_near_zero_and_of_miscalibrated_is_not():
@@ -133,8 +133,8 @@ def test_ece_of_calibrated_probs_is_near_zero_and_of_miscalibrated_is_not():
     p = rng.uniform(0, 1, 20000)
     y = (rng.uniform(0, 1, 20000) < p).astype(int)
     for strategy in ("uniform", "quantile"):
-        assert M.expected_calibration_error(p, y, strategy=strategy) < 0.02
-        assert M.expected_calibration_error(p**3, y, strategy=strategy) > 0.15
+        assert M.expected_calibration_error(y, p, strategy=strategy) < 0.02
+        assert M.expected_calibration_error(y, p**3, strategy=strategy) > 0.15
 
 
 def test_calibration_bins_match_sklearn_and_quantile_bins_have_equal_mass():
@@ -142,19 +142,19 @@ def test_calibration_bins_match_sklearn_and_quantile_bins_have_equal_mass():
     p = rng.beta(2, 5, 1000)
     y = (rng.uniform(size=1000) < p).astype(int)
     for strategy in ("uniform", "quantile"):
-        bins = M.calibration_bins(p, y, n_bins=8, strategy=strategy)
+        bins = M.calibration_bins(y, p, n_bins=8, strategy=strategy)
         frac, mean = calibration_curve(y, p, n_bins=8, strategy=strategy)
         assert np.allclose(bins["observed"], frac) and np.allclose(bins["mean_confidence"], mean)
-    counts = M.calibration_bins(p, y, n_bins=10, strategy="quantile")["count"]
+    counts = M.calibration_bins(y, p, n_bins=10, strategy="quantile")["count"]
     assert max(counts) - min(counts) <= 2
     with pytest.raises(ValueError, match="strategy"):
-        M.calibration_bins(p, y, strategy="equal")
+        M.calibration_bins(y, p, strategy="equal")
 
 
 def test_multiclass_ece_uses_top_label_confidence():
     p = np.array([[0.9, 0.05, 0.05]] * 10)
     y = np.array([0] * 9 + [1])  # 90 % correct at confidence 0.9
-    assert M.expected_calibration_error(p, y) == pytest.approx(0.0, abs=1e-12)
+    assert M.expected_calibration_error(y, p) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_reliability_diagram_returns_a_figure():
@@ -163,7 +163,7 @@ def test_reliability_diagram_returns_a_figure():
     rng = np.random.default_rng(0)
     p = rng.uniform(size=200)
     y = (rng.uniform(size=200) < p).astype(int)
-    fig = M.reliability_diagram(p, y, strategy="quantile", title="valid")
+    fig = M.reliability_diagram(y, p, strategy="quantile", title="valid")
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert ax.get_title() == "valid" and len(ax.lines) == 2
@@ -182,24 +182,24 @@ def test_reliability_diagram_returns_a_figure():
 )
 def test_bad_inputs_are_clear_errors(probs, targets, match):
     with pytest.raises(ValueError, match=match):
-        M.roc_auc(probs, targets)
+        M.roc_auc(targets, probs)
 
 
 def test_calibration_and_brier_need_probabilities_but_auc_takes_scores():
     y = np.array([0, 1, 0, 1])
     logits = np.array([-2.0, 3.0, 0.5, 1.0])
-    assert M.roc_auc(logits, y) == pytest.approx(1.0)
+    assert M.roc_auc(y, logits) == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"Brier score needs probabilities in \[0, 1\]"):
-        M.brier_score(logits, y)
+        M.brier_score(y, logits)
     with pytest.raises(ValueError, match="calibration needs probabilities"):
-        M.expected_calibration_error(logits, y)
+        M.expected_calibration_error(y, logits)
 
 
 def test_single_class_is_a_clear_error():
     with pytest.raises(ValueError, match="positive and negative"):
-        M.roc_auc(np.array([0.2, 0.4]), np.array([1, 1]))
+        M.roc_auc(np.array([1, 1]), np.array([0.2, 0.4]))
     with pytest.raises(ValueError, match="class"):
-        M.roc_auc(np.full((3, 3), 1 / 3), np.array([0, 1, 1]))
+        M.roc_auc(np.array([0, 1, 1]), np.full((3, 3), 1 / 3))
 
 
 def test_classification_report_is_strict_json():
@@ -226,7 +226,7 @@ def test_registered_metrics_follow_the_learner_signature():
     y, s = _binormal(60, 1.0, 0)
     probs = np.stack([1 - _sigmoid(s), _sigmoid(s)], 1).astype(np.float32)
     for name, fn in M.METRICS.items():
-        out = fn(probs, y)
+        out = fn(y, probs)
         assert isinstance(out, float | dict), name
     assert M.get_metric("roc_auc") is M.roc_auc
     with pytest.raises(ValueError, match="unknown metric 'auc'"):

@@ -95,14 +95,14 @@ def _metric_name(m: Any) -> str:
 
 
 def compute_metrics(metrics: Sequence[Metric], probs: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Evaluate ``metric(probs, targets)`` for each metric. A float is stored under the metric's name;
+    """Evaluate ``metric(targets, probs)`` (scikit-learn order: ``y_true, y_score``) for each metric. A float is stored under the metric's name;
     a dict's ``"value"`` under the name and its other numeric entries under ``<name>_<key>`` (so
     ``roc_auc_ci`` gives ``roc_auc_ci``, ``roc_auc_ci_ci_low``, ``roc_auc_ci_ci_high``...)."""
     out: dict[str, float] = {}
     for m in metrics:
         name = _metric_name(m)
         try:
-            value = m(probs, targets)
+            value = m(targets, probs)
         except Exception as e:
             raise RuntimeError(f"metric {name} failed on the validation set: {e}") from e
         if isinstance(value, dict):
@@ -150,7 +150,7 @@ class Learner:
 
     Parameters: ``loss_func`` (default ``nn.CrossEntropyLoss()``); ``opt_func`` (an Optimizer class or
     ``f(param_groups, lr, wd)``, default AdamW without weight decay on norm/bias); ``metrics``
-    (``metric(probs, targets) -> float | dict`` on the whole validation set); ``cbs`` (callbacks);
+    (``metric(y_true, y_score) -> float | dict`` on the whole validation set); ``cbs`` (callbacks);
     ``path`` (run folder: ``checkpoints/``, ``models/``, logs); ``device`` ('auto' = CUDA if present);
     ``amp`` ('auto': bf16 on CUDA where supported, else fp16 + GradScaler; fp32 on CPU);
     ``channels_last``; ``compile`` (opt-in `torch.compile`: True or a dict of its keyword arguments);

@@ -1,8 +1,10 @@
 """Classification metrics with honest uncertainty: bootstrap confidence intervals, DeLong's test, calibration.
 
-Every ``metric(probs, targets)`` here follows the Learner's metric signature: ``probs`` is ``(N, C)``
-class probabilities (or ``(N,)`` positive-class probabilities for a binary problem), ``targets`` ``(N,)``
-integer class ids; the positive class of a binary problem is index 1. The point estimates come from
+Every metric takes ``(y_true, y_score)`` in that order, as scikit-learn does (and as the Learner calls
+its metrics): ``y_true`` ``(N,)`` integer class ids, ``y_score`` ``(N, C)`` class probabilities or, for a
+binary problem, ``(N,)`` scores of the positive class with ``y_true`` 1 for positive. An ``(N, 2)``
+``y_score`` takes column 1 as the positive class; callers with another positive index pass
+``(y_true == positive_index, probs[:, positive_index])`` (`medsuite.learn.predict` does). The point estimates come from
 scikit-learn; this module adds the resampling (stratified, seeded), the operating points and the
 paired comparison (fast DeLong, Sun & Xu 2014) that scikit-learn does not provide.
 """
@@ -26,6 +28,7 @@ BinStrategy = Literal["uniform", "quantile"]
 
 __all__ = [
     "METRICS",
+    "accuracy",
     "balanced_accuracy",
     "brier_score",
     "calibration_bins",
@@ -191,18 +194,18 @@ def _check_auc_defined(p: np.ndarray, y: np.ndarray) -> None:
         raise ValueError(f"one-vs-rest ROC AUC needs every class present; class(es) {missing} have no items")
 
 
-def roc_auc(probs: Any, targets: Any) -> float:
+def roc_auc(y_true: Any, y_score: Any) -> float:
     """ROC AUC: binary on the positive class, one-vs-rest macro average for more than two classes."""
-    p, y = _as_probs_targets(probs, targets)
+    p, y = _as_probs_targets(y_score, y_true)
     _check_auc_defined(p, y)
     return _auc(p, y)
 
 
 def roc_auc_ci(
-    probs: Any, targets: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+    y_true: Any, y_score: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:
     """ROC AUC with a percentile bootstrap CI from stratified resamples (class counts kept fixed)."""
-    p, y = _as_probs_targets(probs, targets)
+    p, y = _as_probs_targets(y_score, y_true)
     _check_auc_defined(p, y)
     level = _check_level(level, "level")
     idx = _stratified_indices(y, n_boot, np.random.default_rng(seed))
@@ -211,12 +214,18 @@ def roc_auc_ci(
 
 
 # ---------------------------------------------------------------------------------- operating points
-def balanced_accuracy(probs: Any, targets: Any, *, threshold: float | None = None) -> float:
+def accuracy(y_true: Any, y_score: Any) -> float:
+    """Share of items whose arg-max class is the target (binary ``(N,)`` scores: ``score >= 0.5``)."""
+    p, y = _as_probs_targets(y_score, y_true)
+    return float((p.argmax(axis=1) == y).mean())
+
+
+def balanced_accuracy(y_true: Any, y_score: Any, *, threshold: float | None = None) -> float:
     """Balanced accuracy (mean per-class recall) of the predicted classes.
 
     Binary: positive when ``p1 >= threshold`` (0.5 when None); multi-class: arg-max.
     """
-    p, y = _as_probs_targets(probs, targets)
+    p, y = _as_probs_targets(y_score, y_true)
     return float(skm.balanced_accuracy_score(y, _predict(p, threshold)))
 
 
@@ -245,8 +254,8 @@ def _spec_at_sens(scores: np.ndarray, y: np.ndarray, sensitivity: float) -> tupl
 
 
 def sensitivity_at_specificity(
-    probs: Any,
-    targets: Any,
+    y_true: Any,
+    y_score: Any,
     *,
     specificity: float = 0.9,
     n_boot: int = 1000,
@@ -258,7 +267,7 @@ def sensitivity_at_specificity(
     ``threshold`` in the result is the score cut-off (predict positive when ``p1 >= threshold``) that
     reaches it on these data; ``inf`` means no threshold keeps the specificity (sensitivity 0).
     """
-    scores, y = _binary(probs, targets, "sensitivity at specificity")
+    scores, y = _binary(y_score, y_true, "sensitivity at specificity")
     specificity = _check_level(specificity, "specificity")
     level = _check_level(level, "level")
     value, thr = _sens_at_spec(scores, y, specificity)
@@ -268,8 +277,8 @@ def sensitivity_at_specificity(
 
 
 def specificity_at_sensitivity(
-    probs: Any,
-    targets: Any,
+    y_true: Any,
+    y_score: Any,
     *,
     sensitivity: float = 0.9,
     n_boot: int = 1000,
@@ -277,7 +286,7 @@ def specificity_at_sensitivity(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Specificity at a fixed sensitivity, read off the ROC curve, with a stratified bootstrap CI."""
-    scores, y = _binary(probs, targets, "specificity at sensitivity")
+    scores, y = _binary(y_score, y_true, "specificity at sensitivity")
     sensitivity = _check_level(sensitivity, "sensitivity")
     level = _check_level(level, "level")
     value, thr = _spec_at_sens(scores, y, sensitivity)
@@ -286,21 +295,21 @@ def specificity_at_sensitivity(
     return _with_ci(value, boots, level, n_boot, sensitivity=sensitivity, threshold=thr)
 
 
-def youden_threshold(probs: Any, targets: Any) -> float:
+def youden_threshold(y_true: Any, y_score: Any) -> float:
     """The score cut-off maximising Youden's J = sensitivity + specificity - 1 (choose it on validation)."""
-    scores, y = _binary(probs, targets, "Youden's threshold")
+    scores, y = _binary(y_score, y_true, "Youden's threshold")
     fpr, tpr, thr = skm.roc_curve(y, scores, drop_intermediate=False)
     finite = np.isfinite(thr)
     j = np.where(finite, tpr - fpr, -np.inf)
     return float(thr[int(np.argmax(j))])
 
 
-def confusion_at_threshold(probs: Any, targets: Any, *, threshold: float | None = None) -> dict[str, Any]:
+def confusion_at_threshold(y_true: Any, y_score: Any, *, threshold: float | None = None) -> dict[str, Any]:
     """Confusion matrix (rows = truth, columns = prediction) at ``threshold`` (binary) or arg-max.
 
     Binary results add tp/fp/tn/fn, sensitivity, specificity, PPV and NPV (None when undefined).
     """
-    p, y = _as_probs_targets(probs, targets)
+    p, y = _as_probs_targets(y_score, y_true)
     pred = _predict(p, threshold)
     cm = skm.confusion_matrix(y, pred, labels=list(range(p.shape[1])))
     out: dict[str, Any] = {"matrix": cm.tolist()}
@@ -352,14 +361,14 @@ def _bin_edges(conf: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
 
 
 def calibration_bins(
-    probs: Any, targets: Any, *, n_bins: int = 10, strategy: BinStrategy = "uniform"
+    y_true: Any, y_score: Any, *, n_bins: int = 10, strategy: BinStrategy = "uniform"
 ) -> dict[str, Any]:
     """Reliability-diagram bins: edges, and per non-empty bin mean confidence, observed rate and count.
 
     Binary problems bin P(positive) against the positive rate (as ``sklearn.calibration.calibration_curve``
     with the same binning); multi-class problems bin the top-label confidence against accuracy.
     """
-    p, y = _as_probs_targets(probs, targets)
+    p, y = _as_probs_targets(y_score, y_true)
     conf, hits = _confidence_and_hits(p, y)
     edges = _bin_edges(conf, n_bins, strategy)
     # same assignment rule as scikit-learn's calibration_curve: inner edges, right-open bins
@@ -378,37 +387,44 @@ def calibration_bins(
 
 
 def expected_calibration_error(
-    probs: Any, targets: Any, *, n_bins: int = 10, strategy: BinStrategy = "uniform"
+    y_true: Any, y_score: Any, *, n_bins: int = 10, strategy: BinStrategy = "uniform"
 ) -> float:
     """ECE: count-weighted mean |observed rate - mean confidence| over the bins of `calibration_bins`."""
-    b = calibration_bins(probs, targets, n_bins=n_bins, strategy=strategy)
+    b = calibration_bins(y_true, y_score, n_bins=n_bins, strategy=strategy)
     count = np.asarray(b["count"], dtype=np.float64)
     gap = np.abs(np.asarray(b["observed"]) - np.asarray(b["mean_confidence"]))
     return float((count * gap).sum() / count.sum())
 
 
 def reliability_diagram(
-    probs: Any,
-    targets: Any,
+    y_true: Any,
+    y_score: Any,
     *,
     n_bins: int = 10,
     strategy: BinStrategy = "uniform",
     ax: Axes | None = None,
     title: str | None = None,
+    label: str = "model",
 ) -> Figure:
-    """Reliability diagram (observed rate vs mean confidence per bin, the diagonal, ECE in the legend)."""
+    """Reliability diagram (observed rate vs mean confidence per bin, the diagonal, ECE in the legend).
+
+    Pass the ``ax`` of an earlier call and another ``label`` to draw a second curve on it (e.g. before and
+    after calibration); the diagonal is drawn once.
+    """
     from matplotlib.figure import Figure
 
-    b = calibration_bins(probs, targets, n_bins=n_bins, strategy=strategy)
-    ece = expected_calibration_error(probs, targets, n_bins=n_bins, strategy=strategy)
+    b = calibration_bins(y_true, y_score, n_bins=n_bins, strategy=strategy)
+    ece = expected_calibration_error(y_true, y_score, n_bins=n_bins, strategy=strategy)
+    fresh = ax is None
     if ax is None:
         fig = Figure(figsize=(4.5, 4.5))
         ax = fig.add_subplot(1, 1, 1)
     else:
         fig = ax.figure
-    binary = np.asarray(probs).ndim == 1 or np.asarray(probs).shape[1] == 2
-    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="perfect calibration")
-    ax.plot(b["mean_confidence"], b["observed"], marker="o", label=f"model (ECE {ece:.3f}, {strategy} bins)")
+    binary = np.asarray(y_score).ndim == 1 or np.asarray(y_score).shape[1] == 2
+    if fresh:
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", label="perfect calibration")
+    ax.plot(b["mean_confidence"], b["observed"], marker="o", label=f"{label} (ECE {ece:.3f}, {strategy} bins)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted probability (positive class)" if binary else "confidence (top label)")
@@ -418,9 +434,9 @@ def reliability_diagram(
     return fig
 
 
-def brier_score(probs: Any, targets: Any) -> float:
+def brier_score(y_true: Any, y_score: Any) -> float:
     """Brier score: mean squared error of the probabilities (binary: positive class; multi-class: summed)."""
-    p, y = _as_probs_targets(probs, targets)
+    p, y = _as_probs_targets(y_score, y_true)
     _require_probabilities(p, "the Brier score")
     if p.shape[1] == 2:
         return float(skm.brier_score_loss(y, p[:, 1]))
@@ -534,11 +550,14 @@ def classification_report(
     n_bins: int = 10,
     fixed_specificity: float = 0.9,
     fixed_sensitivity: float = 0.9,
+    positive_index: int = 1,
 ) -> dict[str, Any]:
     """Everything above in one JSON-able dict (what a bundle stores under ``metrics``).
 
-    ``threshold`` is the binary operating point (choose it on validation, e.g. `youden_threshold`);
-    None means 0.5. The Youden threshold of *these* data is reported too, for information only.
+    ``threshold`` is the binary operating point on P(positive) (choose it on validation, e.g. with
+    `medsuite.learn.predict.choose_threshold`); None means 0.5. ``positive_index`` is the positive class's
+    column of a binary problem; the report lists binary classes as (negative, positive). The Youden
+    threshold of *these* data is reported too, for information only.
     """
     p, yy = _as_probs_targets(probs, y)
     n_classes = p.shape[1]
@@ -547,6 +566,10 @@ def classification_report(
     labels = [str(label) for label in labels]
     if len(labels) != n_classes:
         raise ValueError(f"labels has {len(labels)} names but probs have {n_classes} classes: {labels}")
+    if n_classes == 2 and positive_index not in (0, 1):
+        raise ValueError(f"positive_index must be 0 or 1 for a binary problem, got {positive_index}")
+    if n_classes == 2 and positive_index == 0:  # report as (negative, positive)
+        p, yy, labels = p[:, ::-1].copy(), 1 - yy, labels[::-1]
     binary = n_classes == 2
     if binary and threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
@@ -555,24 +578,24 @@ def classification_report(
         "n": int(yy.size),
         "labels": labels,
         "class_counts": {label: int(c) for label, c in zip(labels, counts, strict=True)},
-        "roc_auc": roc_auc_ci(p, yy, n_boot=n_boot, level=level, seed=seed),
-        "balanced_accuracy": balanced_accuracy(p, yy, threshold=threshold if binary else None),
-        "brier": brier_score(p, yy),
+        "roc_auc": roc_auc_ci(yy, p, n_boot=n_boot, level=level, seed=seed),
+        "balanced_accuracy": balanced_accuracy(yy, p, threshold=threshold if binary else None),
+        "brier": brier_score(yy, p),
         "ece": {
-            s: expected_calibration_error(p, yy, n_bins=n_bins, strategy=s) for s in ("uniform", "quantile")
+            s: expected_calibration_error(yy, p, n_bins=n_bins, strategy=s) for s in ("uniform", "quantile")
         },
-        "calibration": calibration_bins(p, yy, n_bins=n_bins, strategy="uniform"),
-        "confusion": confusion_at_threshold(p, yy, threshold=threshold if binary else None),
+        "calibration": calibration_bins(yy, p, n_bins=n_bins, strategy="uniform"),
+        "confusion": confusion_at_threshold(yy, p, threshold=threshold if binary else None),
         "settings": {"n_boot": n_boot, "ci_level": level, "seed": seed, "n_bins": n_bins},
     }
     if binary:
         report["threshold"] = 0.5 if threshold is None else float(threshold)
-        report["youden_threshold_on_these_data"] = youden_threshold(p, yy)
+        report["youden_threshold_on_these_data"] = youden_threshold(yy, p)
         report["sensitivity_at_specificity"] = sensitivity_at_specificity(
-            p, yy, specificity=fixed_specificity, n_boot=n_boot, level=level, seed=seed
+            yy, p, specificity=fixed_specificity, n_boot=n_boot, level=level, seed=seed
         )
         report["specificity_at_sensitivity"] = specificity_at_sensitivity(
-            p, yy, sensitivity=fixed_sensitivity, n_boot=n_boot, level=level, seed=seed
+            yy, p, sensitivity=fixed_sensitivity, n_boot=n_boot, level=level, seed=seed
         )
     else:
         report["roc_auc_per_class"] = {
@@ -597,6 +620,7 @@ def _jsonable(obj: Any) -> Any:
 # ------------------------------------------------------------------------------ names for configs
 METRICS: Mapping[str, Callable[..., Any]] = MappingProxyType(
     {
+        "accuracy": accuracy,
         "roc_auc": roc_auc,
         "roc_auc_ci": roc_auc_ci,
         "balanced_accuracy": balanced_accuracy,

@@ -168,7 +168,7 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
         rep.text(s, f"Sensitivity at specificity {sens['specificity']:.2f}: {_fmt_ci(sens)}; "
                     f"specificity at sensitivity {spec['sensitivity']:.2f}: {_fmt_ci(spec)}.")
     rep.figure(s, "roc", _roc_figure(evaluation), "ROC curves of the model and the baselines on the same items")
-    rep.figure(s, "calibration", reliability_diagram(evaluation.probs, evaluation.targets, title="Reliability diagram"),
+    rep.figure(s, "calibration", reliability_diagram(evaluation.targets, evaluation.probs, title="Reliability diagram"),
                "Calibration: observed rate of the positive class against predicted probability")
     cm = r["confusion"]
     names = r["labels"]

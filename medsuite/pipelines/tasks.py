@@ -88,7 +88,7 @@ class TaskLearner(Learner):
         probs, targets = np.asarray(preds.probs), np.asarray(preds.targets)
         if probs.shape[1] != 2 or len(np.unique(targets)) < 2:
             return 0.5
-        return float(youden_threshold(self._binary_scores(probs), (targets == self.positive_index).astype(int)))
+        return float(youden_threshold((targets == self.positive_index).astype(int), self._binary_scores(probs)))
 
     def case_index(self) -> Any:
         """The similar-case index of the training items (embeddings, labels, thumbnails)."""
