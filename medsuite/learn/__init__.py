@@ -20,6 +20,10 @@ _EXPORTS = {
     "export_bundle": "medsuite.learn.bundle",
     "load_bundle": "medsuite.learn.bundle",
     "init_from_bundle": "medsuite.learn.bundle",
+    "Predictor": "medsuite.learn.predict",
+    "PredictorSettings": "medsuite.learn.predict",
+    "PredictorError": "medsuite.learn.predict",
+    "accuracy": "medsuite.learn.metrics",
     "roc_auc": "medsuite.learn.metrics",
     "roc_auc_ci": "medsuite.learn.metrics",
     "balanced_accuracy": "medsuite.learn.metrics",
@@ -68,8 +72,12 @@ __all__ = [
     "MixUp",
     "Prediction",
     "Predictions",
+    "Predictor",
+    "PredictorError",
+    "PredictorSettings",
     "SaveBest",
     "TensorBoardLogger",
+    "accuracy",
     "adamw",
     "balanced_accuracy",
     "brier_score",
@@ -112,6 +120,7 @@ if TYPE_CHECKING:
     from medsuite.learn.learner import Learner, Prediction, Predictions, set_seed
     from medsuite.learn.lr_find import LRFindResult, lr_find
     from medsuite.learn.metrics import (
+        accuracy,
         balanced_accuracy,
         brier_score,
         classification_report,
@@ -124,3 +133,4 @@ if TYPE_CHECKING:
     )
     from medsuite.learn.models import ARCHITECTURES, build_model
     from medsuite.learn.optim import adamw, make_optimizer
+    from medsuite.learn.predict import Predictor, PredictorError, PredictorSettings
