@@ -6,8 +6,9 @@ world centre) -> ``source.get`` (UID -> Volume) -> ``block.sample`` (+ training 
 callables -> ``get_y`` + `Category` (label -> class id) -> collate -> ``batch_tfms`` (training, on device).
 
 Workers hold only the table's UIDs, centres and labels plus the source's paths; volumes are opened in each
-worker, memory-mapped when a cache is used. Random augmentation is seeded per item from the loader's
-generator, so ``seed=`` makes a run repeatable whatever the number of workers.
+worker, memory-mapped when a cache is used. Random augmentation is seeded per item: from the loader's
+generator when the loader is iterated directly (``seed=`` makes that repeatable whatever the number of
+workers), and by the Learner from (its seed, epoch, item) when it trains, so a resumed run replays it.
 """
 
 from __future__ import annotations
@@ -63,7 +64,14 @@ class _SeededSampler:
 
 
 class BlockDataset:
-    """Map-style dataset of one split: ``ds[i]`` or ``ds[(i, seed)]`` -> ``(x float32, y int64)`` tensors."""
+    """Map-style dataset of one split: ``ds[i]`` or ``ds[(i, seed)]`` -> ``(x float32, y int64)`` tensors.
+
+    ``item_seeds`` tells the Learner that keys may carry the augmentation seed: it then derives each
+    item's seed from (run seed, epoch, index, position), so resumes replay augmentation exactly even when
+    it runs in DataLoader worker processes (`medsuite.learn.loaders.EpochSampler`).
+    """
+
+    item_seeds = True
 
     def __init__(
         self,

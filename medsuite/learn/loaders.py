@@ -2,13 +2,18 @@
 
 The learner does not iterate the user's train loader directly: it rebuilds it around an `EpochSampler`
 whose order is a pure function of ``(seed, epoch)`` and which can skip the items already seen, so a
-run resumed mid-epoch sees exactly the batches the uninterrupted run would have seen. Under DDP the
-train sampler becomes a `DistributedSampler` and the validation sampler a pad-free `ShardSampler`.
+run resumed mid-epoch sees exactly the batches the uninterrupted run would have seen. When the dataset
+takes seeded keys (``dataset.item_seeds`` is true: ``ds[(index, seed)]``) every item also gets its own
+augmentation seed, a pure function of ``(seed, epoch, index, position)`` (`item_seed`), so random
+augmentation drawn in DataLoader *worker processes* replays exactly on resume too. Under DDP the train
+sampler becomes a `DistributedSampler` and the validation sampler a pad-free `ShardSampler`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import struct
 from collections.abc import Iterator, Sized
 from typing import Any
 
@@ -17,16 +22,42 @@ from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, Ra
 
 from medsuite.learn.distributed import ShardSampler
 
-__all__ = ["EpochSampler", "loader_generators", "rebuild_loader", "train_loader", "valid_loader"]
+__all__ = ["EpochSampler", "item_seed", "loader_generators", "rebuild_loader", "train_loader", "valid_loader"]
 
 
-class EpochSampler(Sampler[int]):
-    """Wraps a sampler: a `RandomSampler` is replaced by a permutation seeded with ``(seed, epoch)``;
-    a sampler with ``set_epoch`` (DistributedSampler, `ClassBalancedSampler`) gets the epoch; any
-    other sampler is iterated as is. `set_skip` drops the first items (already trained on)."""
+def item_seed(seed: int, epoch: int, index: int, position: int) -> int:
+    """The augmentation seed of the item drawn at ``position`` of epoch ``epoch`` (dataset ``index``):
+    a 62-bit hash of the four numbers, so it depends on nothing else (not on workers, generators or
+    what ran before), and two draws of one item in an epoch get different seeds."""
+    data = struct.pack("<4Q", *(int(v) % 2**64 for v in (seed, epoch, index, position)))
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 2
 
-    def __init__(self, base: Sampler, seed: int) -> None:
+
+def shuffles(sampler: Any) -> bool | None:
+    """True for a sampler that draws a fresh permutation each epoch (`RandomSampler` without
+    replacement, or any sampler with a ``shuffle = True`` attribute such as the data layer's), False
+    for a sequential one, None for other samplers."""
+    if isinstance(sampler, RandomSampler):
+        return None if sampler.replacement else True
+    flag = getattr(sampler, "shuffle", None)
+    return flag if isinstance(flag, bool) and not hasattr(sampler, "set_epoch") else None
+
+
+def _index(key: Any) -> int:
+    """A sampler key's dataset index (keys may be ``(index, seed)`` pairs)."""
+    return int(key[0]) if isinstance(key, tuple) else int(key)
+
+
+class EpochSampler(Sampler[Any]):
+    """Wraps a sampler: a `RandomSampler` (or a sampler with ``shuffle = True``) is replaced by a
+    permutation seeded with ``(seed, epoch)``, a sequential one (``shuffle = False``) by ``range(n)``; a
+    sampler with ``set_epoch`` (DistributedSampler, `ClassBalancedSampler`) gets the epoch; any other
+    sampler is iterated as is. `set_skip` drops the first items (already trained on). With
+    ``item_seeds`` it yields ``(index, item_seed(seed, epoch, index, position))`` pairs."""
+
+    def __init__(self, base: Sampler, seed: int, item_seeds: bool = False) -> None:
         self.base, self.seed, self.epoch, self.skip = base, int(seed), 0, 0
+        self.item_seeds = bool(item_seeds)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -41,6 +72,10 @@ class EpochSampler(Sampler[int]):
 
     def _order(self) -> Iterator[int]:
         base = self.base
+        mode = shuffles(base)
+        if mode is not None and not isinstance(base, RandomSampler):
+            n = len(base)
+            return iter(torch.randperm(n, generator=self._generator()).tolist() if mode else range(n))
         if isinstance(base, RandomSampler):
             n = len(base.data_source)
             if base.replacement:
@@ -52,10 +87,14 @@ class EpochSampler(Sampler[int]):
             return iter(perm[: base.num_samples])
         if hasattr(base, "set_epoch"):
             base.set_epoch(self.epoch)
-        return iter(base)
+        return (_index(k) for k in base)
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(self._order(), self.skip, None)
+    def __iter__(self) -> Iterator[Any]:
+        order: Iterator[Any] = self._order()
+        if self.item_seeds:
+            epoch = self.epoch
+            order = ((i, item_seed(self.seed, epoch, i, pos)) for pos, i in enumerate(order))
+        return itertools.islice(order, self.skip, None)
 
     def __len__(self) -> int:
         return max(0, len(self.base) - self.skip)
@@ -104,12 +143,15 @@ def loader_generators(dl: Any) -> list[torch.Generator]:
 def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank: int = 0,
                  world_size: int = 1) -> tuple[DataLoader, EpochSampler | None]:
     """The loader the learner trains on and its `EpochSampler` (None when ``dl`` is used as it is: a
-    DataLoader subclass in a single-process fit without a sampler callback, an IterableDataset, a custom
-    batch_sampler; then the order is the loader's own and resuming replays its generators' epoch-start
-    states). A subclass must offer ``with_sampler`` for DDP or a sampler callback.
+    DataLoader subclass without ``with_sampler`` in a single-process fit without a sampler callback, an
+    IterableDataset, a custom batch_sampler; then the order is the loader's own and resuming replays its
+    generators' epoch-start states). A subclass must offer ``with_sampler`` for DDP or a sampler callback;
+    one that offers it is always rebuilt, so its order and (``dataset.item_seeds``) its items'
+    augmentation seeds are pure functions of ``(seed, epoch, ...)``: exact resume with worker processes.
     ``sampler`` replaces ``dl``'s sampler (e.g. class-balanced); under DDP a shuffling or sequential
     sampler becomes a `DistributedSampler` seeded with ``seed``."""
-    own_order = type(dl) is not DataLoader and world_size == 1 and sampler is None
+    own_order = not callable(getattr(dl, "with_sampler", None)) and type(dl) is not DataLoader
+    own_order = own_order and world_size == 1 and sampler is None
     if own_order or not _rebuildable(dl):  # a subclass keeps its own order unless DDP or a sampler needs another
         if world_size > 1 or sampler is not None:
             raise ValueError(
@@ -120,8 +162,8 @@ def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank
     base = sampler if sampler is not None else dl.sampler
     if world_size > 1 and not isinstance(base, DistributedSampler) and not hasattr(base, "set_epoch"):
         base = DistributedSampler(dl.dataset, num_replicas=world_size, rank=rank,
-                                  shuffle=isinstance(base, RandomSampler), seed=seed, drop_last=False)
-    epoch_sampler = EpochSampler(base, seed)
+                                  shuffle=isinstance(base, RandomSampler) or bool(shuffles(base)), seed=seed, drop_last=False)
+    epoch_sampler = EpochSampler(base, seed, item_seeds=bool(getattr(dl.dataset, "item_seeds", False)))
     g = torch.Generator()
     g.manual_seed(seed)  # worker seeds come from here, not from the global RNG
     return _rebuild(dl, epoch_sampler, generator=g), epoch_sampler
