@@ -6,8 +6,9 @@ import numpy as np
 import scoring_support as S
 import torch
 
+from medsuite.learn.predict import Predictor
 from medsuite.pipelines.scoring.local import run_local
-from medsuite.pipelines.scoring.stages import Predictor, WorkItem
+from medsuite.pipelines.scoring.stages import WorkItem
 
 
 class MeanModel(torch.nn.Module):
@@ -25,7 +26,7 @@ class MeanModel(torch.nn.Module):
 
 def _run(uids, **kw):
     model = MeanModel()
-    predictor = Predictor(model, ["neg", "pos"], 0.5)
+    predictor = Predictor.plain(model, ["neg", "pos"], "pos")
     items = [WorkItem(u, (f"/data/{u}/1.dcm",)) for u in uids]
     results = {r.series_uid: r for r in run_local(items, predictor=predictor, block_spec_json="{}",
                                                   prepare_fn=S.fake_prepare, **kw)}
@@ -69,7 +70,7 @@ class PickyModel(MeanModel):
 
 
 def test_an_inference_failure_costs_only_its_series():
-    predictor = Predictor(PickyModel(), ["neg", "pos"], None)
+    predictor = Predictor.plain(PickyModel(), ["neg", "pos"], "pos")
     items = [WorkItem(u, ("/x",)) for u in ("ok-1", "ok-7", "ok-2", "ok-3")]
     results = {r.series_uid: r for r in run_local(items, predictor=predictor, block_spec_json="{}", workers=1,
                                                   batch_size=8, prepare_fn=S.fake_prepare)}

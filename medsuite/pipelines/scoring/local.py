@@ -17,16 +17,18 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsuite.pipelines.scoring.stages import (
-    Predictor,
     Prepared,
     SeriesResult,
     WorkItem,
     prepare,
     score_prepared,
 )
+
+if TYPE_CHECKING:
+    from medsuite.learn.predict import Predictor
 
 log = logging.getLogger("medsuite.scoring")
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from medsuite.pipelines.scoring.stages import (
     Point,
-    Predictor,
     Prepared,
     SeriesResult,
     WorkItem,
@@ -93,10 +92,9 @@ class InferenceActor:
     """Ray actor (a callable class for ``map_batches``): loads the bundle once, scores batches of series."""
 
     def __init__(self, bundle_path: str, device: str, batch_size: int) -> None:
-        from medsuite.learn.bundle import load_bundle
+        from medsuite.learn.predict import Predictor
 
-        bundle = load_bundle(bundle_path, device=device)
-        self.predictor = Predictor(bundle.model, bundle.labels, bundle.threshold, device)
+        self.predictor = Predictor.load(bundle_path, device=device)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

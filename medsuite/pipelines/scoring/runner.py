@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -36,9 +36,12 @@ from medsuite.pipelines.scoring.discover import (
     file_key,
     rules_from_bundle,
 )
-from medsuite.pipelines.scoring.stages import Point, Predictor, SeriesResult, WorkItem, captured, spec_json
+from medsuite.pipelines.scoring.stages import Point, SeriesResult, WorkItem, captured, spec_json
 from medsuite.pipelines.scoring.writer import ScoreStore
 from medsuite.records.store import StoreError
+
+if TYPE_CHECKING:
+    from medsuite.learn.predict import Predictor
 
 log = logging.getLogger("medsuite.scoring")
 
@@ -294,7 +297,9 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
     last_export = time.monotonic()
     status = "failed"
     try:
-        predictor = Predictor(bundle.model, bundle.labels, bundle.threshold, "cpu" if cfg.engine == "ray" else device)
+        from medsuite.learn.predict import Predictor
+
+        predictor = Predictor.from_bundle(bundle)  # the engine's (Ray: each actor loads its own on its device)
         results = _engine(cfg, bundle, predictor, items, device)
         with _progress(len(items), cfg.progress) as bar:
             for result in results:

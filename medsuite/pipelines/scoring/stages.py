@@ -1,5 +1,9 @@
 """The two stages every engine runs: ``prepare`` (read one series, sample it, drop the volume) and
-``Predictor`` (batched inference with the bundle's model). Both engines share them, so their outputs match.
+``score_prepared`` (batched inference with the bundle's `medsuite.learn.predict.Predictor`, the one chain
+evaluation and reports use too). Both engines share them, so their outputs match.
+
+An engine holds one predictor (``Predictor.load(bundle_path, device=...)`` in a Ray actor, or
+``Predictor.from_bundle(bundle)``) and calls ``score_prepared(pending, predictor, batch_size)``.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # the worker processes that only prepare never import torch for it
+    from medsuite.learn.predict import Predictor
 
 
 @dataclass(frozen=True)
@@ -166,34 +173,6 @@ def _prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] 
         del volume  # only the small samples leave this function
 
 
-class Predictor:
-    """The bundle's model, loaded once, scoring batches of samples into probabilities and labels."""
-
-    def __init__(self, model: Any, labels: list[str], threshold: float | None, device: str = "cpu") -> None:
-        self.model = model
-        self.labels = [str(label) for label in labels]
-        # a bundle without an operating point: 0.5 for binary; multi-class takes the arg-max (stored as 0)
-        self.threshold = float(threshold) if threshold is not None else (0.5 if len(self.labels) == 2 else 0.0)
-        self.device = device
-
-    def probabilities(self, samples: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``(n, n_classes)`` for a batch of samples."""
-        import torch
-
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).to(self.device)
-            logits = self.model(x)
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
-
-    def decide(self, probs: np.ndarray) -> tuple[float, str]:
-        """(probability, label): binary uses P(class 1) against the threshold; multi-class the arg-max."""
-        if probs.shape[-1] == 2:
-            p = float(probs[1])
-            return p, self.labels[1] if p >= self.threshold else self.labels[0]
-        k = int(np.argmax(probs))
-        return float(probs[k]), self.labels[k]
-
-
 def finish(prepared: Prepared, probs: np.ndarray | None, predictor: Predictor) -> SeriesResult:
     """Turn a prepared series and its samples' probabilities into a `SeriesResult`."""
     result = SeriesResult(series_uid=prepared.series_uid, n_slices=prepared.n_slices, spacing=prepared.spacing,
@@ -204,8 +183,8 @@ def finish(prepared: Prepared, probs: np.ndarray | None, predictor: Predictor) -
     for _nodule_id, reason in prepared.point_errors:
         result.errors.append(("preprocess", reason))
     if probs is not None:
-        for key, row in zip(prepared.keys, probs, strict=True):
-            probability, label = predictor.decide(row)
+        scores, labels = predictor.score_of(probs), predictor.decide(probs)
+        for key, probability, label in zip(prepared.keys, scores, labels, strict=True):
             result.predictions.append(
                 {
                     "nodule_id": "" if key is None else key.nodule_id,
@@ -213,7 +192,7 @@ def finish(prepared: Prepared, probs: np.ndarray | None, predictor: Predictor) -
                     "y_mm": None if key is None else key.y_mm,
                     "z_mm": None if key is None else key.z_mm,
                     "diameter_mm": None if key is None else key.diameter_mm,
-                    "probability": probability,
+                    "probability": float(probability),
                     "label": label,
                 }
             )
@@ -232,7 +211,7 @@ def score_prepared(pending: list[Prepared], predictor: Predictor, batch_size: in
     probs: dict[int, np.ndarray] = {}
 
     def run(samples: np.ndarray) -> np.ndarray:
-        return np.concatenate([predictor.probabilities(samples[i:i + batch_size])
+        return np.concatenate([predictor.predict_proba(samples[i:i + batch_size])
                                for i in range(0, len(samples), batch_size)])
 
     if ready:
