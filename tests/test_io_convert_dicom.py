@@ -141,7 +141,7 @@ def test_folder_of_several_series_converts_each_and_reports_the_bad_one(tmp_path
         assert written[file_name] == n
     broken_uid = sizes["broken"][0]
     assert f"FAILED series {broken_uid}" in result.output or broken_uid in result.output.split("FAILED", 1)[1]
-    assert "converted 2 of 3 series" in result.output
+    assert "converted 2 of 3 stack(s)" in result.output
     assert "TEST-PATIENT-42" not in result.output
     assert not any(p.name.startswith(".") for p in out.iterdir())  # no temp files left behind
 

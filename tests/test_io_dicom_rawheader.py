@@ -15,7 +15,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from medsuite.io.decode import pixel_element_length
-from medsuite.io.dicom import header_from_dataset, header_from_raw, open_header, scan_file
+from medsuite.io.dicom import open_header, scan_file
+from medsuite.io.header import header_from_dataset, header_from_raw, syntax_of
 from medsuite.io.errors import PixelDataError
 from medsuite.io.rawheader import read_raw_header
 from medsuite.io.reader import read_series
@@ -25,8 +26,10 @@ def pydicom_view(path: Path):
     """Header and Pixel Data (offset, length) as the pydicom path sees them."""
     with open(path, "rb") as fp:
         ds = open_header(fp, str(path))
-        header = header_from_dataset(ds, str(path))
-        length = pixel_element_length(fp, header.transfer_syntax, str(path))
+        size = os.fstat(fp.fileno()).st_size
+        length = pixel_element_length(fp, syntax_of(ds), str(path))
+        header = header_from_dataset(ds, str(path), size, (length, size - fp.tell()))
+        header.pixel_offset = fp.tell()
         return header, (fp.tell(), length)
 
 
@@ -139,7 +142,7 @@ def test_truncated_pixels_named_before_any_pixel_is_read(tmp_path):
     truncate(paths[2], keep_fraction=0.8)  # header intact, pixels cut
     with pytest.raises(PixelDataError, match=paths[2].name):
         read_series(paths)
-    assert "pixel data too short" in " ".join(scan_file(str(paths[2])).problems)
+    assert "truncated" in " ".join(p.message for p in scan_file(str(paths[2])).problems)
 
 
 def test_threads_and_serial_give_the_same_volume(tmp_path):

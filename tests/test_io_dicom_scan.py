@@ -74,16 +74,29 @@ def _new_instance_uid(ds, k):
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
 
 
-def test_same_positions_split_by_acquisition(tmp_path):
+def test_same_positions_in_two_acquisitions_form_a_4d_stack(tmp_path):
     vol = make_volume(shape=(4, 8, 8))
     uid = "1.2.826.0.1.3680043.8.498.1"
     first = write_ct(tmp_path, vol, series_uid=uid, AcquisitionNumber=1)
     second = write_ct(tmp_path / "b", vol, series_uid=uid, study_uid=None, AcquisitionNumber=2, seed=5)
     edit_files(second, _new_instance_uid)
     scan = scan_folder(tmp_path)
+    assert len(scan.series) == 1
+    row = scan.series.iloc[0]
+    assert (row.n_instances, row.n_slices, row.n_volumes, row.status) == (8, 4, 2, "warning")
+    assert "multi_volume" in row.codes and "AcquisitionNumber" in row.problems
+    assert row.files[:4] == [str(p) for p in first], "volume 1 first, slices in position order"
+
+
+def test_same_positions_covering_different_ranges_split_by_acquisition(tmp_path):
+    uid = "1.2.826.0.1.3680043.8.498.11"
+    write_ct(tmp_path / "a", make_volume(shape=(4, 8, 8)), series_uid=uid, AcquisitionNumber=1)
+    shifted = make_volume(shape=(4, 8, 8), origin=(-12.0, 30.5, 105.0), seed=5)
+    edit_files(write_ct(tmp_path / "b", shifted, series_uid=uid, study_uid=None, AcquisitionNumber=2), _new_instance_uid)
+    scan = scan_folder(tmp_path)
     assert len(scan.series) == 2 and set(scan.series.n_instances) == {4}
+    assert all("split" in codes for codes in scan.series.codes)
     assert all("AcquisitionNumber" in p for p in scan.series.problems)
-    assert {str(p) for p in first} in [set(files) for files in scan.series.files]
 
 
 def test_inseparable_same_positions_is_an_error_row(tmp_path):
@@ -141,4 +154,4 @@ def test_missing_path_is_a_clear_error(tmp_path):
 def test_empty_folder_gives_empty_tables(tmp_path):
     scan = scan_folder(tmp_path)
     assert scan.series.empty and scan.skipped.empty and list(scan.series.columns) == SERIES_COLUMNS
-    assert np.all(scan.skipped.columns == ["path", "reason"])
+    assert list(scan.skipped.columns) == ["path", "reason", "code"]

@@ -43,9 +43,9 @@ def test_select_largest_stack_and_say_which_others_exist(caplog):
     assert "SECRET-PATIENT" not in message
 
 
-def test_tie_for_largest_is_an_error_asking_for_a_series():
+def test_tie_for_largest_is_an_error_asking_for_a_stack():
     table = pd.DataFrame([_row("1.1", 50), _row("1.2", 50), _row("1.3", 2)])
-    with pytest.raises(MixedSeriesError, match=r"/data/study: 3 image stacks.*1\.1.*1\.2.*series UID"):
+    with pytest.raises(MixedSeriesError, match=r"/data/study: 3 image stacks.*1\.1.*1\.2.*--stack ID"):
         select_stack(table, source="/data/study")
 
 
@@ -74,7 +74,7 @@ def test_read_volume_reads_image_files(tmp_path):
     back = read_volume(path)
     np.testing.assert_array_equal(back.array, volume.array)
     assert back.spacing == (3.0, 1.0, 0.5)
-    with pytest.raises(ValueError, match="series_uid applies to DICOM input only"):
+    with pytest.raises(ValueError, match="apply to DICOM input only"):
         read_volume(path, series_uid="1.2")
 
 

@@ -1,4 +1,14 @@
-"""`medsuite convert SRC OUT`: DICOM (folder or file) or NRRD/MHA/NIfTI to NIfTI with correct geometry."""
+"""`medsuite convert SRC OUT`: DICOM (folder or file) or NRRD/MHA/NIfTI to NIfTI with correct geometry.
+
+- A folder and one output file: the stack asked for (``--stack``/``--series``), else the only or largest one.
+- A folder and an output folder: every stack, one NIfTI each; a bad stack is reported and the rest carry on.
+- One DICOM file: the stack it belongs to in its folder when that stack can be read, else the file alone
+  (a slice, a multi-frame object, a mosaic); the output line says which.
+- 4D stacks (fMRI, DTI, perfusion, mosaic time series): ``--volume N`` (default the first, and said) or
+  ``--volume all`` for one 4D NIfTI, as dcm2niix writes them.
+Outputs are written atomically: a killed conversion leaves no partial file, and the next run removes the
+temporary files of killed runs.
+"""
 
 from __future__ import annotations
 
@@ -18,21 +28,28 @@ T = TypeVar("T")
 
 
 def command(
-    src: Annotated[
-        Path, typer.Argument(help="A DICOM folder, one DICOM file, or a .nrrd/.mha/.mhd/.nii(.gz) file.")
-    ],
+    src: Annotated[Path, typer.Argument(help="A DICOM folder, one DICOM file, or a .nrrd/.mha/.mhd/.nii(.gz) file.")],
     out: Annotated[
-        Path,
-        typer.Argument(
-            help="Output .nii.gz/.nii file, or a folder (one NIfTI per series) for several series."
-        ),
+        Path, typer.Argument(help="Output .nii.gz/.nii file, or a folder (one NIfTI per stack) for several stacks.")
     ],
     series: Annotated[
         str | None, typer.Option("--series", help="SeriesInstanceUID to convert when SRC holds several.")
     ] = None,
+    stack: Annotated[
+        str | None,
+        typer.Option("--stack", help="Stack id to convert (see `medsuite inspect`): magnitude/phase, echoes, planes."),
+    ] = None,
+    volume: Annotated[
+        str | None,
+        typer.Option("--volume", help="Volume of a 4D stack: a number from 0 (default 0), or 'all' for a 4D NIfTI."),
+    ] = None,
+    z_step: Annotated[
+        float | None,
+        typer.Option("--z-step", help="Slice step (mm) for irregularly spaced stacks (default: the smallest acquired step)."),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
 ) -> None:
-    """Convert SRC to NIfTI. A folder with several series and an output folder converts every series,
+    """Convert SRC to NIfTI. A folder with several stacks and an output folder converts every stack,
     carries on past a bad one and exits with status 1 if any failed."""
     from medsuite.io.sitk_io import NIFTI_SUFFIXES, image_suffix
 
@@ -42,10 +59,14 @@ def command(
         to_file = image_suffix(out) in NIFTI_SUFFIXES
         if out.suffix.lower() in {".nii", ".gz"} and not to_file:
             raise _Failure(f"{out}: a NIfTI output must end in .nii or .nii.gz")
+        which = _volume_choice(volume)
+        if z_step is not None and not z_step > 0:
+            raise _Failure(f"--z-step {z_step}: must be a positive number of mm")
+        options = {"z_spacing": z_step}
         if not src.is_dir():
             if not to_file:
                 raise _Failure(f"{out}: SRC is one file, so OUT must be a .nii.gz or .nii file")
-            _convert_one(lambda: _read_path(src, series), out, force=force)
+            _convert_path(src, out, series=series, stack=stack, which=which, options=options, force=force)
             return
         from medsuite.io.dicom import scan_folder
         from medsuite.io.load import select_stack
@@ -55,12 +76,16 @@ def command(
         if len(table) == 0:
             raise _Failure(f"{src}: no DICOM image series found ({len(scan.skipped)} files skipped)")
         if to_file:
-            row = _guard(lambda: select_stack(table, series, source=src))
-            _convert_one(lambda: _read_row(row), out, force=force)
+            row = _guard(lambda: select_stack(table, series, stack=stack, source=src))
+            _convert_row(row, out, which=which, options=options, force=force)
             return
-        rows = table if series is None else table[table["series_uid"] == series]
+        rows = table
+        if series is not None:
+            rows = rows[rows["series_uid"] == series]
+        if stack is not None:
+            rows = rows[rows["stack_id"] == stack]
         if len(rows) == 0:
-            _guard(lambda: select_stack(table, series, source=src))  # raises "not found", listing the series
+            _guard(lambda: select_stack(table, series, stack=stack, source=src))  # raises "not found", listing them
     except _Failure as exc:
         _fail(str(exc))
 
@@ -69,41 +94,106 @@ def command(
     for _, row in rows.iterrows():
         try:
             if row["status"] == "error":
-                raise _Failure(f"series {row['series_uid']}: {row['problems']}")
-            _convert_one(lambda row=row: _read_row(row), out / _output_name(row, table), force=force)
+                raise _Failure(f"stack {row['stack_id']}: {row['problems']}")
+            _convert_row(row, out / _output_name(row, table), which=which, options=options, force=force)
         except _Failure as exc:
             failed.append(str(exc))
             typer.echo(f"FAILED {exc}", err=True)
-    typer.echo(f"converted {len(rows) - len(failed)} of {len(rows)} series into {out}")
+    typer.echo(f"converted {len(rows) - len(failed)} of {len(rows)} stack(s) into {out}")
     if failed:
-        typer.echo(f"{len(failed)} of {len(rows)} series failed (see above)", err=True)
+        typer.echo(f"{len(failed)} of {len(rows)} stack(s) failed (see above)", err=True)
         raise typer.Exit(1)
 
 
-def _read_path(src: Path, series: str | None) -> Volume:
-    from medsuite.io.load import read_volume
+def _volume_choice(volume: str | None) -> int | str | None:
+    if volume is None:
+        return None
+    if volume.strip().lower() == "all":
+        return "all"
+    try:
+        index = int(volume)
+    except ValueError:
+        raise _Failure(f"--volume {volume}: expected a volume number (0, 1, ...) or 'all'") from None
+    if index < 0:
+        raise _Failure(f"--volume {volume}: volume numbers start at 0")
+    return index
 
-    return read_volume(src, series)
+
+def _convert_path(src: Path, out: Path, *, series, stack, which, options, force: bool) -> None:
+    """One file: an image file, or a DICOM file's stack (else the file alone)."""
+    from medsuite.io.sitk_io import is_image_file
+
+    if is_image_file(src):
+        if which is not None or stack is not None or series is not None:
+            raise _Failure(f"{src}: --series/--stack/--volume apply to DICOM input only")
+        from medsuite.io.load import read_volume
+
+        _write(lambda: read_volume(src), out, force=force, what="")
+        return
+    from medsuite.io.load import stack_of_file
+
+    if out.exists() and not force:
+        raise _Failure(f"{out}: already exists (use --force to overwrite)")
+    found = _guard(lambda: stack_of_file(src, series_uid=series, stack=stack))
+    if found.row is not None:
+        try:
+            _convert_row(found.row, out, which=which, options=options, force=force)
+            return
+        except _Failure as exc:
+            reason = str(exc)
+    else:
+        reason = found.reason
+    typer.echo(f"note: converting {src.name} on its own: {reason}", err=True)
+    _convert_files([str(src)], out, stack=stack, which=which, options=options, force=force)
 
 
-def _read_row(row: pd.Series) -> Volume:
-    from medsuite.io.reader import read_series
+def _convert_row(row: pd.Series, target: Path, *, which, options, force: bool) -> None:
+    """Convert one series-table row (one volume, or all volumes as 4D); warnings are printed first."""
+    if row.get("status") == "warning" and row.get("problems"):
+        typer.echo(f"warning: stack {row['stack_id']}: {row['problems']}", err=True)
+    _convert_files(row, target, stack=None, which=which, options=options, force=force)
 
-    return read_series(row)
+
+def _convert_files(source, target: Path, *, stack, which, options, force: bool) -> None:
+    from medsuite.io.reader import read_series, read_series_volumes
+    from medsuite.io.sitk_io import write_nifti_4d
+
+    if target.exists() and not force:
+        raise _Failure(f"{target}: already exists (use --force to overwrite)")
+    if which == "all":
+        volumes = _guard(lambda: read_series_volumes(source, stack=stack, **options))
+        _guard(lambda: write_nifti_4d(volumes, target))
+        _report(target, volumes[0], f"; {len(volumes)} volumes (4D)")
+        return
+    volume = _guard(lambda: read_series(source, stack=stack, volume=which, **options))
+    info = volume.meta.get("volume")
+    extra = ""
+    if info and info["count"] > 1:
+        extra = f"; volume {info['index']} of {info['count']} (0-based"
+        extra += ", the first: pass --volume N or --volume all)" if which is None else ")"
+    _write(lambda: volume, target, force=True, what=extra)
 
 
-def _convert_one(read: Callable[[], Volume], target: Path, *, force: bool) -> None:
-    """Read a volume, write it as NIfTI and report one line; a bad input raises `_Failure`."""
+def _write(read: Callable[[], Volume], target: Path, *, force: bool, what: str) -> None:
     from medsuite.io.sitk_io import write_nifti
 
     if target.exists() and not force:
         raise _Failure(f"{target}: already exists (use --force to overwrite)")
     volume = _guard(read)
     _guard(lambda: write_nifti(volume, target))
+    _report(target, volume, what)
+
+
+def _report(target: Path, volume: Volume, extra: str) -> None:
     spacing = "x".join(f"{s:g}" for s in reversed(volume.spacing))
     size = "x".join(str(n) for n in reversed(volume.shape))
     note = f"; {volume.meta['resampled']}" if volume.meta.get("resampled") else ""
-    typer.echo(f"wrote {target} ({size} voxels, {spacing} mm{note})")
+    if volume.meta.get("mosaic"):
+        note += f"; {volume.meta['mosaic']}"
+    for line in volume.meta.get("notes", []):
+        if line.startswith("read ") and "on its own" in line:
+            note += f"; {line}"
+    typer.echo(f"wrote {target} ({size} voxels, {spacing} mm{extra}{note})")
 
 
 def _output_name(row: pd.Series, table: pd.DataFrame) -> str:
@@ -128,6 +218,8 @@ def _guard(action: Callable[[], T]) -> T:
         return action()
     except (ValueError, OSError) as exc:
         raise _Failure(str(exc)) from exc
+    except MemoryError as exc:
+        raise _Failure(f"not enough memory: {exc}") from exc
 
 
 def _fail(message: str) -> NoReturn:

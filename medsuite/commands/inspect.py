@@ -6,8 +6,6 @@ Patient IDs are personal data: they are shown (and written) only with ``--includ
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,8 +16,8 @@ if TYPE_CHECKING:
 
 # Columns of the printed table (the CSV/JSON carry every series-table column except, by default, patient_id).
 SHOWN = [
-    "stack_id", "study_date", "modality", "description", "n_instances", "size", "spacing", "orientation",
-    "transfer_syntax", "status", "problems",
+    "stack_id", "study_date", "modality", "description", "n_instances", "n_volumes", "size", "spacing",
+    "orientation", "transfer_syntax", "status", "problems",
 ]  # fmt: skip
 
 
@@ -34,22 +32,22 @@ def _display_table(series: pd.DataFrame, include_phi: bool) -> pd.DataFrame:
     return table[columns]
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _export(series: pd.DataFrame, skipped: pd.DataFrame, include_phi: bool) -> tuple[pd.DataFrame, dict]:
     table = series if include_phi else series.drop(columns=["patient_id"])
     records = json.loads(table.to_json(orient="records"))
     return table, {"series": records, "skipped": skipped.to_dict(orient="records")}
+
+
+def _show_stack(row: pd.Series) -> None:
+    """Every column of one stack, then its files (in slice order, volume by volume)."""
+    for key, value in row.items():
+        if key not in ("files", "frames"):
+            typer.echo(f"{key:>16}: {value}")
+    frames = row.get("frames")
+    typer.echo(f"{'files':>16}: {len(row['files'])}")
+    for k, path in enumerate(row["files"]):
+        part = "" if not isinstance(frames, list) or frames[k] is None else f"  (planes {frames[k]})"
+        typer.echo(f"{'':>18}{path}{part}")
 
 
 def command(
@@ -68,11 +66,15 @@ def command(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Parallel header readers (default: all cores).")
     ] = None,
+    stack: Annotated[
+        str | None, typer.Option("--stack", help="Show one stack in detail (every column and its files).")
+    ] = None,
 ) -> None:
     """List every image stack under PATHS (one row each: size, spacing, orientation, syntax, problems) and
     every skipped file with the reason. Exits with status 1 if a stack has status 'error' or nothing was found."""
     import pandas as pd
 
+    from medsuite.io.atomic import atomic_write_text
     from medsuite.io.dicom import scan_folder
 
     try:
@@ -80,17 +82,27 @@ def command(
     except (FileNotFoundError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if stack is not None:
+        chosen = scan.series[scan.series["stack_id"] == stack]
+        if chosen.empty:
+            known = ", ".join(scan.series["stack_id"].astype(str)[:10])
+            typer.echo(f"error: no stack {stack} under {', '.join(map(str, paths))}; stacks: {known}", err=True)
+            raise typer.Exit(2)
+        scan.series = chosen.reset_index(drop=True)
     table, payload = _export(scan.series, scan.skipped, include_phi)
     if csv is not None:
         export = table.copy()
-        export["files"] = [json.dumps(f) for f in export["files"]]
-        _write_atomic(csv, export.to_csv(index=False))
+        for column in ("files", "codes", "frames"):
+            export[column] = [json.dumps(v) for v in export[column]]
+        atomic_write_text(csv, export.to_csv(index=False))
     if as_json:
         typer.echo(json.dumps(payload, indent=2))
     else:
         with pd.option_context("display.max_colwidth", 60, "display.width", 250):
             if scan.series.empty:
                 typer.echo("no DICOM image stacks found")
+            elif stack is not None:
+                _show_stack(table.iloc[0])
             else:
                 typer.echo(_display_table(scan.series, include_phi).to_string(index=False))
             if not scan.skipped.empty:

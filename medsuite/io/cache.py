@@ -7,8 +7,9 @@ preprocessing parameters (or in this file format) can never hit a stale entry.
 Why this shape:
 - ``array.npy`` is opened with ``np.load(mmap_mode="r")``: a memory-mapped, read-only array, so several
   DataLoader workers (and processes) share the page cache instead of each holding a copy.
-- Writes are atomic: an entry is built in a temp folder in the same root, fsynced, then ``os.rename``d into
-  place. If another process renamed its entry first, ours is dropped and theirs is used. Readers never see
+- Writes are atomic (`medsuite.io.atomic.atomic_dir`): an entry is built in a temp folder beside it, fsynced,
+  then renamed into place; temp folders of writers killed mid-write are removed by the next writer of that
+  entry. If another process renamed its entry first, ours is dropped and theirs is used. Readers never see
   a half-written entry.
 - Every read validates the entry (JSON parses, format and key match, array file has exactly the expected
   size, shape and dtype). A corrupt entry is removed and rebuilt, never served.
@@ -18,7 +19,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from medsuite.io.atomic import atomic_dir, remove_stale_temps
 from medsuite.io.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class VolumeCache:
             if child.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
                 shutil.rmtree(child, ignore_errors=True)
             elif child.is_dir():
+                _remove_dead_writers(child)
                 removed += sum(self._discard(p) for p in sorted(child.iterdir()) if _is_entry_name(p.name))
                 _rmdir_if_empty(child)
         return removed
@@ -189,16 +191,16 @@ class VolumeCache:
         return _dir_size(self.root)
 
     def prune_temp(self, older_than_s: float = 3600.0) -> int:
-        """Remove temp folders left by writers that died more than ``older_than_s`` seconds ago."""
+        """Remove temp folders of writers that died (any age) and trash older than ``older_than_s`` seconds."""
         now = time.time()
         removed = 0
-        for child in self.root.iterdir():
-            if (
-                child.name.startswith((_TMP_PREFIX, _TRASH_PREFIX))
-                and now - child.stat().st_mtime > older_than_s
-            ):
-                shutil.rmtree(child, ignore_errors=True)
-                removed += 1
+        for child in list(self.root.iterdir()):
+            if child.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+                if now - child.stat().st_mtime > older_than_s:
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed += 1
+            elif child.is_dir() and _is_entry_name(child.name):
+                removed += _remove_dead_writers(child)
         return removed
 
     # ------------------------------------------------------------------ internals
@@ -286,30 +288,19 @@ class VolumeCache:
             "meta": _jsonable(stored_meta, "meta", strict=False),
             "created": time.time(),
         }
-        tmp = self.root / f"{_TMP_PREFIX}{path.name[:16]}-{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.mkdir()
         try:
-            with open(tmp / _ARRAY, "wb") as handle:
-                np.save(handle, array, allow_pickle=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with open(tmp / _META, "w", encoding="utf-8") as handle:
-                json.dump(meta, handle, indent=1, allow_nan=False)
-                handle.flush()
-                os.fsync(handle.fileno())
-            _fsync_dir(tmp)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmp, path)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-                log.debug("volume cache: another writer stored %s first; using theirs", path)
-            else:
-                _fsync_dir(path.parent)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            with atomic_dir(path) as tmp:  # temp folder beside the entry; stale ones of dead writers removed
+                with open(tmp / _ARRAY, "wb") as handle:
+                    np.save(handle, array, allow_pickle=False)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                with open(tmp / _META, "w", encoding="utf-8") as handle:
+                    json.dump(meta, handle, indent=1, allow_nan=False)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                _fsync_dir(tmp)
+        except FileExistsError:
+            log.debug("volume cache: another writer stored %s first; using theirs", path)
 
     def _discard(self, path: Path) -> bool:
         """Move an entry out of the way atomically, then delete it; False if it was already gone."""
@@ -338,7 +329,7 @@ def _safe_uid(series_uid: str) -> str:
 
 
 def _is_entry_name(name: str) -> bool:
-    return not name.startswith((_TMP_PREFIX, _TRASH_PREFIX))
+    return not name.startswith(".")  # temp folders of writers (medsuite.io.atomic) and trash are hidden
 
 
 def _jsonable(value: Any, where: str, *, strict: bool) -> Any:
@@ -394,6 +385,12 @@ def _dir_size(path: Path) -> int:
             except FileNotFoundError:
                 pass
     return total
+
+
+def _remove_dead_writers(series_dir: Path) -> int:
+    """Remove the temp folders of entries whose writer died (kill -9) in one series folder."""
+    targets = {p.name[1:].split(".", 1)[0] for p in series_dir.iterdir() if p.name.startswith(".")}
+    return sum(len(remove_stale_temps(series_dir / name)) for name in targets if name)
 
 
 def _rmdir_if_empty(path: Path) -> None:

@@ -147,7 +147,65 @@ def decode_dataset(ds, *, path: str | Path, transfer_syntax: str) -> np.ndarray:
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if getattr(ds, "SamplesPerPixel", 1) != 1:
         raise PixelDataError(f"{path}: colour images (SamplesPerPixel > 1) are not volumes")
-    return arr.reshape(frames, int(ds.Rows), int(ds.Columns))
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    if arr.size != frames * rows * cols:
+        raise PixelDataError(
+            f"{path}: {syntax_name(transfer_syntax)} pixel data decoded to {arr.size} values but {frames} "
+            f"frame(s) of {rows}x{cols} need {frames * rows * cols}"
+        )
+    return arr.reshape(frames, rows, cols)
+
+
+_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
+_OTHER_PIXEL_TAGS = {0x7FE00008: "float", 0x7FE00009: "double float"}
+
+
+def check_encapsulated(fp: BinaryIO, file_size: int, n_frames: int) -> list[tuple[str, str]]:
+    """Walk the item headers of compressed Pixel Data at ``fp`` (at its tag) without reading the fragments.
+
+    Returns ``(kind, reason)`` pairs, kind being 'truncated', 'length' or 'missing': a defined length
+    (compressed data must be encapsulated, so a defined length means a corrupt file that decoders would
+    misread), fragments running past the end of the file, no sequence delimiter, fewer fragments than
+    frames. Cheap: one 8-byte read per fragment.
+    """
+    head = fp.read(12)
+    if len(head) < 8:
+        return [("missing", "no Pixel Data element (the file ends before it)")]
+    group, elem = struct.unpack("<HH", head[:4])
+    tag = group << 16 | elem
+    if tag != PIXEL_DATA_TAG:
+        kind = _OTHER_PIXEL_TAGS.get(tag)
+        if kind:
+            return [("length", f"{kind} pixel data is not supported")]
+        return [("missing", f"no Pixel Data element (found ({group:04X},{elem:04X}) where it should be)")]
+    if len(head) < 12:
+        return [("truncated", "the file ends inside the Pixel Data element header")]
+    (length,) = struct.unpack("<I", head[8:12])
+    if length != 0xFFFFFFFF:
+        return [("length", f"compressed pixel data must be encapsulated (undefined length) but its element says {length} bytes: malformed file")]
+    pos = fp.tell()
+    fragments, first = 0, True
+    while True:
+        item = fp.read(8)
+        if len(item) < 8:
+            return [("truncated", f"compressed pixel data cut short: the file ends after {fragments} fragment(s) "
+                     f"at {file_size} bytes, without the sequence delimiter")]
+        group, elem, length = struct.unpack("<HHI", item)
+        tag = group << 16 | elem
+        if tag == _SEQUENCE_END:
+            break
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            return [("length", f"malformed compressed pixel data: item ({group:04X},{elem:04X}) at byte {pos}")]
+        if pos + 8 + length > file_size:
+            return [("truncated", f"compressed pixel data cut short: fragment {fragments + 1} needs {length} bytes, "
+                     f"{max(0, file_size - pos - 8)} present (file of {file_size} bytes)")]
+        fp.seek(length, 1)
+        pos += 8 + length
+        fragments += 0 if first else 1
+        first = False
+    if fragments < n_frames:
+        return [("length", f"{n_frames} frame(s) but only {fragments} compressed fragment(s)")]
+    return []
 
 
 def fix_bits_stored(stored: np.ndarray, bits_stored: int, signed: bool) -> np.ndarray:

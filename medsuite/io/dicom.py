@@ -1,44 +1,59 @@
 """DICOM discovery: walk folders, read headers only, and build the series table (one row per stack).
 
-A *stack* is a set of slices that can become one `Volume`: same series, orientation, image size and
-acquisition, not a localizer. A series that mixes these is split into several stacks; duplicate files are
-dropped with a note; files that are not images (SR, SEG, RTSTRUCT, presentation states, KOS, DICOMDIR,
-non-DICOM, unreadable) are listed in ``ScanResult.skipped`` with the reason. Nothing here raises for a
-bad file: a scan of thousands of series carries on and reports.
+A *stack* is a set of image planes that can become one `Volume` (or a 4D series of volumes): same series,
+orientation, image size, image type and echo, not a localizer (see `medsuite.io.stacks`). Files that are
+not images (SR, SEG, RTSTRUCT, presentation states, KOS, DICOMDIR, colour, video, non-DICOM, special
+files, unreadable) are listed in ``ScanResult.skipped`` with a reason and a `Code`. Nothing here raises for
+a bad file: a scan of thousands of series carries on and reports.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import pandas as pd
 from pydicom import dcmread
 from pydicom import uid as uids
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 
-from medsuite.io.decode import NATIVE_SYNTAXES, pixel_element_length, syntax_name
-from medsuite.io.orientation import analyse_positions, orientation_label, plane_axes
+from medsuite.io.decode import NATIVE_SYNTAXES, check_encapsulated, pixel_element_length, syntax_name
+from medsuite.io.errors import NotRegularFileError
+from medsuite.io.files import open_regular, walk
+from medsuite.io.header import FileHeader, MosaicInfo, header_from_dataset, header_from_raw
+from medsuite.io.problems import Code, Problem, codes_of
 from medsuite.io.rawheader import RawHeader, read_raw_header
+from medsuite.io.stacks import Stack, describe_stack, group_stacks
+
+__all__ = [
+    "SERIES_COLUMNS",
+    "SKIPPED_COLUMNS",
+    "FileHeader",
+    "build_scan",
+    "MosaicInfo",
+    "ScanResult",
+    "Stack",
+    "group_stacks",
+    "iter_files",
+    "scan_file",
+    "scan_folder",
+    "scan_headers",
+]
 
 SERIES_COLUMNS = [
     "stack_id", "series_uid", "study_uid", "patient_id", "study_date", "modality", "description",
-    "series_number", "n_instances", "rows", "cols", "spacing_z", "spacing_y", "spacing_x", "orientation",
-    "transfer_syntax", "manufacturer", "slice_thickness", "image_type", "status", "problems", "files",
+    "series_number", "n_instances", "n_slices", "n_volumes", "rows", "cols", "spacing_z", "spacing_y",
+    "spacing_x", "orientation", "transfer_syntax", "manufacturer", "slice_thickness", "image_type", "status",
+    "problems", "codes", "files", "frames",
 ]  # fmt: skip
-SKIPPED_COLUMNS = ["path", "reason"]
+SKIPPED_COLUMNS = ["path", "reason", "code"]
 
 # SOP classes whose name contains one of these are never image slices (checked before pixel data).
 _NON_IMAGE_NAME_PARTS = (
@@ -47,8 +62,9 @@ _NON_IMAGE_NAME_PARTS = (
     "RT Treatment", "RT Beams", "Waveform", "ECG", "Raw Data", "Fiducials", "Surface", "Real World Value",
     "Measurement Report", "Parametric Map", "Stereometric", "Content Assessment", "Deformable",
 )  # fmt: skip
-# Files with at most this many bytes or these names are not worth parsing.
-_IGNORED_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Skipped files that may be slices of a series nearby: their folder's stacks get a warning.
+_MAYBE_SLICES = frozenset({Code.UNREADABLE, Code.UNPARSABLE, Code.TRUNCATED})
 # Below this many files the scan runs in the calling thread; below _PROCESSES_FROM it uses threads (they
 # overlap file I/O, e.g. on network shares); from there on processes (header parsing holds the GIL, and
 # starting a worker that imports pydicom/pandas costs about a second).
@@ -56,57 +72,12 @@ _SERIAL_BELOW = 200
 _PROCESSES_FROM = 1000
 _CHUNK = 128
 
-
-@dataclass
-class FileHeader:
-    """What the scan and the reader need from one instance's header (picklable, no pydicom objects)."""
-
-    path: str
-    sop_class: str = ""
-    sop_uid: str = ""
-    series_uid: str = ""
-    study_uid: str = ""
-    patient_id: str = ""
-    study_date: str = ""
-    modality: str = ""
-    description: str = ""
-    series_number: int | None = None
-    manufacturer: str = ""
-    transfer_syntax: str = ""
-    image_type: str = ""
-    rows: int = 0
-    cols: int = 0
-    n_frames: int = 1
-    enhanced: bool = False
-    pixel_spacing: tuple[float, float] | None = None
-    orientation: tuple[float, ...] | None = None
-    positions: list[tuple[float, float, float] | None] = field(default_factory=list)  # one per frame
-    slopes: list[float] = field(default_factory=list)  # one per frame
-    intercepts: list[float] = field(default_factory=list)
-    slice_thickness: float | None = None
-    acquisition: str = ""
-    echo: str = ""
-    temporal: str = ""
-    bits_allocated: int = 16
-    bits_stored: int = 16
-    signed: bool = False
-    photometric: str = "MONOCHROME2"
-    samples_per_pixel: int = 1
-    padding_value: int | None = None
-    padding_limit: int | None = None
-    window_center: float | None = None
-    window_width: float | None = None
-    kvp: float | None = None
-    problems: list[str] = field(default_factory=list)  # file-level problems (make the stack an error)
-
-    @property
-    def is_localizer(self) -> bool:
-        return "LOCALIZER" in self.image_type.upper().split("\\")
+Skip = tuple[str, Code, str]
 
 
 @dataclass
 class ScanResult:
-    """``series``: the series table (one row per stack); ``skipped``: ``path, reason`` per non-image file."""
+    """``series``: the series table (one row per stack); ``skipped``: ``path, reason, code`` per file passed over."""
 
     series: pd.DataFrame
     skipped: pd.DataFrame
@@ -121,288 +92,7 @@ class ScanResult:
         return hit.iloc[0]
 
 
-# ----------------------------------------------------------------------------------------- headers
-def _first(value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        if isinstance(value, (str, bytes)):
-            return value
-        return value[0] if len(value) else None
-    except TypeError:
-        return value
-
-
-def _float(value: Any) -> float | None:
-    value = _first(value)
-    if value is None or value == "":
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if np.isfinite(out) else None
-
-
-def _floats(value: Any, n: int) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if not isinstance(value, str) and hasattr(value, "__iter__") and not hasattr(value, "original_string"):
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-def _item(ds: Dataset | None, sequence: str) -> Dataset | None:
-    if ds is None:
-        return None
-    seq = ds.get(sequence)
-    return seq[0] if seq else None
-
-
-def _functional(shared: Dataset | None, frame: Dataset | None, sequence: str, keyword: str) -> Any:
-    """An attribute from a per-frame functional group, falling back to the shared one."""
-    for group in (frame, shared):
-        item = _item(group, sequence)
-        if item is not None and keyword in item:
-            return item.get(keyword)
-    return None
-
-
-_BINARY_VR = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
-_TEXT_VR = frozenset({"DS", "IS", "CS", "UI", "DA", "TM", "AS"})  # ASCII-only VRs: safe to decode directly
-
-
-_HEADER_KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "StudyDate", "Modality",
-    "SeriesNumber", "ImageType", "Rows", "Columns", "NumberOfFrames", "BitsAllocated", "BitsStored",
-    "PixelRepresentation", "PhotometricInterpretation", "SamplesPerPixel", "AcquisitionNumber",
-    "EchoNumbers", "TemporalPositionIdentifier", "WindowCenter", "WindowWidth", "KVP", "SliceThickness",
-    "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "RescaleSlope", "RescaleIntercept",
-)  # fmt: skip
-_TAG_OF = {keyword: tag_for_keyword(keyword) for keyword in _HEADER_KEYWORDS}
-_ROWS, _COLUMNS = tag_for_keyword("Rows"), tag_for_keyword("Columns")
-_PADDING, _PADDING_LIMIT = tag_for_keyword("PixelPaddingValue"), tag_for_keyword("PixelPaddingRangeLimit")
-
-
-class _Fields:
-    """Values of header elements read from their raw bytes, skipping pydicom's (slow) conversion.
-
-    Header parsing dominates reading and scanning time; this decodes the few tags we need directly.
-    Built from a pydicom `Dataset` or from `read_raw_header`'s elements (then the `Dataset` is only
-    built for the rare element that needs pydicom: an unexpected VR or character set).
-    """
-
-    def __init__(self, ds: Dataset | None = None, raw: RawHeader | None = None) -> None:
-        self._ds = ds
-        self._raw = raw
-        self._lookup = raw.elements.get if raw is not None else ds.get_item
-
-    def _dataset(self) -> Dataset:
-        if self._ds is None:
-            self._ds = self._raw.dataset()
-        return self._ds
-
-    def string(self, keyword: str) -> str:
-        """A text element (any character set) as ``str(ds.get(keyword, ""))`` gives it; "" when absent."""
-        if self._raw is not None:
-            value = self._raw.text(tag_for_keyword(keyword))
-            if value is not None:
-                return value
-        return str(self._dataset().get(keyword, "") or "")
-
-    def padding(self) -> tuple[int | None, int | None]:
-        """PixelPaddingValue and PixelPaddingRangeLimit (US or SS depending on PixelRepresentation)."""
-        if self._raw is not None:
-            if _PADDING not in self._raw.elements:
-                return None, None
-            signed = self.integer("PixelRepresentation", 0) == 1
-            values = [_padding_value(self._raw.elements.get(t), signed) for t in (_PADDING, _PADDING_LIMIT)]
-            if all(v is not False for v in values):
-                return values[0], values[1]
-        ds = self._dataset()
-        if "PixelPaddingValue" not in ds:
-            return None, None
-        padding, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
-        return (
-            int(padding) if isinstance(padding, (int, np.integer)) else None,
-            int(limit) if isinstance(limit, (int, np.integer)) else None,
-        )
-
-    def functional_groups(self) -> tuple[Dataset, Any] | None:
-        """``(dataset, per-frame sequence or None)`` of an enhanced multi-frame object, else None."""
-        if self._raw is not None:
-            return None  # read_raw_header leaves enhanced objects to pydicom
-        per_frame = self._ds.get("PerFrameFunctionalGroupsSequence")
-        if per_frame is not None or "SharedFunctionalGroupsSequence" in self._ds:
-            return self._ds, per_frame
-        return None
-
-    def values(self, keyword: str) -> list | None:
-        """All values of an element; None when absent."""
-        tag = _TAG_OF[keyword]
-        elem = self._lookup(tag)
-        if elem is None:
-            return None
-        if not isinstance(elem, RawDataElement):
-            value = elem.value
-            if value is None or value == "":
-                return []
-            return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-        vr = elem.VR or dictionary_VR(tag)
-        raw = elem.value
-        if not raw:
-            return []
-        if vr in _BINARY_VR:
-            fmt = _BINARY_VR[vr]
-            size = struct.calcsize(fmt)
-            n = len(raw) // size
-            return list(struct.unpack(f"{'<' if elem.is_little_endian else '>'}{n}{fmt}", raw[: n * size]))
-        if vr in _TEXT_VR:
-            text = raw.decode("latin-1").strip(" \x00")
-            return [t.strip(" \x00") for t in text.split("\\")] if text else []
-        value = self._dataset()[tag].value  # anything else: let pydicom convert
-        return list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
-
-    def number(self, keyword: str) -> float | None:
-        values = self.values(keyword)
-        return _float(values[0]) if values else None
-
-    def numbers(self, keyword: str, n: int) -> tuple[float, ...] | None:
-        return _floats(self.values(keyword), n)
-
-    def integer(self, keyword: str, default: int | None) -> int | None:
-        value = self.number(keyword)
-        return default if value is None else int(value)
-
-    def text(self, keyword: str) -> str:
-        values = self.values(keyword)
-        return "\\".join(str(v) for v in values) if values else ""
-
-
-def _syntax_of(ds: Dataset) -> str:
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if syntax:
-        return str(syntax)
-    implicit, little = ds.original_encoding
-    if implicit:
-        return uids.ImplicitVRLittleEndian
-    return uids.ExplicitVRLittleEndian if little else uids.ExplicitVRBigEndian
-
-
-def header_from_dataset(ds: Dataset, path: str) -> FileHeader:
-    """Collect a `FileHeader` from a dataset read with or without pixel data."""
-    return _fill_header(FileHeader(path=path), _Fields(ds=ds), _syntax_of(ds))
-
-
-def header_from_raw(raw: RawHeader, path: str) -> FileHeader:
-    """Collect a `FileHeader` from `read_raw_header`'s elements (same values as `header_from_dataset`)."""
-    return _fill_header(FileHeader(path=path), _Fields(raw=raw), raw.transfer_syntax)
-
-
-def _padding_value(elem: Any, signed: bool) -> int | None | bool:
-    """One US/SS padding element from raw bytes; None when absent, False when pydicom must convert it."""
-    if elem is None:
-        return None
-    vr = elem.VR or ("SS" if signed else "US")
-    if vr not in ("US", "SS") or len(elem.value) != 2:
-        return False
-    return struct.unpack("<h" if vr == "SS" else "<H", elem.value)[0]
-
-
-def _fill_header(h: FileHeader, fields: _Fields, transfer_syntax: str) -> FileHeader:
-    """Fill ``h`` from the header ``fields`` of one instance."""
-    h.sop_class = fields.text("SOPClassUID")
-    h.sop_uid = fields.text("SOPInstanceUID")
-    h.series_uid = fields.text("SeriesInstanceUID")
-    h.study_uid = fields.text("StudyInstanceUID")
-    h.patient_id = fields.string("PatientID")
-    h.study_date = fields.text("StudyDate")
-    h.modality = fields.text("Modality")
-    h.description = fields.string("SeriesDescription")
-    h.series_number = fields.integer("SeriesNumber", None)
-    h.manufacturer = fields.string("Manufacturer")
-    h.transfer_syntax = transfer_syntax
-    h.image_type = fields.text("ImageType")
-    h.rows, h.cols = fields.integer("Rows", 0), fields.integer("Columns", 0)
-    h.n_frames = fields.integer("NumberOfFrames", 1) or 1
-    h.bits_allocated = fields.integer("BitsAllocated", 16) or 16
-    h.bits_stored = fields.integer("BitsStored", h.bits_allocated) or h.bits_allocated
-    h.signed = fields.integer("PixelRepresentation", 0) == 1
-    h.photometric = (fields.text("PhotometricInterpretation") or "MONOCHROME2").upper()
-    h.samples_per_pixel = fields.integer("SamplesPerPixel", 1) or 1
-    h.padding_value, h.padding_limit = fields.padding()
-    h.acquisition = fields.text("AcquisitionNumber")
-    echo = fields.values("EchoNumbers")
-    h.echo = str(echo[0]) if echo else ""
-    h.temporal = fields.text("TemporalPositionIdentifier")
-    h.window_center = fields.number("WindowCenter")
-    h.window_width = fields.number("WindowWidth")
-    h.kvp = fields.number("KVP")
-    h.slice_thickness = fields.number("SliceThickness")
-
-    enhanced = fields.functional_groups()
-    if enhanced is not None:
-        _enhanced_geometry(enhanced[0], h, enhanced[1])
-    else:
-        h.pixel_spacing = fields.numbers("PixelSpacing", 2)
-        h.orientation = fields.numbers("ImageOrientationPatient", 6)
-        position = fields.numbers("ImagePositionPatient", 3)
-        h.positions = [position] * h.n_frames if h.n_frames == 1 else [None] * h.n_frames
-        if h.n_frames > 1:
-            h.problems.append(f"{h.n_frames} frames but no per-frame positions (not an enhanced object)")
-        slope = fields.number("RescaleSlope")
-        intercept = fields.number("RescaleIntercept")
-        h.slopes = [1.0 if slope is None else slope] * h.n_frames
-        h.intercepts = [0.0 if intercept is None else intercept] * h.n_frames
-    return h
-
-
-def _enhanced_geometry(ds: Dataset, h: FileHeader, per_frame: Any) -> None:
-    """Per-frame positions, orientation, spacing and rescale of an enhanced (multi-frame) object."""
-    h.enhanced = True
-    shared = _item(ds, "SharedFunctionalGroupsSequence")
-    frames = list(per_frame) if per_frame is not None else []
-    if len(frames) != h.n_frames:
-        h.problems.append(f"PerFrameFunctionalGroupsSequence has {len(frames)} items for {h.n_frames} frames")
-        frames = (frames + [None] * h.n_frames)[: h.n_frames]
-    orientations = set()
-    h.positions, h.slopes, h.intercepts = [], [], []
-    for frame in frames:
-        h.positions.append(
-            _floats(_functional(shared, frame, "PlanePositionSequence", "ImagePositionPatient"), 3)
-        )
-        iop = _floats(_functional(shared, frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
-        orientations.add(None if iop is None else tuple(np.round(iop, 4)))
-        h.orientation = h.orientation or iop
-        slope = _float(_functional(shared, frame, "PixelValueTransformationSequence", "RescaleSlope"))
-        intercept = _float(_functional(shared, frame, "PixelValueTransformationSequence", "RescaleIntercept"))
-        if slope is None and "RescaleSlope" in ds:  # some writers keep rescale at the top level
-            slope, intercept = _float(ds.get("RescaleSlope")), _float(ds.get("RescaleIntercept"))
-        h.slopes.append(1.0 if slope is None else slope)
-        h.intercepts.append(0.0 if intercept is None else intercept)
-    if len(orientations) > 1:
-        h.problems.append("frames have different orientations (split the object before reading)")
-    first = frames[0] if frames else None
-    h.pixel_spacing = _floats(_functional(shared, first, "PixelMeasuresSequence", "PixelSpacing"), 2)
-    thickness = _float(_functional(shared, first, "PixelMeasuresSequence", "SliceThickness"))
-    h.slice_thickness = thickness if thickness is not None else h.slice_thickness
-    window_center = _float(_functional(shared, first, "FrameVOILUTSequence", "WindowCenter"))
-    if window_center is not None:
-        h.window_center = window_center
-        h.window_width = _float(_functional(shared, first, "FrameVOILUTSequence", "WindowWidth"))
-
-
+# ----------------------------------------------------------------------------------------- one file
 def open_header(fp: BinaryIO, path: str) -> Dataset:
     """Read the header of an open file, leaving ``fp`` at the Pixel Data element (raises for non-DICOM)."""
     try:
@@ -435,104 +125,165 @@ def non_image_reason(sop_class: str) -> str | None:
     return None
 
 
-def scan_file(path: str) -> FileHeader | tuple[str, str]:
-    """Header of one file, or ``(path, reason)`` when it is not an image slice; never raises."""
+def colour_reason(header: FileHeader) -> str | None:
+    """Why a header is not a grey-level image (RGB, YBR, PALETTE COLOR ...), or None."""
+    if header.samples_per_pixel != 1 or header.photometric not in _MONOCHROME:
+        return f"colour image ({header.photometric or 'unknown photometric'}), not a grey-level slice"
+    return None
+
+
+def video_reason(syntax: str) -> str | None:
+    if syntax.startswith("1.2.840.10008.1.2.4.10") or "MPEG" in syntax_name(syntax):
+        return f"video ({syntax_name(syntax)}), not a slice"
+    return None
+
+
+def _looks_like_image(sop_class: str, has_series: bool) -> bool:
+    return has_series and (not sop_class or "Image Storage" in uids.UID(sop_class).name)
+
+
+def scan_file(path: str) -> FileHeader | Skip:
+    """Header of one file, or ``(path, code, reason)`` when it is not an image slice; never raises.
+
+    Broken image files (truncated, invalid header values) come back as headers carrying fatal problems,
+    so that their series is flagged instead of silently losing a slice.
+    """
     try:
-        raw = read_raw_header(path)
-        if raw is not None:  # uncompressed little endian: the fast path
-            return _scan_raw(raw, path)
-        with open(path, "rb") as fp:
-            try:
-                ds = open_header(fp, path)
-            except InvalidDicomError:
-                return path, "not a DICOM file"
-            reason = non_image_reason(sop_class_of(ds))
-            if reason:
-                return path, reason
-            if "Rows" not in ds or "Columns" not in ds:
-                return path, "no image (no Rows/Columns)"
-            header = header_from_dataset(ds, path)
-            if header.samples_per_pixel != 1:
-                return path, f"colour image ({header.photometric}), not a grey-level slice"
-            syntax = header.transfer_syntax
-            if syntax.startswith("1.2.840.10008.1.2.4.10") or "MPEG" in syntax_name(syntax):
-                return path, f"video ({syntax_name(syntax)}), not a slice"
-            if syntax in NATIVE_SYNTAXES:
-                _check_native_pixels(fp, header)
-            elif syntax != uids.DeflatedExplicitVRLittleEndian and not fp.read(4):
-                return path, "no pixel data"
-            return header
-    except Exception as exc:  # a broken file must never stop a scan
-        return path, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
+        with open_regular(path) as fp:
+            raw = read_raw_header(fp)
+            if raw is not None:  # uncompressed little endian: the fast path
+                return _scan_raw(raw, path, fp)
+            fp.seek(0)
+            return _scan_pydicom(fp, path)
+    except NotRegularFileError as exc:
+        return path, Code.NOT_REGULAR_FILE, str(exc).split(": ", 1)[-1]
+    except OSError as exc:
+        return path, Code.UNREADABLE, f"cannot read the file: {exc.strerror or exc}"
+    except RecursionError:
+        return path, Code.UNPARSABLE, "unreadable DICOM header: sequences nested too deeply"
+    except MemoryError:
+        return path, Code.UNPARSABLE, "unreadable DICOM header: too large to parse in memory"
+    except Exception as exc:  # noqa: BLE001 - a broken file must never stop a scan
+        return path, Code.UNPARSABLE, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
 
 
-def _scan_raw(raw: RawHeader, path: str) -> FileHeader | tuple[str, str]:
-    """`scan_file` for a header read by `read_raw_header` (same results as the pydicom path)."""
-    reason = non_image_reason(raw.sop_class())
+def _scan_pydicom(fp: BinaryIO, path: str) -> FileHeader | Skip:
+    size = os.fstat(fp.fileno()).st_size
+    try:
+        ds = open_header(fp, path)
+    except InvalidDicomError:
+        return path, Code.NOT_DICOM, "not a DICOM file"
+    sop_class = sop_class_of(ds)
+    reason = non_image_reason(sop_class)
     if reason:
-        return path, reason
-    if _ROWS not in raw.elements or _COLUMNS not in raw.elements:
-        return path, "no image (no Rows/Columns)"
-    header = header_from_raw(raw, path)
-    if header.samples_per_pixel != 1:
-        return path, f"colour image ({header.photometric}), not a grey-level slice"
-    if raw.pixel_offset is None:
-        header.problems.append("no pixel data (the file ends before it: truncated?)")
-    else:
-        _check_pixel_length(header, raw.pixel_length, raw.file_size - raw.pixel_offset)
+        return path, Code.NON_IMAGE, reason
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+    deflated = syntax == uids.DeflatedExplicitVRLittleEndian  # the whole dataset was inflated: no offsets
+    at_end = fp.tell() >= size and not deflated
+    if "Rows" not in ds or "Columns" not in ds:
+        if at_end and _looks_like_image(sop_class, "SeriesInstanceUID" in ds):
+            header = header_from_dataset(ds, path, size)
+            header.problems = [Problem(Code.TRUNCATED, f"the file ends inside its header at {size} bytes, before the image attributes (truncated)")]
+            return header
+        if at_end and "SeriesInstanceUID" not in ds and sop_class and "Image Storage" in uids.UID(sop_class).name:
+            return path, Code.TRUNCATED, f"image file cut short at {size} bytes, before its series and image attributes"
+        return path, Code.NO_IMAGE, "no image (no Rows/Columns)"
+    video = video_reason(syntax) if syntax else None
+    if video:
+        return path, Code.VIDEO, video
+    pixel: tuple[int, int] | None = None
+    offset: int | None = None
+    pixel_problem: Problem | None = None
+    start = fp.tell()
+    native = (syntax or _implicit_syntax(ds)) in NATIVE_SYNTAXES and not deflated
+    if native and not at_end:
+        try:
+            declared = pixel_element_length(fp, syntax or _implicit_syntax(ds), path)
+            pixel = (declared, max(0, size - fp.tell()))
+            offset = fp.tell()
+        except ValueError as exc:
+            pixel_problem = Problem(Code.PIXEL_LENGTH, str(exc).split(": ", 1)[-1])
+        fp.seek(start)
+    header = header_from_dataset(ds, path, size, pixel)
+    header.pixel_offset = offset
+    colour = colour_reason(header)
+    if colour:
+        return path, Code.COLOUR, colour
+    if at_end:
+        header.add(Code.TRUNCATED, f"no pixel data: the file ends at {size} bytes, before its Pixel Data (truncated?)")
+    elif pixel_problem is not None:
+        header.problems.append(pixel_problem)
+    elif pixel is not None:
+        _check_excess(fp, header, pixel[0])
+    elif not native and not deflated:
+        for kind, reason in check_encapsulated(fp, size, max(1, header.n_frames)):
+            code = {"truncated": Code.TRUNCATED, "missing": Code.NO_PIXEL_DATA}.get(kind, Code.PIXEL_LENGTH)
+            header.add(code, reason)
     return header
 
 
-def _check_native_pixels(fp: BinaryIO, header: FileHeader) -> None:
-    """Note a missing or truncated uncompressed Pixel Data element on ``header`` (cheap: no pixel read)."""
-    start = fp.tell()
-    size = os.fstat(fp.fileno()).st_size
-    if size - start < 8:
-        header.problems.append("no pixel data (the file ends before it: truncated?)")
+def _check_excess(fp: BinaryIO, h: FileHeader, declared: int) -> None:
+    """Pixel Data longer than Rows x Columns x frames: accepted only as zero padding shorter than a frame.
+
+    More (or non-zero) bytes mean the header does not describe the data (e.g. BitsAllocated or Columns
+    changed), and reading it would give plausible-looking garbage.
+    """
+    needed = h.n_frames * h.frame_bytes
+    excess = declared - needed
+    if excess <= 1 or h.fatal or h.pixel_offset is None:
         return
-    try:
-        length = pixel_element_length(fp, header.transfer_syntax, header.path)
-    except ValueError as exc:
-        header.problems.append(str(exc).split(": ", 1)[-1])
-        return
-    _check_pixel_length(header, length, size - fp.tell())
+    if excess < h.frame_bytes:
+        fp.seek(h.pixel_offset + needed)
+        tail = fp.read(excess)
+        if len(tail) == excess and not any(tail):
+            return
+    h.add(
+        Code.PIXEL_LENGTH,
+        f"Pixel Data holds {declared} bytes but {h.n_frames} frame(s) of {h.rows}x{h.cols} at {h.bits_allocated} "
+        f"bits need {needed}: {excess} bytes too many (Rows, Columns, BitsAllocated or NumberOfFrames disagree "
+        "with the data)",
+    )
 
 
-def _check_pixel_length(header: FileHeader, length: int, present: int) -> None:
-    expected = header.n_frames * header.rows * header.cols * (header.bits_allocated // 8)
-    if length < expected or present < expected:
-        header.problems.append(
-            f"pixel data too short ({min(length, present)} of {expected} bytes; truncated or wrong length)"
-        )
+def _implicit_syntax(ds: Dataset) -> str:
+    implicit, little = ds.original_encoding
+    if implicit:
+        return uids.ImplicitVRLittleEndian
+    return uids.ExplicitVRLittleEndian if little else uids.ExplicitVRBigEndian
+
+
+def _scan_raw(raw: RawHeader, path: str, fp: BinaryIO) -> FileHeader | Skip:
+    """`scan_file` for a header read by `read_raw_header` (same results as the pydicom path)."""
+    sop_class = raw.sop_class()
+    reason = non_image_reason(sop_class)
+    if reason:
+        return path, Code.NON_IMAGE, reason
+    if 0x00280010 not in raw.elements or 0x00280011 not in raw.elements:
+        return path, Code.NO_IMAGE, "no image (no Rows/Columns)"
+    header = header_from_raw(raw, path)
+    colour = colour_reason(header)
+    if colour:
+        return path, Code.COLOUR, colour
+    if raw.pixel_offset is None:
+        header.add(Code.TRUNCATED, f"no pixel data: the file ends at {raw.file_size} bytes, before its Pixel Data (truncated?)")
+    else:
+        _check_excess(fp, header, raw.pixel_length)
+    return header
 
 
 # ----------------------------------------------------------------------------------------- walking
 def iter_files(paths: str | Path | Iterable[str | Path]) -> Iterator[str]:
-    """Every regular file under ``paths`` (files or folders), in a stable order; hidden names skipped."""
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
-    for root in paths:
-        root = Path(root)
-        if root.is_file():
-            yield str(root)
-            continue
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such file or folder")
-        for folder, dirs, names in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(names):
-                if name.startswith(".") or name in _IGNORED_NAMES:
-                    continue
-                yield os.path.join(folder, name)
+    """Every regular file under ``paths`` (files or folders), in a stable order (see `medsuite.io.files`)."""
+    yield from walk(paths).files
 
 
-def _scan_chunk(paths: Sequence[str]) -> list[FileHeader | tuple[str, str]]:
+def _scan_chunk(paths: Sequence[str]) -> list[FileHeader | Skip]:
     return [scan_file(p) for p in paths]
 
 
 def scan_headers(
     files: Sequence[str], workers: int | None = None, executor: str = "auto"
-) -> list[FileHeader | tuple[str, str]]:
+) -> list[FileHeader | Skip]:
     """`scan_file` over ``files`` in parallel; ``executor`` is 'auto', 'thread', 'process' or 'serial'."""
     if executor not in ("auto", "thread", "process", "serial"):
         raise ValueError(f"executor must be 'auto', 'thread', 'process' or 'serial', got {executor!r}")
@@ -551,204 +302,84 @@ def scan_headers(
         return [item for chunk in pool.map(_scan_chunk, chunks) for item in chunk]
 
 
-# -------------------------------------------------------------------------------------------- stacks
-@dataclass
-class Stack:
-    """Headers of one stack plus what was noticed while forming it."""
-
-    headers: list[FileHeader]
-    problems: list[str] = field(default_factory=list)
-    fatal: bool = False
-
-
-def _partition_key(h: FileHeader) -> tuple:
-    iop = None if h.orientation is None else tuple(np.round(h.orientation, 3))
-    return (h.path if h.enhanced else "", h.is_localizer, iop, h.rows, h.cols)
-
-
-def _normal_distances(headers: list[FileHeader]) -> list[float] | None:
-    first = headers[0]
-    if first.orientation is None:
-        return None
-    try:
-        _, _, normal = plane_axes(first.orientation, first.path)
-    except ValueError:
-        return None
-    out = []
-    for h in headers:
-        for p in h.positions:
-            if p is None:
-                return None
-            out.append(float(np.asarray(p) @ normal))
-    return out
-
-
-def _has_duplicate_positions(headers: list[FileHeader]) -> bool:
-    distances = _normal_distances(headers)
-    if distances is None or len(distances) < 2:
-        return False
-    d = np.sort(np.asarray(distances))
-    return bool(np.any(np.diff(d) < 1e-3))
-
-
-def _split_duplicates(headers: list[FileHeader]) -> list[Stack]:
-    """Split a partition by acquisition / echo / temporal position when slices share positions."""
-    if not _has_duplicate_positions(headers):
-        return [Stack(headers)]
-    for attr, label in (("acquisition", "AcquisitionNumber"), ("echo", "EchoNumbers"), ("temporal", "TemporalPositionIdentifier")):  # fmt: skip
-        groups: dict[str, list[FileHeader]] = defaultdict(list)
-        for h in headers:
-            groups[getattr(h, attr)].append(h)
-        if len(groups) > 1 and not any(_has_duplicate_positions(g) for g in groups.values()):
-            note = f"series split by {label} (slices at the same positions)"
-            return [Stack(g, [f"{note}: {label}={key or '(none)'}"]) for key, g in sorted(groups.items())]
-    return [
-        Stack(headers, ["different instances at the same position (not separable by acquisition/echo)"], True)
-    ]
-
-
-def group_stacks(headers: list[FileHeader]) -> list[tuple[str, Stack]]:
-    """Group headers into stacks; returns ``(stack_id, stack)`` with each series' main stack first."""
-    by_series: dict[str, list[FileHeader]] = defaultdict(list)
-    for h in headers:
-        by_series[h.series_uid].append(h)
-    out: list[tuple[str, Stack]] = []
-    for series_uid, members in by_series.items():
-        seen: dict[str, FileHeader] = {}
-        dropped: list[str] = []
-        for h in sorted(members, key=lambda h: h.path):
-            if h.sop_uid and h.sop_uid in seen:
-                dropped.append(h.path)
-            else:
-                seen[h.sop_uid or h.path] = h
-        partitions: dict[tuple, list[FileHeader]] = defaultdict(list)
-        for h in seen.values():
-            partitions[_partition_key(h)].append(h)
-        stacks = [s for part in partitions.values() for s in _split_duplicates(part)]
-        stacks.sort(key=lambda s: (s.headers[0].is_localizer, -sum(h.n_frames for h in s.headers)))
-        if dropped:
-            stacks[0].problems.append(
-                f"{len(dropped)} duplicate file(s) (same SOPInstanceUID) dropped: {', '.join(dropped[:3])}"
-                + (" ..." if len(dropped) > 3 else "")
-            )
-        main = stacks[0].headers[0]
-        for i, stack in enumerate(stacks):
-            first = stack.headers[0]
-            if not series_uid:
-                stack.problems.append("no SeriesInstanceUID")
-                stack.fatal = True
-            if first.is_localizer:
-                stack.problems.append("localizer (scout) image(s)")
-            elif i > 0 and first.orientation != main.orientation and len(stack.headers) <= 2:
-                stack.problems.append("orientation differs from the rest of the series (localizer?)")
-            stack_id = series_uid if i == 0 else f"{series_uid}.s{i}"
-            out.append((stack_id, stack))
-    return out
-
-
-def describe_stack(stack: Stack) -> dict[str, Any]:
-    """The geometry columns and problems of a stack (spacing, orientation, status)."""
-    headers = stack.headers
-    first = headers[0]
-    problems = list(stack.problems)
-    fatal = stack.fatal
-    for h in headers:
-        for problem in h.problems:
-            problems.append(f"{Path(h.path).name}: {problem}")
-            fatal = True
-    missing = [
-        label
-        for label, bad in (
-            ("ImagePositionPatient", any(p is None for h in headers for p in h.positions)),
-            ("ImageOrientationPatient", any(h.orientation is None for h in headers)),
-            ("PixelSpacing", any(h.pixel_spacing is None for h in headers)),
-        )
-        if bad
-    ]
-    if missing:
-        problems.append("missing " + ", ".join(missing))
-        fatal = True
-    row: dict[str, Any] = {"spacing_z": np.nan, "orientation": "", "spacing_y": np.nan, "spacing_x": np.nan}
-    if first.pixel_spacing is not None:
-        row["spacing_y"], row["spacing_x"] = first.pixel_spacing
-    if "ImageOrientationPatient" not in " ".join(missing) and first.orientation is not None:
-        try:
-            axes = plane_axes(first.orientation, first.path)
-        except ValueError as exc:
-            problems.append(str(exc))
-            fatal = True
-            axes = None
-        if axes is not None:
-            row["orientation"] = orientation_label(axes[2])
-            if "ImagePositionPatient" not in " ".join(missing):
-                positions = np.array([p for h in headers for p in h.positions], dtype=np.float64)
-                geometry = analyse_positions(positions, axes[0], axes[1], first.pixel_spacing or (1.0, 1.0))
-                row["spacing_z"] = geometry.spacing if geometry.spacing is not None else np.nan
-                if (geometry.duplicate_positions or not geometry.collinear) and not stack.fatal:
-                    fatal = True
-                problems.extend(
-                    p for p in geometry.problems() if "more than one slice" not in p or not stack.fatal
-                )
-                row["_order"] = geometry.order
-    n = sum(h.n_frames for h in headers)
-    if n == 1 and not first.is_localizer:
-        problems.append("single slice")
-    status = "error" if fatal else ("warning" if problems else "ok")
-    row.update(status=status, problems="; ".join(problems), n_instances=n)
-    return row
-
-
-def _files_in_order(stack: Stack, order: np.ndarray | None) -> list[str]:
-    if order is None or any(h.n_frames != 1 for h in stack.headers):
-        return sorted(h.path for h in stack.headers)
-    return [stack.headers[i].path for i in order]
-
-
-def stack_row(stack_id: str, stack: Stack) -> dict[str, Any]:
-    """One series-table row (see docs/contracts.md) for a stack."""
-    first = stack.headers[0]
+# -------------------------------------------------------------------------------------------- rows
+def stack_row(stack_id: str, stack: Stack, extra: Sequence[Problem] = ()) -> dict[str, Any]:
+    """One series-table row (see docs/contracts.md) for a stack; ``extra`` problems are appended."""
+    first = stack.planes[0][0]
     geometry = describe_stack(stack)
-    order = geometry.pop("_order", None)
+    if extra:
+        problems = [geometry["problems"]] if geometry["problems"] else []
+        problems += [p.message for p in extra]
+        geometry["problems"] = "; ".join(problems)
+        geometry["codes"] = list(dict.fromkeys([*geometry["codes"], *codes_of(list(extra))]))
+        if geometry["status"] == "ok":
+            geometry["status"] = "error" if any(p.fatal for p in extra) else "warning"
     return {
         "stack_id": stack_id,
-        "series_uid": first.series_uid,
+        "series_uid": stack.series_uid,
         "study_uid": first.study_uid,
         "patient_id": first.patient_id,
         "study_date": first.study_date,
         "modality": first.modality,
         "description": first.description,
         "series_number": first.series_number,
-        "rows": first.rows,
-        "cols": first.cols,
-        "transfer_syntax": syntax_name(first.transfer_syntax),
+        "rows": first.plane_rows,
+        "cols": first.plane_cols,
+        "transfer_syntax": syntax_name(first.transfer_syntax) if first.transfer_syntax else "",
         "manufacturer": first.manufacturer,
         "slice_thickness": first.slice_thickness,
         "image_type": first.image_type,
         **geometry,
-        "files": _files_in_order(stack, order),
     }
+
+
+def _neighbour_problems(skipped: list[Skip]) -> dict[str, list[Problem]]:
+    """Per folder, a warning for each skipped file there that may be a slice (unreadable, unparsable, cut)."""
+    by_folder: dict[str, list[Skip]] = defaultdict(list)
+    for path, code, reason in skipped:
+        if code in _MAYBE_SLICES:
+            by_folder[str(Path(path).parent)].append((path, code, reason))
+    out: dict[str, list[Problem]] = {}
+    for folder, items in by_folder.items():
+        shown = "; ".join(f"{Path(p).name}: {r}" for p, _, r in items[:3]) + (" ..." if len(items) > 3 else "")
+        out[folder] = [Problem(Code.UNREADABLE_NEIGHBOUR, f"{len(items)} file(s) in this folder could not be read and may be slices of it ({shown})")]
+    return out
+
+
+def build_scan(items: Iterable[FileHeader | Skip]) -> ScanResult:
+    """The series table and skipped files from `scan_file` results (any order, any chunking).
+
+    Pure: the same items give the same tables, so header scanning can run anywhere (threads, processes,
+    Ray tasks) and only this step needs all of them together (a series may span folders).
+    """
+    headers: list[FileHeader] = []
+    skipped: list[Skip] = []
+    for item in items:
+        if isinstance(item, FileHeader):
+            headers.append(item)
+        else:
+            skipped.append(item)
+    neighbours = _neighbour_problems(skipped)
+    rows = []
+    for stack_id, stack in group_stacks(sorted(headers, key=lambda h: h.path)):
+        folders = {str(Path(h.path).parent) for h in stack.headers}
+        extra = [p for f in sorted(folders) for p in neighbours.get(f, [])]
+        rows.append(stack_row(stack_id, stack, extra))
+    series = pd.DataFrame(rows, columns=SERIES_COLUMNS)
+    if not series.empty:
+        series = series.sort_values(["study_uid", "series_number", "series_uid"], kind="stable", na_position="last")
+        series = series.reset_index(drop=True)
+    table = pd.DataFrame([(p, r, c.value) for p, c, r in skipped], columns=SKIPPED_COLUMNS)
+    return ScanResult(series=series, skipped=table)
 
 
 def scan_folder(paths: str | Path | Iterable[str | Path], workers: int | None = None) -> ScanResult:
     """Discover every image stack under ``paths`` (files and/or folders, any names, no DICOMDIR needed).
 
     Headers only, in parallel over ``workers`` (default: all cores): in-process below 200 files, else
-    threads, or processes from 1000 files when there are at least 4 workers. Never raises for a bad file: it goes to ``skipped`` or makes its stack's
-    status 'error'.
+    threads, or processes from 1000 files when there are at least 4 workers. Never raises for a bad file:
+    it goes to ``skipped`` or makes its stack's status 'error'. A path that does not exist raises
+    `FileNotFoundError`.
     """
-    files = list(iter_files(paths))
-    headers: list[FileHeader] = []
-    skipped: list[tuple[str, str]] = []
-    for item in scan_headers(files, workers):
-        if isinstance(item, FileHeader):
-            headers.append(item)
-        else:
-            skipped.append(item)
-    rows = [stack_row(stack_id, stack) for stack_id, stack in group_stacks(headers)]
-    series = pd.DataFrame(rows, columns=SERIES_COLUMNS)
-    if not series.empty:
-        series = series.sort_values(
-            ["study_uid", "series_number", "series_uid"], kind="stable", na_position="last"
-        )
-        series = series.reset_index(drop=True)
-    return ScanResult(series=series, skipped=pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+    found = walk(paths)
+    return build_scan([*found.skipped, *scan_headers(found.files, workers)])

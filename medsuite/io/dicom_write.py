@@ -9,8 +9,6 @@ Every file is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import zlib
 from collections.abc import Sequence
 from datetime import date
@@ -26,6 +24,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
 
+from medsuite.io.atomic import atomic_path
 from medsuite.io.decode import DECODER_PACKAGES, NATIVE_SYNTAXES, syntax_name
 from medsuite.io.errors import DicomError, MissingDecoderError
 from medsuite.io.volume import Volume
@@ -197,14 +196,9 @@ def _set_pixels(ds: Dataset, stored: np.ndarray, transfer_syntax: str) -> None:
 
 
 def _write_atomic(ds: Dataset, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # No fsync: test and demo data; the rename alone guarantees that a killed writer leaves no partial file.
+    with atomic_path(path, fsync=False) as tmp, open(tmp, "wb") as fh:
+        ds.save_as(fh, enforce_file_format=True)
 
 
 def _uids(patient_id: str, study_uid: str | None, series_uid: str | None) -> tuple[str, str, str]:
@@ -292,14 +286,8 @@ class _SliceEncoder:
 
 
 def _write_bytes_atomic(data: bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=False) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
 
 
 def write_series(

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medsuite.io.problems import Code, Problem
+
 # A slice spacing step may differ from the median by this much (relative, absolute mm) and still be regular.
 SPACING_RTOL = 0.01
 SPACING_ATOL_MM = 0.01
@@ -64,22 +66,27 @@ class StackGeometry:
     offsets: np.ndarray  # in-plane offset (mm, world) of each sorted slice from the line through slice 0
     collinear: bool  # the in-plane offsets grow linearly (plain tilt) rather than erratically
 
-    def problems(self) -> list[str]:
-        """Plain-words descriptions of what is irregular (empty when the stack is a regular grid)."""
+    def problem_list(self) -> list[Problem]:
+        """What is irregular, with codes (empty when the stack is a regular grid)."""
         out = []
         if self.duplicate_positions:
-            out.append(f"{self.duplicate_positions} position(s) hold more than one slice")
+            out.append(Problem(Code.DUPLICATE_POSITIONS, f"{self.duplicate_positions} position(s) hold more than one slice"))
         if not self.collinear:
-            out.append("slice positions do not lie on a line (erratic in-plane offsets)")
+            out.append(Problem(Code.NOT_COLLINEAR, "slice positions do not lie on a line (erratic in-plane offsets)"))
         elif self.tilt_deg > 0:
-            out.append(f"gantry tilt {self.tilt_deg:.2f} deg")
+            out.append(Problem(Code.GANTRY_TILT, f"gantry tilt {self.tilt_deg:.2f} deg"))
         if not self.uniform and self.spacing is not None:
             steps = np.diff(self.distances)
+            steps = steps[steps >= SAME_POSITION_MM]
             text = f"non-uniform slice spacing (steps {steps.min():.3g}-{steps.max():.3g} mm"
             if self.missing_slices:
                 text += f", about {self.missing_slices} slice(s) missing"
-            out.append(text + ")")
+            out.append(Problem(Code.IRREGULAR_SPACING, text + ")"))
         return out
+
+    def problems(self) -> list[str]:
+        """Plain-words descriptions of what is irregular (empty when the stack is a regular grid)."""
+        return [p.message for p in self.problem_list()]
 
 
 def analyse_positions(

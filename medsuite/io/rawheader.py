@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pydicom import uid as uids
 from pydicom.dataelem import RawDataElement
@@ -120,8 +121,13 @@ def _element(buf: bytes, pos: int, implicit: bool) -> tuple[int, bytes | None, i
     return tag, vr, short, pos + 8
 
 
-def _skip_undefined(buf: bytes, pos: int, implicit: bool) -> int:
+_MAX_DEPTH = 16  # deeper nesting is left to pydicom (which reports it; slices never need it)
+
+
+def _skip_undefined(buf: bytes, pos: int, implicit: bool, depth: int = 0) -> int:
     """Offset just past an undefined-length sequence (items and nested sequences) starting at ``pos``."""
+    if depth > _MAX_DEPTH:
+        raise _Unsupported
     while True:
         tag, _, length, value = _element(buf, pos, implicit)
         if tag == _SEQUENCE_END:
@@ -137,7 +143,7 @@ def _skip_undefined(buf: bytes, pos: int, implicit: bool) -> int:
             if tag == _ITEM_END:
                 pos = value
                 break
-            pos = _skip_undefined(buf, value, implicit) if length == _UNDEFINED else value + length
+            pos = _skip_undefined(buf, value, implicit, depth + 1) if length == _UNDEFINED else value + length
         if pos > len(buf):
             raise _NeedMore
 
@@ -204,23 +210,29 @@ def _parse(buf: bytes, file_size: int) -> RawHeader:
     return RawHeader(elements, meta, syntax, pixel_offset, pixel_length, file_size)
 
 
-def read_raw_header(path: str) -> RawHeader | None:
+def read_raw_header(source: str | os.PathLike[str] | BinaryIO) -> RawHeader | None:
     """Header elements and Pixel Data location of an uncompressed little-endian file; None: use pydicom.
 
-    Raises `OSError` when the file cannot be read.
+    ``source`` is a path (opened with `medsuite.io.files.open_regular`: regular files only) or an open
+    unbuffered binary file, which is left open. Raises `OSError` when the file cannot be read.
     """
-    with open(path, "rb", buffering=0) as fp:
-        file_size = os.fstat(fp.fileno()).st_size
-        size = _FIRST_READ
-        while True:
-            fp.seek(0)
-            buf = fp.read(min(size, file_size))
-            try:
-                return _parse(buf, file_size)
-            except _NeedMore:
-                if len(buf) >= file_size or size >= _MAX_HEADER:
-                    return None  # truncated inside the header: pydicom gives the error
-                size *= 4
-                continue
-            except (_Unsupported, struct.error, UnicodeDecodeError):
-                return None
+    if not hasattr(source, "read"):
+        from medsuite.io.files import open_regular
+
+        with open_regular(source) as fp:
+            return read_raw_header(fp)
+    fp = source
+    file_size = os.fstat(fp.fileno()).st_size
+    size = _FIRST_READ
+    while True:
+        fp.seek(0)
+        buf = fp.read(min(size, file_size))
+        try:
+            return _parse(buf, file_size)
+        except _NeedMore:
+            if len(buf) >= file_size or size >= _MAX_HEADER:
+                return None  # truncated inside the header: pydicom gives the error
+            size *= 4
+            continue
+        except (_Unsupported, struct.error, UnicodeDecodeError, RecursionError):
+            return None

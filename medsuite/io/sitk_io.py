@@ -7,11 +7,11 @@ LPS on read and back on write, so a `Volume` keeps DICOM world coordinates whate
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from medsuite.io.atomic import atomic_path
 from medsuite.io.volume import Volume
 
 #: File name endings read by `read_image` (lower-case; ``.nii.gz`` is matched as a whole).
@@ -78,7 +78,6 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
     other tools (nibabel, dcm2niix outputs, viewers) place every voxel at the same world position.
     Boolean arrays are written as uint8 and float16 as float32 (NIfTI has neither).
     """
-    import SimpleITK as sitk
 
     path = Path(path)
     suffix = image_suffix(path)
@@ -93,19 +92,51 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
         array = array.astype(np.float32)
     elif array.dtype.kind not in "uif":
         raise ValueError(f"{path}: cannot write a volume of dtype {array.dtype} as NIfTI")
-    image = volume.with_array(array).to_sitk()
-    # Same folder and same suffix: SimpleITK picks the writer from the name, os.replace stays atomic.
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp-{uuid.uuid4().hex}{suffix}")
+    return _write_image(volume.with_array(array).to_sitk(), path, suffix)
+
+
+def _write_image(image: object, path: Path, suffix: str) -> Path:
+    """Write a SimpleITK image atomically (`medsuite.io.atomic`: a temp beside the target keeps the suffix,
+    so SimpleITK picks the writer from the name; temps left by killed writers are removed first)."""
+    import SimpleITK as sitk
+
     try:
-        sitk.WriteImage(image, str(tmp), useCompression=suffix == ".nii.gz")
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=suffix == ".nii.gz")
     except RuntimeError as exc:
         raise OSError(f"{path}: SimpleITK could not write it: {_sitk_reason(exc)}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_nifti_4d(volumes: list[Volume], path: str | os.PathLike[str]) -> Path:
+    """Write volumes that share one grid (a 4D DICOM stack) as one 4D NIfTI, atomically.
+
+    Every volume must have the same shape, spacing, origin and direction (else `ValueError`); the fourth
+    axis is the volume index, as dcm2niix writes fMRI and diffusion series.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = image_suffix(path)
+    if suffix not in NIFTI_SUFFIXES:
+        raise ValueError(f"{path}: a NIfTI output must end in .nii or .nii.gz")
+    if not volumes:
+        raise ValueError(f"{path}: no volumes to write")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: output folder {path.parent} does not exist")
+    ref = volumes[0]
+    for k, v in enumerate(volumes[1:], start=1):
+        same = (
+            v.shape == ref.shape
+            and np.allclose(v.spacing, ref.spacing, atol=1e-4)
+            and np.allclose(v.origin, ref.origin, atol=1e-3)
+            and np.allclose(v.direction, ref.direction, atol=1e-5)
+        )
+        if not same:
+            raise ValueError(f"{path}: volume {k} does not share volume 0's grid; write the volumes one by one")
+    dtype = np.result_type(*[np.asarray(v.array).dtype for v in volumes])
+    images = [v.with_array(np.asarray(v.array).astype(dtype, copy=False)).to_sitk() for v in volumes]
+    return _write_image(sitk.JoinSeries(images), path, suffix)
 
 
 def _sitk_reason(exc: BaseException) -> str:
