@@ -40,6 +40,17 @@ def truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) - 300])
 
 
+def corrupt_rle(path: Path) -> None:
+    """Damage the first RLE fragment's header (its first segment offset) of a compressed file: the file keeps its
+    structure (so the header scan passes) but cannot be decoded."""
+    data = bytearray(path.read_bytes())
+    pixel = data.rindex(b"\xe0\x7f\x10\x00")
+    items = [k for k in range(pixel, len(data) - 4) if data[k : k + 4] == b"\xfe\xff\x00\xe0"]
+    fragment = items[1] + 8  # items[0] is the basic offset table
+    data[fragment + 4 : fragment + 8] = (0x7FFFFFF0).to_bytes(4, "little")  # first segment offset past the end
+    path.write_bytes(bytes(data))
+
+
 def write_sr(path: Path, patient: str) -> None:
     """A Basic Text SR instance (not an image) in the cohort folder."""
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -80,7 +91,7 @@ def make_cohort(root: Path, n_good: int = 3, *, extras: bool = True) -> dict:
         # the folder is named after the patient, as many exports are: error messages must not repeat it
         uid, files = write(make_volume(93), root / f"rle_{PATIENT_PREFIX}093", f"{PATIENT_PREFIX}093",
                            transfer_syntax=RLELossless)
-        truncate(files[4])  # passes the header scan (compressed), fails when decoded
+        corrupt_rle(files[4])  # passes the header scan (compressed), fails when decoded
         out["corrupt_read"] = uid
         loc = make_volume(91)
         uid, _ = write(loc, root / "scout", f"{PATIENT_PREFIX}091", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])

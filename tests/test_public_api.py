@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-LAYERS = ("medsuite.data", "medsuite.learn", "medsuite.interpret", "medsuite.pipelines", "medsuite.records")
+LAYERS = ("medsuite.io", "medsuite.data", "medsuite.learn", "medsuite.interpret", "medsuite.pipelines", "medsuite.records")
 
 
 @pytest.mark.parametrize("name", LAYERS)

@@ -186,7 +186,7 @@ def _scan_pydicom(fp: BinaryIO, path: str) -> FileHeader | Skip:
             header.problems = [Problem(Code.TRUNCATED, f"the file ends inside its header at {size} bytes, before the image attributes (truncated)")]
             return header
         if at_end and "SeriesInstanceUID" not in ds and sop_class and "Image Storage" in uids.UID(sop_class).name:
-            return path, Code.TRUNCATED, f"image file cut short at {size} bytes, before its series and image attributes"
+            return path, Code.TRUNCATED, f"incomplete image file: it ends at {size} bytes without SeriesInstanceUID, Rows/Columns or pixel data (truncated?)"
         return path, Code.NO_IMAGE, "no image (no Rows/Columns)"
     video = video_reason(syntax) if syntax else None
     if video:

@@ -502,17 +502,14 @@ def _check_pixel_format(h: FileHeader, transfer_syntax: str, pixel: tuple[int, i
         return False
     needed = h.n_frames * h.frame_bytes
     if transfer_syntax in _NATIVE:
-        if pixel is None:
-            if h.file_size and needed > h.file_size:
-                h.add(Code.TRUNCATED, f"{h.n_frames} frame(s) of {h.rows}x{h.cols} need {needed} pixel bytes but the file holds {h.file_size}")
-                return False
-            return True
+        if pixel is None:  # no Pixel Data element found: the caller reports it; bound the lists by the file
+            return not h.file_size or needed <= max(h.file_size, h.frame_bytes)
         declared, present = pixel
         what = f"{h.n_frames} frame(s) of {h.rows}x{h.cols} at {h.bits_allocated} bits need {needed}"
         if declared < needed:
-            h.add(Code.PIXEL_LENGTH, f"Pixel Data holds {declared} bytes but {what} (the header does not describe the data)")
+            h.add(Code.PIXEL_LENGTH, f"pixel data too short: Pixel Data holds {declared} bytes but {what} (the header does not describe the data)")
         elif present < needed:
-            h.add(Code.TRUNCATED, f"the file is truncated: {present} of {needed} pixel bytes present ({what})")
+            h.add(Code.TRUNCATED, f"pixel data too short: the file is truncated, {present} of {needed} pixel bytes present ({what})")
         return needed <= max(declared, h.frame_bytes) and needed <= max(present, h.frame_bytes)
     if h.file_size and h.n_frames > max(1, h.file_size // 8):  # every compressed frame is an 8-byte item or more
         h.add(

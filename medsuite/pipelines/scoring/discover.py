@@ -1,7 +1,8 @@
 """Find the series to score and decide which are eligible for a bundle.
 
 Inputs are folders, single DICOM files, or a CSV/Parquet table with a ``path`` column (and optionally a
-``series_uid`` column restricting which series of those paths to keep). Eligibility rules come from the
+``series_uid`` and/or ``stack_id`` column restricting which series or stacks of those paths to keep: a stack
+id picks one stack of a series, e.g. the magnitude images or one echo). Eligibility rules come from the
 bundle (its ``eligibility`` entry, or safe CT defaults) and the user may override any of them with
 ``key=value`` strings; every series that is not scored gets a reason.
 """
@@ -152,7 +153,16 @@ class Discovery:
     notes: list[str] = field(default_factory=list)  # warnings seen while scanning
 
 
-def _paths_from_table(path: Path) -> tuple[list[Path], set[str] | None]:
+@dataclass(frozen=True)
+class Inputs:
+    """What to scan: paths, and the series / stacks a series table restricts them to (None: all)."""
+
+    paths: list[Path]
+    series: frozenset[str] | None = None
+    stacks: frozenset[str] | None = None
+
+
+def _paths_from_table(path: Path) -> tuple[list[Path], set[str] | None, set[str] | None]:
     from medsuite.data.tables import read_table
 
     table = read_table(path)
@@ -165,47 +175,83 @@ def _paths_from_table(path: Path) -> tuple[list[Path], set[str] | None]:
             raise DiscoveryError(f"{path}: empty 'path' in row {i}")
         p = Path(str(value))
         paths.append(p if p.is_absolute() else base / p)
-    uids = None
-    if "series_uid" in table.columns:
-        uids = {str(u) for u in table["series_uid"].dropna()}
-    return paths, uids
+    uids = {str(u) for u in table["series_uid"].dropna()} if "series_uid" in table.columns else None
+    stacks = {str(u) for u in table["stack_id"].dropna()} if "stack_id" in table.columns else None
+    return paths, uids, stacks
 
 
-def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], set[str] | None]:
-    """Folders and files to scan, and the series UIDs a series table restricts them to (None: all)."""
+def read_inputs(inputs: list[str | Path]) -> Inputs:
+    """Folders and files to scan, and the series / stacks a series table restricts them to."""
     paths: list[Path] = []
-    restrict: set[str] | None = None
+    series: set[str] | None = None
+    stacks: set[str] | None = None
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
             raise DiscoveryError(f"{p}: input not found")
         if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES:
-            table_paths, uids = _paths_from_table(p)
+            table_paths, uids, stack_ids = _paths_from_table(p)
             missing = [str(t) for t in table_paths if not t.exists()]
             if missing:
                 raise DiscoveryError(f"{p}: {len(missing)} path(s) in the table do not exist, e.g. {missing[0]}")
             paths.extend(table_paths)
             if uids is not None:
-                restrict = (restrict or set()) | uids
+                series = (series or set()) | uids
+            if stack_ids is not None:
+                stacks = (stacks or set()) | stack_ids
         else:
             paths.append(p)
-    return paths, restrict
+    return Inputs(paths, None if series is None else frozenset(series), None if stacks is None else frozenset(stacks))
 
 
-def discover(inputs: list[str | Path], *, workers: int | None = None) -> Discovery:
-    """Scan the inputs' DICOM headers (in parallel) into the series table; keep one stack per series."""
-    from medsuite.io.dicom import scan_folder
+def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], set[str] | None]:
+    """Folders and files to scan, and the series UIDs a series table restricts them to (None: all)."""
+    found = read_inputs(inputs)
+    return found.paths, None if found.series is None else set(found.series)
 
-    paths, restrict = expand_inputs(inputs)
-    result = scan_folder([str(p) for p in paths], workers=workers)
+
+def list_files(inputs: Inputs) -> tuple[list[str], list[tuple]]:
+    """The regular files to scan and the ``(path, code, reason)`` of what the walk passed over (pure)."""
+    from medsuite.io.files import walk
+
+    found = walk([str(p) for p in inputs.paths])
+    return found.files, list(found.skipped)
+
+
+def scan_chunk(files: list[str]) -> list[Any]:
+    """Header scan of some files, in this process: picklable results for `assemble` (a Ray task's body)."""
+    from medsuite.io.dicom import scan_headers
+
+    return scan_headers(files, workers=1)
+
+
+def assemble(items: list[Any], inputs: Inputs) -> Discovery:
+    """The `Discovery` from every chunk's `scan_chunk` items plus the walk's skipped entries (pure)."""
+    from medsuite.io.dicom import build_scan
+
+    result = build_scan(items)
     series = result.series.copy()
-    if restrict is not None:
-        series = series[series["series_uid"].astype(str).isin(restrict)]
+    if inputs.series is not None:
+        series = series[series["series_uid"].astype(str).isin(inputs.series)]
+    if inputs.stacks is not None:
+        series = series[series["stack_id"].astype(str).isin(inputs.stacks)]
     series = series.reset_index(drop=True)
     if len(series):
         series["series_uid"] = series["series_uid"].astype(str)
-    skipped = result.skipped if result.skipped is not None else pd.DataFrame(columns=["path", "reason"])
-    return Discovery(series=series, skipped_files=skipped.reset_index(drop=True))
+    return Discovery(series=series, skipped_files=result.skipped.reset_index(drop=True))
+
+
+def discover(inputs: list[str | Path], *, workers: int | None = None) -> Discovery:
+    """Scan the inputs' DICOM headers (in parallel) into the series table; keep one stack per series.
+
+    The same as ``assemble(walk skipped + scan_chunk(chunk) for each chunk, inputs)``: callers that
+    distribute the header scan (Ray) use those three pure steps.
+    """
+    from medsuite.io.dicom import scan_headers
+
+    found = read_inputs(inputs)
+    files, skipped = list_files(found)
+    return assemble([*skipped, *scan_headers(files, workers)], found)
 
 
 def file_key(path: str) -> str:
