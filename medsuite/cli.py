@@ -30,6 +30,12 @@ app = typer.Typer(
 
 for _name, _module, _help in COMMANDS:
     app.command(_name, help=_help)(import_module(f"medsuite.commands.{_module}").command)
+# command groups: (name, module under medsuite.commands holding a Typer `app`, one-line purpose)
+GROUPS: tuple[tuple[str, str, str], ...] = (
+    ("audit", "audit", "Verify (or anchor) the tamper-evident audit trail of a scoring database."),
+)
+for _name, _module, _help in GROUPS:
+    app.add_typer(import_module(f"medsuite.commands.{_module}").app, name=_name, help=_help)
 
 
 def main() -> None:

@@ -2,29 +2,35 @@
 
 Reviews are append-only: a changed opinion is a new row, the latest row per prediction is its status, and the
 whole history stays readable. Every open and every review also appends an ``audit`` row whose ``hash`` is
-``sha256(prev_hash + canonical JSON of the row)``; `verify_audit` recomputes the chain, so an edited or deleted
-row is detected even if someone drops the append-only triggers. Writes run in ``BEGIN IMMEDIATE``
-transactions, so several reviewers saving at once serialise on SQLite's lock and lose nothing.
+``sha256(prev_hash + canonical JSON of the row)``; a review's audit row also holds the sha256 of the review
+row and of the prediction it judged, and after each audited write the chain's head is written to an anchor
+file outside the database (`medsuite.records.audit`). `verify_records` checks all of it; `verify_audit`
+checks the chain alone. Writes run in ``BEGIN IMMEDIATE`` transactions, so several reviewers saving at once
+serialise on SQLite's lock and lose nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
+from medsuite.records import audit
+from medsuite.records.audit import AUDIT_FIELDS, GENESIS, AuditCheck, AuditReport, row_hash, verify_records
+
+__all__ = [
+    "AUDIT_FIELDS", "GENESIS", "STATUSES", "VERDICTS", "AuditCheck", "AuditReport", "ReviewError", "add_review",
+    "append_audit", "audit_rows", "next_unreviewed", "prediction", "review_history", "row_hash", "runs",
+    "verify_audit", "verify_records", "worklist",
+]
+
 VERDICTS = ("agree", "disagree", "uncertain")
 STATUSES = ("unreviewed", "agreed", "disagreed", "uncertain")
 _STATUS_OF = {"agree": "agreed", "disagree": "disagreed", "uncertain": "uncertain"}
-GENESIS = "0" * 64
-AUDIT_FIELDS = ("audit_id", "at", "actor", "action", "series_uid", "nodule_id", "detail")
 MAX_NOTE = 4000
 
 
@@ -52,67 +58,21 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 # ---------------------------------------------------------------------------------------------- audit
-def row_hash(prev_hash: str, row: dict[str, Any]) -> str:
-    """``sha256(prev_hash + canonical JSON of the audit row's content fields)`` as hex."""
-    content = {k: row.get(k) for k in AUDIT_FIELDS}
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256((prev_hash + text).encode("utf-8")).hexdigest()
-
-
-def _append_audit(conn: sqlite3.Connection, actor: str, action: str, series_uid: str | None, nodule_id: str | None,
-                  detail: str, at: str) -> str:
-    """Insert one chained audit row; the caller holds the write transaction."""
-    last = conn.execute("SELECT audit_id, hash FROM audit ORDER BY audit_id DESC LIMIT 1").fetchone()
-    prev = last["hash"] if last else GENESIS
-    row = {"audit_id": (last["audit_id"] + 1) if last else 1, "at": at, "actor": actor, "action": action,
-           "series_uid": series_uid, "nodule_id": nodule_id, "detail": detail}
-    digest = row_hash(prev, row)
-    conn.execute(
-        "INSERT INTO audit(audit_id, at, actor, action, series_uid, nodule_id, detail, prev_hash, hash) "
-        "VALUES (:audit_id, :at, :actor, :action, :series_uid, :nodule_id, :detail, :prev, :hash)",
-        {**row, "prev": prev, "hash": digest},
-    )
+def append_audit(conn: sqlite3.Connection, actor: str, action: str, *, series_uid: str | None = None,
+                 nodule_id: str | None = None, detail: str = "") -> str:
+    """Append one audit row (``open``, ``login``, ``logout`` ...) to the chain and move the anchor; returns
+    its hash."""
+    actor, action = _required(actor, "actor"), _required(action, "action")
+    with _immediate(conn):
+        digest = audit.append_row(conn, actor, action, series_uid, nodule_id, str(detail), now())
+    audit.update_anchor(conn)
     return digest
 
 
-def append_audit(conn: sqlite3.Connection, actor: str, action: str, *, series_uid: str | None = None,
-                 nodule_id: str | None = None, detail: str = "") -> str:
-    """Append one audit row (``open``, ``login``, ``logout`` ...) to the chain; returns its hash."""
-    actor, action = _required(actor, "actor"), _required(action, "action")
-    with _immediate(conn):
-        return _append_audit(conn, actor, action, series_uid, nodule_id, str(detail), now())
-
-
-@dataclass
-class AuditCheck:
-    """Result of `verify_audit`: ``ok``, rows checked, the head hash (record it elsewhere to detect a cut tail)."""
-
-    ok: bool
-    n_rows: int
-    head: str
-    problems: list[str] = field(default_factory=list)
-
-
 def verify_audit(conn: sqlite3.Connection, *, expected_head: str | None = None) -> AuditCheck:
-    """Recompute the hash chain; report edited rows, deleted rows (a broken link or an id gap) and, given
-    ``expected_head`` (a head recorded earlier), rows cut from the end."""
-    problems: list[str] = []
-    prev, expected_id, n = GENESIS, 1, 0
-    heads: set[str] = {GENESIS}
-    for r in conn.execute("SELECT * FROM audit ORDER BY audit_id"):
-        row = dict(r)
-        n += 1
-        if row["audit_id"] != expected_id:
-            problems.append(f"audit rows {expected_id}..{row['audit_id'] - 1} are missing (deleted)")
-        if row["prev_hash"] != prev:
-            problems.append(f"audit row {row['audit_id']}: prev_hash does not match the row before it (a row was deleted or edited)")
-        if row_hash(row["prev_hash"], row) != row["hash"]:
-            problems.append(f"audit row {row['audit_id']}: content does not match its hash (the row was edited)")
-        prev, expected_id = row["hash"], row["audit_id"] + 1
-        heads.add(prev)
-    if expected_head is not None and expected_head not in heads:
-        problems.append("the recorded head hash is no longer in the chain (rows were cut or rewritten)")
-    return AuditCheck(not problems, n, prev, problems)
+    """The hash chain alone (see `verify_records` for reviews and the anchor): edited or deleted rows and,
+    given ``expected_head``, rows cut from the end."""
+    return audit.verify_chain(conn, expected_head=expected_head)
 
 
 def audit_rows(conn: sqlite3.Connection, *, series_uid: str | None = None, limit: int = 200) -> pd.DataFrame:
@@ -158,8 +118,10 @@ def add_review(conn: sqlite3.Connection, prediction_id: int, *, reviewer: str, v
              model_version, bundle_sha256 or pred["bundle_sha256"], at),
         )
         review_id = int(cur.lastrowid)
-        _append_audit(conn, reviewer, "review", pred["series_uid"], pred["nodule_id"],
-                      f"prediction {int(prediction_id)}: {verdict} (review {review_id})", at)
+        audit.append_row(conn, reviewer, "review", pred["series_uid"], pred["nodule_id"],
+                         f"prediction {int(prediction_id)}: {verdict} (review {review_id})", at,
+                         review_id=review_id, record_sha256=audit.review_record(conn, review_id))
+    audit.update_anchor(conn)
     return review_id
 
 

@@ -2,7 +2,10 @@
 
 Tables: ``runs``, ``series``, ``predictions``, ``errors`` (written by scoring), ``reviews`` and ``audit``
 (written by the viewer; both append-only). Series-level predictions use ``nodule_id = ''`` so the
-uniqueness of (bundle, series, nodule) holds for them too.
+uniqueness of (bundle, series, nodule) holds for them too. Schema version 2 binds reviews into the audit
+chain (``audit.review_id``, ``audit.record_sha256``; `medsuite.records.audit`) and gives the database a random
+``db_id`` that its audit anchors name; a version-1 database is upgraded when opened (its existing reviews are
+sealed into the chain as they are found).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -90,6 +93,8 @@ CREATE TABLE IF NOT EXISTS audit (
     series_uid TEXT,
     nodule_id TEXT,
     detail TEXT NOT NULL DEFAULT '',
+    review_id INTEGER,               -- the review this row records (action 'review' or 'seal')
+    record_sha256 TEXT,              -- sha256 of that review row and of the prediction it judged
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
@@ -111,25 +116,59 @@ class StoreError(RuntimeError):
 
 
 def connect(path: str | Path, *, create: bool = True, timeout_s: float = 30.0) -> sqlite3.Connection:
-    """Open (and on first use create) the scoring database in WAL mode, ready for concurrent writers."""
+    """Open (and on first use create) the scoring database in WAL mode, ready for concurrent writers; a
+    version-1 database is upgraded to version 2 in place."""
     path = Path(path)
     if not create and not path.is_file():
         raise StoreError(f"{path}: scoring database not found")
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
     try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         conn.executescript(SCHEMA)
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row["value"]) != SCHEMA_VERSION:
-            raise StoreError(f"{path}: schema version {row['value']}, this medsuite reads version {SCHEMA_VERSION}")
+        version = int(row["value"]) if row is not None else None
+        if version is not None and version > SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema version {version}, this medsuite reads version {SCHEMA_VERSION}")
+        if version is None or version < SCHEMA_VERSION or _lacks_db_id(conn):
+            _upgrade(conn, version)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise StoreError(f"{path}: not a medsuite scoring database ({exc})") from exc
+    except StoreError:
+        conn.close()
+        raise
     return conn
+
+
+def _lacks_db_id(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM meta WHERE key='db_id'").fetchone() is None
+
+
+def _upgrade(conn: sqlite3.Connection, version: int | None) -> None:
+    """Stamp a new database, or bring a version-1 one to version 2, in one write transaction."""
+    from medsuite.records import audit
+
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        version = int(row["value"]) if row is not None else None  # another process may have done it meanwhile
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(audit)")}
+        for column in ("review_id INTEGER", "record_sha256 TEXT"):
+            if column.split()[0] not in columns:
+                conn.execute(f"ALTER TABLE audit ADD COLUMN {column}")
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('db_id', ?)", (audit.new_db_id(),))
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if version is not None and version < 2:
+            from medsuite.records.reviews import now
+
+            audit.seal_unrecorded_reviews(conn, "medsuite upgrade", now())
+        conn.execute("CREATE INDEX IF NOT EXISTS audit_review ON audit(review_id)")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

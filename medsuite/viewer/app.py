@@ -43,12 +43,11 @@ def _check_setup(cfg: ViewerConfig) -> None:
 def audit_page(cfg: ViewerConfig) -> None:
     st.header("Audit trail")
     with closing(resources.connect(cfg.db)) as conn:
-        check = reviews.verify_audit(conn)
+        check = reviews.verify_records(conn)  # chain + every review's content hash + the anchored head
         rows = reviews.audit_rows(conn, limit=500)
-    if check.ok:
-        st.success(f"Hash chain intact: {check.n_rows} rows, head {check.head[:16]}…")
-    else:
-        st.error("The audit trail was altered:\n\n" + "\n".join(f"- {p}" for p in check.problems))
+    details = "\n".join(f"- {p}" for p in check.problems + check.notes)
+    show = st.success if check.ok else st.warning if check.status == "unanchored" else st.error
+    show(check.summary + (f"\n\n{details}" if details else ""))
     st.dataframe(rows, hide_index=True, width="stretch")
 
 
