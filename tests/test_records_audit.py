@@ -240,3 +240,17 @@ def test_audit_init_with_a_new_key_then_verify(db, tmp_path):
     assert "does not trust" not in res.stdout
     assert _cli("init", "--db", str(db), "--key", str(key), "--new-key").returncode == 3  # never overwrites a key
     assert Path(key).read_text().strip() and len(Path(key).read_text().strip()) == 64
+
+
+def test_a_new_database_is_anchored_empty_and_a_wiped_one_is_not_intact(tmp_path):
+    path = tmp_path / "fresh.db"
+    store.connect(path).close()
+    assert json.loads((tmp_path / "fresh.db.anchor.json").read_text())["audit_id"] == 0
+    assert _check(path).status == "intact"
+    with closing(store.connect(path)) as conn:
+        reviews.append_audit(conn, "dr a", "login")
+    with closing(_attacker(path)) as raw:
+        raw.execute("DELETE FROM audit")
+    assert _check(path).status == "tampered"  # the anchor remembers the row
+    (tmp_path / "fresh.db.anchor.json").unlink()
+    assert _check(path).status == "unanchored"  # without it, an empty trail is not vouched for

@@ -172,3 +172,4 @@ def _upgrade(conn: sqlite3.Connection, version: int | None) -> None:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+    audit.update_anchor(conn)  # a new database is anchored at once: an empty chain is then vouched for too
