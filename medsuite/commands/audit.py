@@ -111,7 +111,13 @@ def init(
     """Set where this database's anchor is kept and which key signs it, then anchor the current head."""
     from contextlib import closing
 
-    from medsuite.records.audit import AnchorError, configure_anchor, new_key_file, update_anchor, verify_records
+    from medsuite.records.audit import (
+        AnchorError,
+        configure_anchor,
+        new_key_file,
+        update_anchor,
+        verify_records,
+    )
 
     if new_key:
         if key is None:
