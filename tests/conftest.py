@@ -10,3 +10,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _volume_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The default volume cache (the user's cache folder) is redirected to a session temp folder, so tests
+    never write to the home directory."""
+    os.environ["MEDSUITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("medsuite-cache"))

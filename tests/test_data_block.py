@@ -9,6 +9,7 @@ import torch
 from data_helpers import nodule_table, sphere_volume
 
 from medsuite.data.block import DataBlock, DataBlockError
+from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.blocks import Category, MultiView, SeriesSlices, SliceStack
 from medsuite.data.source import VolumeSource
 from medsuite.data.splitters import PatientSplitter
@@ -122,7 +123,7 @@ def test_summary_prints_every_step_without_patient_ids(cohort):
     _block().summary(table, source=source, print_fn=lines.append)
     text = "\n".join(lines)
     for step in ("get_items: 12 items", "splitter: train", "get_x -> series_uid=", "source.get -> Volume (24, 40, 40)",
-                 "block.sample -> (3, 16, 16) float32", "Augment (training only)", "Category -> ",
+                 "block.sample + Augment (training only) -> (3, 16, 16) float32", "Category -> ",
                  "collate (2 items) -> x (2, 3, 16, 16) torch.float32, y (2,) torch.int64"):
         assert step in text, step
     assert "P00" not in text.replace("patients", "")
@@ -180,3 +181,45 @@ def test_batch_intensity_scales_and_adds_noise_per_sample():
     assert y2 is y
     with pytest.raises(ValueError, match="BatchIntensity"):
         BatchIntensity(p=2.0)
+
+
+def test_a_batch_transform_bug_is_not_hidden_by_a_one_argument_retry(cohort):
+    table, source = cohort
+    calls = []
+
+    def buggy(x, y):
+        calls.append(1)
+        raise TypeError("a bug inside the transform")
+
+    dls = _block(item_tfms=None, batch_tfms=[buggy]).dataloaders(table, source=source, bs=4, seed=0)
+    with pytest.raises(TypeError, match="a bug inside the transform"):
+        next(iter(dls.train))
+    assert calls == [1]  # called once, with (x, y); never retried as buggy(x)
+    with pytest.raises(TypeError, match="must take"):
+        _block(batch_tfms=[lambda: None])
+    one = _block(item_tfms=None, batch_tfms=[lambda x: x * 0]).dataloaders(table, source=source, bs=4, seed=0)
+    x, _ = next(iter(one.train))
+    assert float(x.abs().sum()) == 0.0
+
+
+def test_summary_fails_where_loading_fails(cohort):
+    table, source = cohort
+
+    def crop(x):  # an item transform that breaks on the real samples
+        return x[:, :, :, 0]
+
+    block = _block(item_tfms=[crop])
+    lines = []
+    with pytest.raises(DataBlockError, match="step 'item_tfms crop' failed for item"):
+        block.summary(table, source=source, print_fn=lines.append)
+    with pytest.raises(DataBlockError, match="step 'item_tfms crop' failed for item"):
+        next(iter(block.dataloaders(table, source=source, bs=2).train))
+
+
+def test_positive_class_is_given_once_and_checked(cohort):
+    table, source = cohort
+    named = table.assign(label=np.where(table["label"] == 1, "malignant", "benign"))
+    dls = _block(positive="malignant").dataloaders(named, source=source, bs=4, seed=0)
+    assert dls.positive == "malignant" and dls.positive_index == dls.vocab.index("malignant")
+    with pytest.raises(DataBlockError, match="positive class 'malignnant' is not among the labels"):
+        _block(positive="malignnant").dataloaders(named, source=source, bs=4)

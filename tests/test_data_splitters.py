@@ -39,9 +39,9 @@ def _assert_partition_without_leak(table: pd.DataFrame, splits: dict) -> None:
     [
         PatientSplitter(valid_pct=0.2, seed=0),
         PatientSplitter(valid_pct=0.2, test_pct=0.1, seed=3),
-        StratifiedPatientSplitter(valid_pct=0.25, test_pct=0.25, seed=1),
+        StratifiedPatientSplitter(valid_pct=0.25, test_pct=0.25, seed=1, positive="1"),
         KFoldPatientSplitter(k=5, fold=2, seed=0),
-        KFoldPatientSplitter(k=4, fold=3, seed=0, stratify=True),
+        KFoldPatientSplitter(k=4, fold=3, seed=0, stratify=True, positive="1"),
     ],
     ids=repr,
 )
@@ -66,11 +66,23 @@ def test_patient_splitter_fractions_and_seed():
 
 def test_stratified_keeps_the_positive_patient_share():
     table = _table(80)
-    splits = StratifiedPatientSplitter(valid_pct=0.25, seed=0)(table)
+    splits = StratifiedPatientSplitter(valid_pct=0.25, seed=0, positive="1")(table)
     per_patient = table.groupby("patient_id")["label"].max()
     for s in ("train", "valid"):
         pats = table["patient_id"].iloc[splits[s]].unique()
         assert per_patient[pats].mean() == pytest.approx(0.25, abs=0.02)
+
+
+def test_a_patient_is_positive_when_any_row_is_whatever_the_label_spelling():
+    # "cancer" < "normal" in text order: a lexicographic max() would call every patient "normal"
+    table = _table(80).assign(label=lambda t: np.where(t["label"] == 1, "cancer", "normal"))
+    splits = StratifiedPatientSplitter(valid_pct=0.25, seed=0, positive="cancer")(table)
+    has_cancer = table.groupby("patient_id")["label"].agg(lambda v: (v == "cancer").any())
+    for s in ("train", "valid"):
+        pats = table["patient_id"].iloc[splits[s]].unique()
+        assert has_cancer[pats].mean() == pytest.approx(0.25, abs=0.02)
+    with pytest.raises(ValueError, match="positive class 'cancr' is not among the labels"):
+        StratifiedPatientSplitter(positive="cancr")(table)
 
 
 def test_kfold_folds_cover_every_patient_once():

@@ -17,6 +17,7 @@ from medsuite.interpret.index import (
     knn_agreement,
     thumbnail,
 )
+from medsuite.learn.predict import Predictor
 
 
 def _index(n: int = 500, d: int = 16, seed: int = 0) -> CaseIndex:
@@ -92,7 +93,7 @@ def test_build_case_index_embeds_in_batches_and_knn_agreement():
     x[6:] += 2.0  # two well separated groups
     y = np.array([0] * 6 + [1] * 6)
     loader = [(torch.as_tensor(x[i:i + 5]), torch.as_tensor(y[i:i + 5])) for i in range(0, 12, 5)]
-    index = build_case_index(model, loader, [f"n{i}" for i in range(12)])
+    index = build_case_index(Predictor.plain(model, ["a", "b"]), loader, [f"n{i}" for i in range(12)])
     assert len(index) == 12 and index.labels == y.tolist()
     assert index.thumbnails.shape == (12, 64, 64) and index.thumbnails.dtype == np.uint8
     with torch.no_grad():
@@ -101,7 +102,9 @@ def test_build_case_index_embeds_in_batches_and_knn_agreement():
     assert knn_agreement(index, emb, y.tolist(), k=3, exclude_ids=index.case_ids) == 1.0
     assert knn_agreement(index, emb, (1 - y).tolist(), k=3, exclude_ids=index.case_ids) == 0.0
     with pytest.raises(ValueError, match="case ids"):
-        build_case_index(model, loader, ["a"])
+        build_case_index(Predictor.plain(model, ["a", "b"]), loader, ["a"])
+    with pytest.raises(TypeError, match="needs a medsuite.learn.predict.Predictor"):
+        build_case_index(model, loader, [f"n{i}" for i in range(12)])
 
 
 def test_thumbnail_is_the_central_plane():

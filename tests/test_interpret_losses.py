@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsuite.interpret.losses import collect_losses
+from medsuite.learn.predict import Predictor
 
 
 @pytest.fixture()
@@ -20,7 +21,7 @@ def table():
     y = torch.tensor([0, 1] * 10)
     batches = [(x[i:i + 6], y[i:i + 6]) for i in range(0, 20, 6)]
     ids = [f"item{i}" for i in range(20)]
-    lt = collect_losses(model, batches, ids, ["benign", "malignant"])
+    lt = collect_losses(Predictor.plain(model, ["benign", "malignant"]), batches, ids)
     with torch.no_grad():
         logits = model(x)
     return lt, logits, y, ids
@@ -72,6 +73,17 @@ def test_show_reloads_only_the_rows_asked(table):
 def test_errors_name_the_problem():
     model = nn.Linear(4, 3)
     with pytest.raises(ValueError, match="item ids"):
-        collect_losses(model, [(torch.randn(2, 4), torch.tensor([0, 1]))], ["a"], ["x", "y", "z"])
-    with pytest.raises(ValueError, match="vocab"):
-        collect_losses(model, [(torch.randn(2, 4), torch.tensor([0, 1]))], ["a", "b"], ["x", "y"])
+        collect_losses(Predictor.plain(model, ["x", "y", "z"]), [(torch.randn(2, 4), torch.tensor([0, 1]))], ["a"])
+    with pytest.raises(ValueError, match="expected \\(batch, 2\\) logits"):
+        collect_losses(Predictor.plain(model, ["x", "y"]), [(torch.randn(2, 4), torch.tensor([0, 1]))], ["a", "b"])
+    with pytest.raises(TypeError, match="needs a medsuite.learn.predict.Predictor"):
+        collect_losses(model, [(torch.randn(2, 4), torch.tensor([0, 1]))], ["a", "b"])
+
+
+def test_decisions_follow_the_predictor_threshold_and_named_positive():
+    from medsuite.interpret.losses import loss_table
+
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.55, 0.45]])
+    lt = loss_table(probs, [0, 1, 0], ["a", "b", "c"], ["malignant", "benign"], decisions=[0, 1, 0], positive_index=0)
+    assert lt.frame["pred_label"].tolist() == ["malignant", "benign", "malignant"]
+    np.testing.assert_allclose(lt.frame["loss"], -np.log([0.7, 0.8, 0.55]))

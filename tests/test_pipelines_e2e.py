@@ -111,23 +111,6 @@ def test_series_classification_four_lines(cohort: Path, tmp_path: Path) -> None:
     assert bundle.meta["arch"] == "series_encoder"
 
 
-def test_flip_tta_averages_the_flipped_predictions() -> None:
-    import torch
-
-    from medsuite.learn.models import build_model
-    from medsuite.pipelines.tasks import FlipTTA
-
-    torch.manual_seed(0)
-    model = build_model("slice_cnn", in_channels=3, n_classes=2).eval()
-    x = torch.randn(2, 3, 24, 24)
-    with torch.no_grad():
-        expected = torch.stack([torch.softmax(model(torch.flip(x, d) if d else x), 1) for d in ((), (-1,), (-2,), (-2, -1))]).mean(0)
-        got = torch.softmax(FlipTTA(model)(x), 1)
-        plain = torch.softmax(model(x), 1)
-    assert torch.allclose(got, expected, atol=1e-5)
-    assert not torch.allclose(got, plain, atol=1e-4)
-
-
 def test_a_seeded_learner_starts_from_the_same_weights(cohort: Path, tmp_path: Path) -> None:
     import torch
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,11 @@ import torch
 
 from medsuite.data.augment import Augment
 from medsuite.data.blocks import Category, InputBlock, SeriesSlices, SliceStack
+from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.source import VolumeSource
 from medsuite.data.splitters import SPLITS, default_splitter
 from medsuite.data.tables import validate_nodule_table, validate_series_table
+from medsuite.io.atomic import atomic_path
 
 _DEFAULT = object()
 
@@ -93,28 +94,43 @@ class BlockDataset:
     def __len__(self) -> int:
         return len(self.series_uids)
 
-    def sample(self, i: int, seed: int | None = None) -> np.ndarray:
-        """The input array of item ``i`` (augmented with ``seed`` when this split augments)."""
+    def sample(self, i: int, seed: int | None = None, *,
+               trace: Callable[[str, Any], None] | None = None) -> np.ndarray:
+        """The input array of item ``i`` (augmented with ``seed`` when this split augments).
+
+        ``trace(step, value)`` is called after each step (`DataBlock.summary` prints them), so the summary
+        runs exactly the code that loading runs.
+        """
         center = None if self.centers is None else self.centers[i]
         step = "source.get"
         try:
             volume = self.source.get(self.series_uids[i])
+            if trace is not None:
+                trace(step, volume)
             step = "block.sample"
             rng = None
             if self.augment is not None:
                 rng = np.random.default_rng(seed if seed is not None else int(torch.randint(0, 2**62, ())))
             x = self.block.sample(volume, center, aug=self.augment, rng=rng)
+            if trace is not None:
+                trace(step, x)
             for t in self.tfms:
                 step = f"item_tfms {getattr(t, '__name__', type(t).__name__)}"
                 x = np.asarray(t(x), dtype=np.float32)
+                if trace is not None:
+                    trace(step, x)
         except Exception as exc:
             raise DataBlockError(f"step {step!r} failed for item {self.descriptions[i]}: {type(exc).__name__}: {exc}") from exc
         return x
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        i, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
+    def item(self, i: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` tensors of item ``i``, as a DataLoader gets them."""
         x = self.sample(i, seed)
         return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(self.targets[i], dtype=torch.int64)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
+        return self.item(i, seed)
 
 
 class BlockLoader(torch.utils.data.DataLoader):
@@ -125,6 +141,7 @@ class BlockLoader(torch.utils.data.DataLoader):
                  batch_tfms: Sequence[Callable] = (), **kwargs: Any) -> None:
         self.device = torch.device(device) if device is not None else None
         self.batch_tfms = tuple(batch_tfms)
+        self._arities = tuple(batch_tfm_arity(t) for t in self.batch_tfms)
         super().__init__(dataset, **kwargs)
 
     def with_sampler(self, sampler: Any) -> BlockLoader:
@@ -140,17 +157,40 @@ class BlockLoader(torch.utils.data.DataLoader):
         for x, y in super().__iter__():
             if self.device is not None:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            for t in self.batch_tfms:
-                x, y = _apply_batch_tfm(t, x, y)
+            for t, arity in zip(self.batch_tfms, self._arities, strict=True):
+                x, y = _apply_batch_tfm(t, x, y, arity)
             yield x, y
 
 
-def _apply_batch_tfm(t: Callable, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch transforms take ``(x, y)`` and return ``(x, y)``, or take ``x`` and return ``x``."""
+def batch_tfm_arity(t: Callable) -> int:
+    """How a batch transform is called: 2 for ``t(x, y) -> (x, y)``, 1 for ``t(x) -> x``, from its signature.
+
+    Decided once, when the `DataBlock` is made, so a transform's own ``TypeError`` is never mistaken for
+    "takes one argument" (which would hide the bug and run a random transform twice).
+    """
+    import inspect
+
+    if not callable(t):
+        raise TypeError(f"batch_tfms: {t!r} is not callable")
     try:
-        out = t(x, y)
-    except TypeError:
+        sig = inspect.signature(t)
+    except (TypeError, ValueError):
+        raise TypeError(f"batch_tfms: cannot read the signature of {t!r}; wrap it in a function "
+                        "f(x, y) -> (x, y) or f(x) -> x") from None
+    for arity in (2, 1):
+        try:
+            sig.bind(*range(arity))
+        except TypeError:
+            continue
+        return arity
+    raise TypeError(f"batch_tfms: {t!r} must take (x, y) or x; its signature is {sig}")
+
+
+def _apply_batch_tfm(t: Callable, x: torch.Tensor, y: torch.Tensor, arity: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch transforms take ``(x, y)`` and return ``(x, y)``, or take ``x`` and return ``x``."""
+    if (arity or batch_tfm_arity(t)) == 1:
         return t(x), y
+    out = t(x, y)
     if isinstance(out, tuple) and len(out) == 2:
         return out
     raise DataBlockError(f"batch_tfms {t!r}: must return (x, y); got {type(out).__name__}")
@@ -180,6 +220,17 @@ class DataLoaders:
     def vocab(self) -> list[Any]:
         """Label names; the index is the class id."""
         return list(self.category.vocab or ())
+
+    @property
+    def positive(self) -> str | None:
+        """The positive class's label (given once, to the `DataBlock`), or None."""
+        return self.datablock.positive
+
+    @property
+    def positive_index(self) -> int | None:
+        """The positive class's id in `vocab`, or None."""
+        pos = self.positive
+        return None if pos is None else [str(v) for v in self.vocab].index(pos)
 
     def items(self, split: str) -> pd.DataFrame:
         """The rows of ``split`` in loader order (valid/test are not shuffled)."""
@@ -250,15 +301,8 @@ def show_samples(block: InputBlock, samples: np.ndarray, labels: Sequence[Any], 
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
 
 
 class DataBlock:
@@ -273,9 +317,12 @@ class DataBlock:
         present, else `PatientSplitter(valid_pct=0.2, seed=0)`).
     item_tfms: `Augment` (random, training only; default ``Augment()``; None for none) and/or callables
         ``np.ndarray -> np.ndarray`` applied to every split after sampling.
-    batch_tfms: callables ``(x, y) -> (x, y)`` on training batches, on the loaders' device.
-    source: the default `VolumeSource`, or a DICOM folder (cached in ``<folder>/.medsuite-cache``); or pass
-        one to `dataloaders` / `summary`.
+    batch_tfms: callables ``(x, y) -> (x, y)`` or ``x -> x`` (told apart by their signature) on training
+        batches, on the loaders' device.
+    source: the default `VolumeSource`, or a DICOM folder (its volumes cached in `default_cache_dir`, never
+        inside the folder); or pass one to `dataloaders` / `summary`.
+    positive: the positive class's label of a binary problem, given once here; `DataLoaders.positive`
+        carries it to the learner and the predictor (an unknown label is an error).
     """
 
     def __init__(
@@ -288,6 +335,7 @@ class DataBlock:
         item_tfms: Any = _DEFAULT,
         batch_tfms: Sequence[Callable] | Callable | None = None,
         source: VolumeSource | str | os.PathLike[str] | None = None,
+        positive: str | None = None,
     ) -> None:
         blocks = blocks if blocks is not None else (SliceStack(), Category())
         if len(blocks) != 2 or not isinstance(blocks[0], InputBlock) or not isinstance(blocks[1], Category):
@@ -304,7 +352,10 @@ class DataBlock:
             if not callable(t):
                 raise TypeError(f"item_tfms: {t!r} is neither an Augment nor callable")
         self.batch_tfms = tuple(_as_list(batch_tfms))
+        for t in self.batch_tfms:
+            batch_tfm_arity(t)  # refuse a transform that takes neither (x, y) nor x, now
         self.source = source
+        self.positive = None if positive is None else str(positive)
 
     def __repr__(self) -> str:
         return f"DataBlock(block={self.block!r}, augment={self.augment!r}, item_tfms={len(self.item_tfms)}, batch_tfms={len(self.batch_tfms)})"
@@ -374,8 +425,8 @@ class DataBlock:
         src = source if source is not None else self.source
         if src is None:
             raise DataBlockError("no volume source: pass source=VolumeSource(dicom_root, cache_dir=...) or a DICOM folder")
-        if isinstance(src, (str, os.PathLike)):  # a DICOM folder: cache next to it, as the pipelines do
-            src = VolumeSource(src, cache_dir=Path(src) / ".medsuite-cache")
+        if isinstance(src, (str, os.PathLike)):  # a DICOM folder: never written to; the cache lives elsewhere
+            src = VolumeSource(src, cache_dir=default_cache_dir())
         return src
 
     # ------------------------------------------------------------------ public verbs
@@ -390,6 +441,9 @@ class DataBlock:
             category = self.category.setup(ys)
         except ValueError as exc:
             raise DataBlockError(f"step 'Category': {exc}") from exc
+        vocab = [str(v) for v in category.vocab or ()]
+        if self.positive is not None and self.positive not in vocab:
+            raise DataBlockError(f"step 'Category': the positive class {self.positive!r} is not among the labels {vocab}")
         targets = self._encode(category, ys, items)
         try:
             src.check(uids)
@@ -406,6 +460,28 @@ class DataBlock:
             )
             item_rows[split] = items.iloc[idx].reset_index(drop=True)
         return datasets, item_rows, category
+
+    def _loader(self, split: str, n: int, ds: BlockDataset, bs: int, num_workers: int, seed: int | None,
+                device: str | torch.device | None, drop_last: bool | None) -> BlockLoader:
+        """The loader of one split (``n``: its position, which seeds its own generator)."""
+        train = split == "train"
+        generator = torch.Generator()  # one per split: iterating valid never changes what train draws
+        if seed is not None:
+            generator.manual_seed(int(seed) * 1000 + n)
+        else:
+            generator.seed()
+        return BlockLoader(
+            ds,
+            device=device,
+            batch_tfms=self.batch_tfms if train else (),
+            batch_size=bs,
+            sampler=_SeededSampler(len(ds), shuffle=train, generator=generator),
+            num_workers=num_workers,
+            drop_last=(len(ds) > bs) if (train and drop_last is None) else bool(drop_last and train),
+            pin_memory=device is not None and torch.device(device).type == "cuda",
+            persistent_workers=num_workers > 0,
+            generator=generator,
+        )
 
     def dataloaders(
         self,
@@ -425,87 +501,61 @@ class DataBlock:
         datasets, item_rows, category = self.datasets(table, source)
         if device is None and self.batch_tfms and torch.cuda.is_available():
             device = "cuda"
-        loaders = {}
-        for n, (split, ds) in enumerate(datasets.items()):
-            train = split == "train"
-            generator = torch.Generator()  # one per split: iterating valid never changes what train draws
-            if seed is not None:
-                generator.manual_seed(int(seed) * 1000 + n)
-            else:
-                generator.seed()
-            loaders[split] = BlockLoader(
-                ds,
-                device=device,
-                batch_tfms=self.batch_tfms if train else (),
-                batch_size=bs,
-                sampler=_SeededSampler(len(ds), shuffle=train, generator=generator),
-                num_workers=num_workers,
-                drop_last=(len(ds) > bs) if (train and drop_last is None) else bool(drop_last and train),
-                pin_memory=device is not None and torch.device(device).type == "cuda",
-                persistent_workers=num_workers > 0,
-                generator=generator,
-            )
+        loaders = {split: self._loader(split, n, ds, bs, num_workers, seed, device, drop_last)
+                   for n, (split, ds) in enumerate(datasets.items())}
         return DataLoaders(loaders, item_rows, category, self.block, self)
 
     def summary(self, table: pd.DataFrame, source: VolumeSource | str | os.PathLike[str] | None = None, split: str = "train",
-                index: int = 0, print_fn: Callable[[str], None] = print) -> None:
-        """Push one item (``index`` of ``split``) through every step, printing shapes and dtypes.
+                index: int = 0, print_fn: Callable[[str], None] = print, seed: int = 0) -> None:
+        """Push one item (``index`` of ``split``) through the steps loading runs, printing shapes and dtypes.
 
-        On failure prints and raises `DataBlockError` naming the step, the item and the reason.
+        It calls the very code the loaders use (`datasets`, `BlockDataset.sample` with a ``trace``, the
+        loader's collate and batch transforms), so it cannot pass where loading fails. On failure it prints
+        and raises `DataBlockError` naming the step, the item and the reason.
         """
         p = print_fn
         step, desc = "setup", "(before any item)"
         p(f"DataBlock summary\n  input block: {self.block!r}\n  output shape: {self.block.output_shape}")
         try:
-            src = self._source(source)
-            items = self._items(table)
-            p(f"  get_items: {len(items)} items")
-            splits = self._split(items)
+            datasets, item_rows, category = self.datasets(table, source)
+            n_items = sum(len(rows) for rows in item_rows.values())
+            p(f"  get_items: {n_items} items")
             for s in SPLITS:
-                pats = items.iloc[splits[s]]["patient_id"].nunique() if "patient_id" in items.columns else "?"
-                p(f"  splitter: {s} {len(splits[s])} items, {pats} patients")
-            ys = self._ys(items)
-            category = self.category.setup(ys)
-            p(f"  Category: vocab {list(category.vocab)}")
-            if split not in splits or len(splits[split]) == 0:
+                rows = item_rows.get(s)
+                n, pats = (0, 0) if rows is None else (len(rows), rows["patient_id"].nunique() if "patient_id" in rows.columns else "?")
+                p(f"  splitter: {s} {n} items, {pats} patients")
+            p(f"  Category: vocab {list(category.vocab)}" + (f", positive {self.positive!r}" if self.positive else ""))
+            if split not in datasets or len(datasets[split]) == 0:
                 raise DataBlockError(f"summary: the {split!r} split is empty")
-            idx = splits[split]
-            if not 0 <= index < len(idx):
-                raise DataBlockError(f"summary: index {index} out of range for {split!r} ({len(idx)} items)")
-            pos = int(idx[index])
-            row = items.iloc[pos]
-            desc = _describe(row, pos)
+            ds = datasets[split]
+            if not 0 <= index < len(ds):
+                raise DataBlockError(f"summary: index {index} out of range for {split!r} ({len(ds)} items)")
+            desc = ds.descriptions[index]
             p(f"  item: {desc} ({split} #{index})")
-            step = "get_x"
-            uids, centers = self._xs(items.iloc[[pos]])
-            center = None if centers is None else centers[0]
-            p(f"    get_x -> series_uid={uids[0]}, center_xyz={None if center is None else np.round(center, 2).tolist()}")
-            step = "source.get"
-            volume = src.get(uids[0])
-            p(f"    source.get -> Volume {volume.shape} {volume.array.dtype}, spacing {tuple(round(s, 3) for s in volume.spacing)} mm, modality {volume.modality or '?'}")
-            step = "block.sample"
-            x = self.block.sample(volume, center)
-            p(f"    block.sample -> {x.shape} {x.dtype}, range [{x.min():.3g}, {x.max():.3g}]")
-            if self.augment is not None and split == "train":
-                step = "Augment"
-                x = self.block.sample(volume, center, aug=self.augment, rng=np.random.default_rng(0))
-                p(f"    Augment (training only) -> {x.shape} {x.dtype}, range [{x.min():.3g}, {x.max():.3g}]")
-            for t in self.item_tfms:
-                step = f"item_tfms {getattr(t, '__name__', type(t).__name__)}"
-                x = np.asarray(t(x), dtype=np.float32)
-                p(f"    {step} -> {x.shape} {x.dtype}")
-            step = "get_y"
-            y = ys[pos]
+            center = None if ds.centers is None else ds.centers[index]
+            p(f"    get_x -> series_uid={ds.series_uids[index]}, center_xyz={None if center is None else np.round(center, 2).tolist()}")
+
+            def trace(name: str, value: Any) -> None:
+                if name == "source.get":
+                    p(f"    source.get -> Volume {value.shape} {value.array.dtype}, spacing "
+                      f"{tuple(round(v, 3) for v in value.spacing)} mm, modality {value.modality or '?'}")
+                else:
+                    label = "block.sample" + (" + Augment (training only)" if name == "block.sample" and ds.augment is not None else "")
+                    label = label if name == "block.sample" else name
+                    p(f"    {label} -> {value.shape} {value.dtype}, range [{value.min():.3g}, {value.max():.3g}]")
+
+            step = "sample"
+            ds.sample(index, seed, trace=trace)
             step = "Category"
-            yi = category.encode(y)
-            p(f"    get_y -> {y!r}; Category -> {yi}")
+            y = int(ds.targets[index])
+            p(f"    get_y -> {category.decode(y)!r}; Category -> {y}")
             step = "collate"
-            xb = torch.utils.data.default_collate([torch.from_numpy(x)] * 2)
-            yb = torch.tensor([yi, yi], dtype=torch.int64)
+            loader = self._loader(split, list(datasets).index(split), ds, 2, 0, seed, None, None)
+            xb, yb = loader.collate_fn([ds.item(index, seed), ds.item(index, seed)])
             p(f"  collate (2 items) -> x {tuple(xb.shape)} {xb.dtype}, y {tuple(yb.shape)} {yb.dtype}")
-            for t in self.batch_tfms if split == "train" else ():
+            for t, arity in zip(loader.batch_tfms, loader._arities, strict=True):
                 step = f"batch_tfms {t!r}"
-                xb, yb = _apply_batch_tfm(t, xb, yb)
+                xb, yb = _apply_batch_tfm(t, xb, yb, arity)
                 p(f"    {step} -> x {tuple(xb.shape)} {xb.dtype}")
         except DataBlockError as exc:
             p(f"  FAILED: {exc}")

@@ -72,24 +72,43 @@ class PatientSplitter:
         )
 
 
-def _patient_labels(table: pd.DataFrame, patients: np.ndarray, label_col: str) -> tuple[np.ndarray, np.ndarray]:
-    """One label a patient (the largest class label, i.e. 'any positive' for binary labels)."""
+def _patient_labels(table: pd.DataFrame, patients: np.ndarray, label_col: str,
+                    positive: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """One label a patient, for stratifying: ``positive`` when any of the patient's rows has it, else the
+    patient's most frequent label (ties: the first in sorted order). Labels compare as text."""
     if label_col not in table.columns:
         raise ValueError(f"{table.attrs.get('source', 'table')}: stratifying needs a {label_col!r} column")
-    frame = pd.DataFrame({"patient": patients, "label": table[label_col].to_numpy()})
-    per = frame.groupby("patient")["label"].max()
-    return per.index.to_numpy(dtype=str), per.to_numpy()
+    labels = table[label_col].astype(str).to_numpy()
+    if positive is not None and str(positive) not in set(labels):
+        raise ValueError(f"{table.attrs.get('source', 'table')}: the positive class {positive!r} is not among the "
+                         f"labels {sorted(set(labels))}")
+    frame = pd.DataFrame({"patient": patients, "label": labels})
+    per: dict[str, str] = {}
+    for patient, group in frame.groupby("patient", sort=True):
+        values = group["label"]
+        if positive is not None and (values == str(positive)).any():
+            per[str(patient)] = str(positive)
+        else:
+            counts = values.value_counts()
+            per[str(patient)] = sorted(counts.index[counts == counts.max()])[0]
+    unique = np.array(sorted(per), dtype=str)
+    return unique, np.array([per[p] for p in unique], dtype=str)
 
 
 @dataclass(frozen=True)
 class StratifiedPatientSplitter:
-    """Patient-level split that keeps each set's share of (patient-level) labels close to the whole table's."""
+    """Patient-level split that keeps each set's share of (patient-level) labels close to the whole table's.
+
+    A patient counts as ``positive`` when any of their rows is (e.g. one malignant nodule among benign ones);
+    without ``positive`` a patient's label is their most frequent one.
+    """
 
     valid_pct: float = 0.2
     test_pct: float = 0.0
     seed: int = 0
     label_col: str = "label"
     patient_col: str = "patient_id"
+    positive: str | None = None
 
     def __post_init__(self) -> None:
         _check_pcts(self.valid_pct, self.test_pct)
@@ -98,7 +117,7 @@ class StratifiedPatientSplitter:
         from sklearn.model_selection import train_test_split
 
         patients = _patients(table, self.patient_col)
-        unique, labels = _patient_labels(table, patients, self.label_col)
+        unique, labels = _patient_labels(table, patients, self.label_col, self.positive)
         n_valid, n_test = _count(len(unique), self.valid_pct), _count(len(unique), self.test_pct)
         if n_valid + n_test >= len(unique):
             raise ValueError(f"{len(unique)} patient(s) cannot fill valid ({n_valid}) and test ({n_test}) and keep some for training")
@@ -122,6 +141,7 @@ class KFoldPatientSplitter:
     stratify: bool = False
     label_col: str = "label"
     patient_col: str = "patient_id"
+    positive: str | None = None
 
     def __post_init__(self) -> None:
         if self.k < 2 or not 0 <= self.fold < self.k:
@@ -135,7 +155,7 @@ class KFoldPatientSplitter:
         if self.stratify:
             from sklearn.model_selection import StratifiedKFold
 
-            unique, labels = _patient_labels(table, patients, self.label_col)
+            unique, labels = _patient_labels(table, patients, self.label_col, self.positive)
             folds = StratifiedKFold(n_splits=self.k, shuffle=True, random_state=self.seed).split(unique, labels)
             valid = unique[list(folds)[self.fold][1]]
         else:

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
-    from torch import nn
+    from medsuite.learn.predict import Predictor
 
 EMBEDDINGS_FILE = "index/embeddings.safetensors"
 THUMBNAILS_FILE = "index/thumbnails.safetensors"
@@ -238,38 +237,33 @@ def thumbnail(sample: np.ndarray, size: int = 64) -> np.ndarray:
 
 
 def build_case_index(
-    model: nn.Module,
+    predictor: Predictor,
     batches: Iterable[Any],
     case_ids: Sequence[str],
     *,
     labels: Sequence[Any] | None = None,
     thumbnail_size: int = 64,
     meta: dict[str, Any] | None = None,
-    device: str | torch.device = "cpu",
 ) -> CaseIndex:
-    """Embed every item with ``model.embed`` in batches and index them.
+    """Embed every item with the bundle's predictor (`Predictor.embed`, the model's penultimate features of
+    the un-augmented sample) in batches and index them; the viewer queries with the same `embed`.
 
-    ``batches`` yields input tensors or ``(x, y)`` pairs (a DataLoader without shuffling), in the order of
-    ``case_ids``; labels default to the ``y`` of each batch. Only embeddings and thumbnails are kept.
+    ``batches`` yields input arrays/tensors or ``(x, y)`` pairs (a DataLoader without shuffling), in the
+    order of ``case_ids``; labels default to the ``y`` of each batch. Only embeddings and thumbnails are kept.
     """
-    import torch
+    from medsuite.learn.predict import Predictor
 
-    if not hasattr(model, "embed"):
-        raise ValueError(f"{type(model).__name__} has no embed(x) method; a case index needs penultimate features")
-    was_training = model.training
-    model.eval()
+    if not isinstance(predictor, Predictor):
+        raise TypeError(f"build_case_index needs a medsuite.learn.predict.Predictor, got {type(predictor).__name__} "
+                        "(wrap a bare model with Predictor.plain(model, labels))")
     embs, thumbs, ys = [], [], []
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
-                x = torch.as_tensor(x).float()
-                embs.append(model.embed(x.to(device)).float().cpu().numpy())
-                thumbs.extend(thumbnail(s, thumbnail_size) for s in x.numpy())
-                if y is not None:
-                    ys.extend(np.asarray(y).tolist())
-    finally:
-        model.train(was_training)
+    for batch in batches:
+        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        x = np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=np.float32)
+        embs.append(predictor.embed(x))
+        thumbs.extend(thumbnail(s, thumbnail_size) for s in x)
+        if y is not None:
+            ys.extend(np.asarray(y.cpu() if hasattr(y, "cpu") else y).tolist())
     if not embs:
         raise ValueError("build_case_index: no batches to embed")
     emb = np.concatenate(embs)

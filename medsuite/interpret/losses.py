@@ -1,8 +1,10 @@
 """Top losses, most-confused pairs and subgroup performance from per-item scalars.
 
-`collect_losses` runs the model once over a loader and keeps only a few numbers per item (loss, target,
-prediction, probabilities), never the input or output tensors; items are reloaded by id when shown
-(`LossTable.show`). Subgroups join the stored ids with any table column (scanner, slice thickness, ...).
+`collect_losses` runs the bundle's predictor (`medsuite.learn.predict.Predictor`: TTA, calibration, the
+threshold) once over a loader, or `loss_table` takes probabilities already computed; only a few numbers per
+item are kept (loss, target, the predictor's decision, probabilities), never the input or output tensors;
+items are reloaded by id when shown (`LossTable.show`). The loss is the cross-entropy of the predictor's
+probabilities. Subgroups join the stored ids with any table column (scanner, slice thickness, ...).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from torch import nn
+    from medsuite.learn.predict import Predictor
 
 
 @dataclass
 class LossTable:
-    """Per-item results: ``frame`` has ``item_id, loss, target, pred, p_target, p_pred`` (+ ``p_<class>``)."""
+    """Per-item results: ``frame`` has ``item_id, loss, target, pred, p_target, p_pred`` (+ ``p_<class>``);
+    ``pred`` is the predictor's decision (threshold on P(positive) for binary problems, else arg-max)."""
 
     frame: pd.DataFrame
     vocab: list[Any]
+    positive_index: int | None = None
 
     def top_losses(self, k: int = 9, *, largest: bool = True) -> pd.DataFrame:
         """The ``k`` items with the largest (or smallest) loss, worst first."""
@@ -68,7 +72,8 @@ class LossTable:
             row = {by: value if bins is None else str(value), "n": len(g), "accuracy": float((g["target"] == g["pred"]).mean()),
                    "mean_loss": float(g["loss"].mean()), "auc": np.nan}
             if len(self.vocab) == 2 and g["target"].nunique() == 2:
-                row["auc"] = float(roc_auc_score(g["target"], g["p_1"]))
+                pos = 1 if self.positive_index is None else self.positive_index
+                row["auc"] = float(roc_auc_score(g["target"] == pos, g[f"p_{pos}"]))
             rows.append(row)
         out = pd.DataFrame(rows)
         out.attrs["unmatched_items"] = missing
@@ -79,51 +84,36 @@ class LossTable:
         return [(r.to_dict(), load_item(str(r["item_id"]))) for _, r in rows.iterrows()]
 
 
-def collect_losses(
-    model: nn.Module,
-    batches: Iterable[Any],
-    item_ids: Sequence[str],
-    vocab: Sequence[Any],
-    *,
-    loss_fn: Callable[[Any, Any], Any] | None = None,
-    device: str = "cpu",
-) -> LossTable:
-    """Run ``model`` over ``(x, y)`` batches (loader order = ``item_ids`` order) and keep per-item scalars.
-
-    ``loss_fn(logits, y)`` must return per-item losses (default: cross-entropy, reduction 'none').
-    """
-    import torch
-    import torch.nn.functional as F
-
-    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="none"))
-    losses, targets, probs = [], [], []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for x, y in batches:
-                logits = model(torch.as_tensor(x).float().to(device))
-                y = torch.as_tensor(y).long().to(device)
-                item_loss = loss_fn(logits, y)
-                if item_loss.ndim != 1 or len(item_loss) != len(y):
-                    raise ValueError(f"loss_fn must return one loss per item, got shape {tuple(item_loss.shape)}")
-                losses.append(item_loss.float().cpu().numpy())
-                targets.append(y.cpu().numpy())
-                probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not losses:
-        raise ValueError("collect_losses: the loader yielded no batches")
-    loss, target, prob = np.concatenate(losses), np.concatenate(targets), np.concatenate(probs)
-    if len(loss) != len(item_ids):
-        raise ValueError(f"collect_losses: {len(loss)} items from the loader but {len(item_ids)} item ids")
+def loss_table(probs: Any, targets: Any, item_ids: Sequence[str], vocab: Sequence[Any], *,
+               decisions: Any = None, positive_index: int | None = None) -> LossTable:
+    """A `LossTable` from probabilities ``(N, C)`` (the predictor's), class ids and item ids; ``decisions``
+    are the predicted class ids (default arg-max)."""
+    prob = np.asarray(probs, dtype=np.float64)
+    target = np.asarray(targets).astype(np.int64).reshape(-1)
+    if prob.ndim != 2 or len(prob) != len(target):
+        raise ValueError(f"loss_table: probabilities {prob.shape} do not match {len(target)} targets")
+    if len(prob) != len(item_ids):
+        raise ValueError(f"loss_table: {len(prob)} items but {len(item_ids)} item ids")
     if prob.shape[1] != len(vocab):
-        raise ValueError(f"collect_losses: the model has {prob.shape[1]} outputs but the vocab {len(vocab)} classes")
-    pred = prob.argmax(1)
+        raise ValueError(f"loss_table: {prob.shape[1]} probability columns but the vocab has {len(vocab)} classes")
+    pred = prob.argmax(1) if decisions is None else np.asarray(decisions).astype(np.int64)
+    p_target = prob[np.arange(len(prob)), target]
     frame = pd.DataFrame({
-        "item_id": [str(i) for i in item_ids], "loss": loss, "target": target, "pred": pred,
-        "actual_label": [vocab[t] for t in target], "pred_label": [vocab[p] for p in pred],
-        "p_target": prob[np.arange(len(prob)), target], "p_pred": prob.max(1),
+        "item_id": [str(i) for i in item_ids], "loss": -np.log(np.clip(p_target, 1e-12, None)), "target": target,
+        "pred": pred, "actual_label": [vocab[t] for t in target], "pred_label": [vocab[p] for p in pred],
+        "p_target": p_target, "p_pred": prob[np.arange(len(prob)), pred],
         **{f"p_{c}": prob[:, c] for c in range(prob.shape[1])},
     })
-    return LossTable(frame, list(vocab))
+    return LossTable(frame, list(vocab), positive_index)
+
+
+def collect_losses(predictor: Predictor, batches: Iterable[Any], item_ids: Sequence[str],
+                   vocab: Sequence[Any] | None = None) -> LossTable:
+    """Run ``predictor`` over ``(x, y)`` batches (loader order = ``item_ids`` order) and keep per-item scalars."""
+    from medsuite.learn.predict import Predictor
+
+    if not isinstance(predictor, Predictor):
+        raise TypeError(f"collect_losses needs a medsuite.learn.predict.Predictor, got {type(predictor).__name__}")
+    probs, targets = predictor.predict_loader(batches)
+    return loss_table(probs, targets, item_ids, list(vocab) if vocab is not None else predictor.labels,
+                      decisions=predictor.decide_index(probs), positive_index=predictor.positive_index)

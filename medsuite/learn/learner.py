@@ -151,26 +151,30 @@ class Learner:
     Parameters: ``loss_func`` (default ``nn.CrossEntropyLoss()``); ``opt_func`` (an Optimizer class or
     ``f(param_groups, lr, wd)``, default AdamW without weight decay on norm/bias); ``metrics``
     (``metric(y_true, y_score) -> float | dict`` on the whole validation set); ``cbs`` (callbacks);
-    ``path`` (run folder: ``checkpoints/``, ``models/``, logs); ``device`` ('auto' = CUDA if present);
+    ``path`` (run folder: ``checkpoints/``, ``models/``, logs; default None: nothing is written, not even
+    under the current directory); ``device`` ('auto' = CUDA if present);
     ``amp`` ('auto': bf16 on CUDA where supported, else fp16 + GradScaler; fp32 on CPU);
     ``channels_last``; ``compile`` (opt-in `torch.compile`: True or a dict of its keyword arguments);
     ``seed`` (seeds python/numpy/torch at the
     first fit and the data order); ``deterministic`` (deterministic algorithms during fit);
-    ``checkpoint`` (atomic checkpoint each epoch) and ``checkpoint_every`` (also every N steps);
+    ``checkpoint`` (atomic checkpoint each epoch; default: when there is a ``path``) and ``checkpoint_every``
+    (also every N steps);
     ``progress`` (tqdm bar + epoch table).
     """
 
     def __init__(self, dls: Any, model: nn.Module, loss_func: Callable | None = None,
                  opt_func: OptFunc | type[torch.optim.Optimizer] = adamw, lr: float = 1e-3, wd: float = 1e-2,
-                 metrics: Iterable[Metric] = (), cbs: Iterable[Callback] = (), path: str | Path = "run",
+                 metrics: Iterable[Metric] = (), cbs: Iterable[Callback] = (), path: str | Path | None = None,
                  device: str | torch.device = "auto", amp: bool | str | None = "auto",
                  channels_last: bool = False, compile: bool | dict[str, Any] = False, seed: int | None = None,
-                 deterministic: bool = False, checkpoint: bool = True, checkpoint_every: int | None = None,
+                 deterministic: bool = False, checkpoint: bool | None = None, checkpoint_every: int | None = None,
                  progress: bool = True) -> None:
         if not hasattr(dls, "train") or not hasattr(dls, "valid"):
             raise TypeError("dls must have .train and .valid DataLoaders")
         if checkpoint_every is not None and checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1 or None, got {checkpoint_every}")
+        if path is None and (checkpoint or checkpoint_every):
+            raise ValueError("checkpoints need a run folder: Learner(..., path='runs/name')")
         self.dls, self.lr, self.wd = dls, float(lr), float(wd)
         D.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the process group; otherwise nothing
         self.device = _resolve_device(device)
@@ -186,12 +190,13 @@ class Learner:
         self.loss_func = loss_func if loss_func is not None else nn.CrossEntropyLoss()
         self.opt_func = opt_func
         self.metrics = list(metrics)
-        self.path = Path(path)
+        self.path: Path | None = None if path is None else Path(path)
         self.seed, self.deterministic = seed, bool(deterministic)
         # the data order's seed; under DDP every rank must use rank 0's, or the shards would overlap
         self.data_seed = int(seed) if seed is not None else D.gather_objects(
             int(torch.randint(0, 2**31 - 1, ()).item()))[0]
-        self.checkpoint, self.checkpoint_every = bool(checkpoint), checkpoint_every
+        self.checkpoint = self.path is not None if checkpoint is None else bool(checkpoint)
+        self.checkpoint_every = checkpoint_every
         self.opt: torch.optim.Optimizer | None = None
         self._in_lr_find = False
         self.recorder = Recorder()
@@ -303,9 +308,16 @@ class Learner:
     def is_main(self) -> bool:
         return D.is_main_process()
 
+    def run_dir(self, what: str) -> Path:
+        """The run folder, or a clear error naming ``what`` needed it when the learner has none."""
+        if self.path is None:
+            raise ValueError(f"{what} needs a run folder: this Learner was made without path= (it writes nothing); "
+                             "pass path='runs/name'")
+        return self.path
+
     @property
     def checkpoint_path(self) -> Path:
-        return self.path / "checkpoints" / "last.safetensors"
+        return self.run_dir("a checkpoint") / "checkpoints" / "last.safetensors"
 
     def create_opt(self) -> None:
         self.opt = make_optimizer(self.opt_func, self.model, self.lr, self.wd)
@@ -580,7 +592,7 @@ class Learner:
 
     def save(self, name: str) -> Path:
         """Model weights to ``path/models/<name>.safetensors`` (rank 0 only; atomic)."""
-        target = self.path / "models" / f"{name}.safetensors"
+        target = self.run_dir("save()") / "models" / f"{name}.safetensors"
         if self.is_main:
             save_weights(target, self.model)
         return target
@@ -589,7 +601,7 @@ class Learner:
         """Load weights saved by `save` (a name under ``path/models`` or a file path)."""
         p = Path(name)
         if not p.suffix:
-            p = self.path / "models" / f"{name}.safetensors"
+            p = self.run_dir("load(name)") / "models" / f"{name}.safetensors"
         if D.is_distributed():
             import torch.distributed as dist
 
@@ -730,18 +742,22 @@ class Learner:
         return {"valid_loss": float(preds.losses.mean()),
                 **compute_metrics(self.metrics, preds.probs, preds.targets)}
 
+    def plain_predictor(self) -> Any:
+        """This learner's model as a `medsuite.learn.predict.Predictor` without TTA or calibration (labels
+        from ``dls.vocab``, else ``model.n_classes``), at the learner's AMP precision. Pipelines fit the
+        bundle's predictor on validation instead (`medsuite.pipelines.tasks.TaskLearner.fit_predictor`)."""
+        from medsuite.learn.predict import Predictor
+
+        vocab = getattr(self.dls, "vocab", None)
+        labels = [str(v) for v in vocab] if vocab else None
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return Predictor.plain(self.model, labels, precision=precision)
+
     def predict(self, item: Any) -> Prediction:
-        """Class probabilities for one item (array or tensor without the batch dimension)."""
-        x = torch.as_tensor(np.asarray(item) if not isinstance(item, torch.Tensor) else item)
-        x = self._prepare_x(x.unsqueeze(0).float())
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad(), self.autocast():
-                logits = self.model(x)
-        finally:
-            self.model.train(was_training)
-        probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        """Class probabilities of one item (array or tensor without the batch dimension) and its arg-max
+        class, through `plain_predictor` (the one inference chain)."""
+        x = np.asarray(item.detach().cpu() if isinstance(item, torch.Tensor) else item, dtype=np.float32)
+        probs = self.plain_predictor().predict_proba(x[None])[0]
         idx = int(probs.argmax())
         vocab = getattr(self.dls, "vocab", None)
         return Prediction(label=vocab[idx] if vocab is not None and idx < len(vocab) else idx, index=idx,

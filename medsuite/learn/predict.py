@@ -36,7 +36,9 @@ __all__ = [
     "OperatingPoint",
     "Predictor",
     "PredictorError",
+    "PredictorModule",
     "PredictorSettings",
+    "check_threshold_rule",
     "choose_threshold",
     "fit_calibration",
 ]
@@ -295,6 +297,12 @@ def _parse_rule(rule: str) -> tuple[str, float | None]:
                 raise PredictorError(f"threshold rule {rule!r}: {value} is not in [0, 1]")
             return kind, value
     raise PredictorError(f"threshold rule {rule!r}: choose one of {list(THRESHOLD_RULES)} (e.g. 'sensitivity>=0.9')")
+
+
+def check_threshold_rule(rule: str) -> str:
+    """``rule`` if it is a threshold rule `choose_threshold` knows (see `THRESHOLD_RULES`), else `PredictorError`."""
+    _parse_rule(rule)
+    return str(rule)
 
 
 def choose_threshold(scores: Any, positive: Any, rule: str = "youden", *, split: str | None = "valid") -> OperatingPoint:

@@ -18,6 +18,7 @@ import pandas as pd
 from medsuite.data.augment import Augment
 from medsuite.data.block import DataBlock, DataLoaders
 from medsuite.data.blocks import Category, SeriesSlices
+from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.source import VolumeSource
 from medsuite.data.tables import read_table, validate_series_table
 from medsuite.pipelines.nodule import label_vocab, splitter_for
@@ -47,16 +48,17 @@ def dataloaders(
         paths = dict(zip(frame["series_uid"], frame["path"], strict=True)) if "path" in frame.columns else None
         if dicom_root is None and paths is None:
             raise ValueError("give dicom_root, a 'path' column in the table, or a VolumeSource")
-        root = Path(dicom_root) if dicom_root is not None else Path(next(iter(paths.values()))).parent
-        source = VolumeSource(dicom_root, paths=paths, cache_dir=Path(cache_dir) if cache_dir else root / ".medsuite-cache")
+        source = VolumeSource(dicom_root, paths=paths, cache_dir=Path(cache_dir) if cache_dir else default_cache_dir())
     labels = sorted({str(v) for v in frame["label"]})
     vocab = label_vocab(frame["label"], positive) if positive is not None else labels
-    datablock = DataBlock(blocks=(block or DEFAULT_BLOCK, Category(vocab)), splitter=splitter or splitter_for(frame, seed=seed),
-                          item_tfms=augment)
+    datablock = DataBlock(blocks=(block or DEFAULT_BLOCK, Category(vocab)),
+                          splitter=splitter or splitter_for(frame, seed=seed, positive=positive),
+                          item_tfms=augment, positive=positive)
     return datablock.dataloaders(frame, source=source, bs=bs, num_workers=num_workers, seed=seed)
 
 
 def learner(dls: DataLoaders, arch: str | None = None, *, positive: str | None = None,
-            path: str | os.PathLike[str] = "runs/series_classifier", **kwargs: Any) -> TaskLearner:
-    """A Learner with a shared 2D slice encoder and attention pooling over the series' slices."""
+            path: str | os.PathLike[str] | None = None, **kwargs: Any) -> TaskLearner:
+    """A Learner with a shared 2D slice encoder and attention pooling over the series' slices (a binary
+    problem takes its positive class from ``dls``; without ``path`` nothing is written during training)."""
     return make_learner(dls, task="series", arch=arch, positive=positive, path=path, **kwargs)

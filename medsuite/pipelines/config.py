@@ -69,11 +69,31 @@ class TrainConfig(_Strict):
     amp: bool = True
 
 
+class PredictorConfig(_Strict):
+    """How the exported bundle's predictor scores (fitted on the validation split; scoring, the report,
+    explain and the viewer all use it): test-time flips, calibration, and the rule choosing the threshold."""
+
+    tta: bool = False
+    calibration: Literal["none", "temperature", "isotonic"] = "none"
+    threshold: str = "youden"  # youden | sensitivity>=X | specificity>=X | fixed:X
+
+    @field_validator("threshold")
+    @classmethod
+    def _known_rule(cls, value: str) -> str:
+        from medsuite.learn.predict import PredictorError, check_threshold_rule
+
+        try:
+            check_threshold_rule(value)
+        except PredictorError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
 class ReportConfig(_Strict):
     baselines: list[Literal["diameter", "radiomics"]] = Field(default_factory=lambda: ["diameter", "radiomics"])
     n_boot: int = Field(1000, ge=100)
     top_losses: int = Field(12, ge=0)
-    tta: bool = False
+    tta: bool = False  # kept for older configs: the same as predictor.tta (the report measures the bundle's predictor)
 
 
 class PipelineConfig(_Strict):
@@ -84,6 +104,7 @@ class PipelineConfig(_Strict):
     block: BlockConfig = BlockConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    predictor: PredictorConfig = PredictorConfig()
     report: ReportConfig = ReportConfig()
 
     @field_validator("name")
@@ -101,6 +122,9 @@ class PipelineConfig(_Strict):
             raise ValueError("task 'nodule' samples around each nodule: block.type SliceStack, MultiView or Patch3D")
         if self.task == "series" and self.report.baselines:
             self.report.baselines = []  # size and radiomics baselines describe nodules only
+        if self.report.tta:  # the report measures the bundle's predictor, so TTA is the predictor's
+            self.predictor.tta = True
+        self.report.tta = self.predictor.tta
         return self
 
 

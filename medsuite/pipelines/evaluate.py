@@ -1,4 +1,8 @@
-"""`medsuite evaluate BUNDLE TABLE`: a bundle's performance on any labelled table, with CIs and plots."""
+"""`medsuite evaluate BUNDLE TABLE`: a bundle's performance on any labelled table, with CIs and plots.
+
+The items are scored by the bundle's `Predictor` (the chain `medsuite score` runs), the scores are written
+as ``scores.parquet`` / ``scores.csv`` (the columns scoring writes) and the report is computed from them.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,17 @@ import pandas as pd
 from medsuite.data.block import BlockDataset
 from medsuite.data.source import VolumeSource
 from medsuite.data.tables import read_table, validate_nodule_table, validate_series_table
-from medsuite.interpret.losses import collect_losses
+from medsuite.interpret.index import CaseIndex
+from medsuite.io.atomic import atomic_write_json
 from medsuite.learn.bundle import load_bundle
-from medsuite.learn.metrics import classification_report
-from medsuite.pipelines.evaluation import Evaluation, performance_sections
-from medsuite.pipelines.report import Report, _atomic_write_text
+from medsuite.learn.predict import Predictor
+from medsuite.pipelines.evaluation import (
+    evaluate_predictor,
+    performance_sections,
+    predictor_sentence,
+    write_scores,
+)
+from medsuite.pipelines.report import Report
 
 
 def _dataset(bundle: Any, table: pd.DataFrame, source: VolumeSource) -> BlockDataset:
@@ -32,31 +42,33 @@ def _dataset(bundle: Any, table: pd.DataFrame, source: VolumeSource) -> BlockDat
 
 def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.PathLike[str], *,
                     dicom_root: str | os.PathLike[str], out: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-                    n_boot: int = 1000, device: str = "cpu") -> tuple[Path, dict[str, Any]]:
-    """Score every row of a labelled table with the bundle; write report.html and metrics.json in `out`."""
-    import json
-
+                    n_boot: int = 1000, device: str = "cpu", precision: str = "fp32",
+                    batch_size: int = 32) -> tuple[Path, dict[str, Any]]:
+    """Score every row of a labelled table with the bundle's predictor; write report.html, metrics.json and
+    scores.parquet / scores.csv in ``out`` (volumes are cached in ``out/cache`` unless ``cache_dir``)."""
     import torch
 
     bundle = load_bundle(bundle_path, device=device)
+    predictor = Predictor.from_bundle(bundle, precision=precision, batch_size=batch_size)
     raw = read_table(table_path)
     table = validate_nodule_table(raw) if bundle.task == "nodule" else validate_series_table(raw)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     source = VolumeSource(dicom_root, cache_dir=cache_dir or out / "cache")
     dataset = _dataset(bundle, table, source)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=False)
-    vocab = [str(v) for v in bundle.labels]
-    losses = collect_losses(bundle.model, loader, dataset.descriptions, vocab, device=device)
-    probs = losses.frame[[f"p_{i}" for i in range(len(vocab))]].to_numpy()
-    targets = losses.frame["target"].to_numpy().astype(np.int64)
-    report = classification_report(targets, probs, vocab, bundle.threshold if len(vocab) == 2 else None, n_boot=n_boot)
-    evaluation = Evaluation("evaluation", table, probs, targets, losses, report)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    evaluation = evaluate_predictor(predictor, loader, table, split="evaluation", task=bundle.task, n_boot=n_boot,
+                                    index=CaseIndex.from_bundle(bundle))
+    vocab = predictor.labels
     rep = Report(f"medsuite — {bundle.name} on {Path(table_path).name}")
     s = rep.section("Model and data")
-    rep.text(s, f"Bundle {bundle.name} (sha256 {bundle.sha256[:12]}), task {bundle.task}, threshold {bundle.threshold:.3f}, "
-                f"labels {vocab}; {len(table)} items from {table['patient_id'].nunique()} patients.")
+    threshold = "arg-max" if predictor.threshold is None else f"{predictor.threshold:.4g}"
+    rep.text(s, f"Bundle {bundle.name} (sha256 {bundle.sha256[:12]}), task {bundle.task}, threshold {threshold}, "
+                f"labels {vocab}" + (f", positive class {predictor.positive!r}" if predictor.positive else "")
+                + f"; {len(table)} items from {table['patient_id'].nunique()} patients.")
+    rep.text(s, predictor_sentence(predictor.settings))
     performance_sections(rep, evaluation, block=bundle.block, dataset=dataset, vocab=vocab)
+    write_scores(out, evaluation)
     path = rep.write(out)
-    _atomic_write_text(out / "metrics.json", json.dumps(report, indent=2))
-    return path, report
+    atomic_write_json(out / "metrics.json", evaluation.report)
+    return path, evaluation.report

@@ -1,73 +1,178 @@
-"""Held-out evaluation and the training report: ROC with CIs, calibration, confusion, subgroups, top losses,
-similar-case agreement, and the paired comparison with the baselines (DeLong and paired bootstrap)."""
+"""Held-out evaluation and the training report: ROC with CIs, calibration (before/after), confusion,
+subgroups, top losses, similar-case agreement, and the paired comparison with the baselines (DeLong and
+paired bootstrap).
+
+Every number comes from the bundle's `Predictor` (TTA, calibration, threshold), and a binary problem's
+report is computed by `report_from_scores` from the very table scoring writes (``series_uid, nodule_id,
+probability, label``): `medsuite score` on the same scans reproduces it exactly.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medsuite.interpret.index import build_case_index, knn_agreement
-from medsuite.interpret.losses import LossTable, collect_losses
+from medsuite.interpret.index import knn_agreement
+from medsuite.interpret.losses import LossTable, loss_table
 from medsuite.learn.metrics import classification_report, paired_auc_difference, reliability_diagram
+from medsuite.learn.predict import Predictor, PredictorSettings
 from medsuite.pipelines.baselines import BaselineResult
 from medsuite.pipelines.report import Report
-from medsuite.pipelines.tasks import FlipTTA, TaskLearner, plain_loader
+from medsuite.pipelines.tasks import TaskLearner, plain_loader
 
 SIZE_BUCKETS_MM = (0.0, 6.0, 10.0, 20.0, 100.0)
 SALIENCY_CAVEAT = "Saliency and similar cases show where the model looked and what it found alike, not a lesion segmentation."
+SCORE_COLUMNS = ("series_uid", "nodule_id", "probability", "label")
 
 
 @dataclass
 class Evaluation:
-    """Per-item results on one split (no tensors kept) and the classification report."""
+    """Per-item results on one split (no tensors kept), the scores as scoring writes them, and the report."""
 
     split: str
     items: pd.DataFrame
-    probs: np.ndarray
+    probs: np.ndarray           # the predictor's probabilities (TTA, calibrated)
+    raw_probs: np.ndarray       # the same before calibration (the reliability diagram's "before")
     targets: np.ndarray
     losses: LossTable
     report: dict[str, Any]
+    scores: pd.DataFrame        # series_uid, nodule_id, probability, label: what `medsuite score` writes
+    settings: PredictorSettings
     knn_agreement: float | None = None
     baselines: list[BaselineResult] = field(default_factory=list)
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def positive_index(self) -> int:
+        if self.settings.positive_index is None:
+            raise ValueError(f"a {len(self.settings.labels)}-class evaluation has no positive class")
+        return self.settings.positive_index
+
+    @property
     def positive_scores(self) -> np.ndarray:
-        return self.probs[:, -1]
+        """P(positive) of each item (binary problems)."""
+        return self.probs[:, self.positive_index]
+
+    @property
+    def y_positive(self) -> np.ndarray:
+        """1 where the item's true class is the positive class (binary problems)."""
+        return (self.targets == self.positive_index).astype(int)
 
 
-def evaluate(learn: TaskLearner, split: str = "test", *, threshold: float, n_boot: int = 1000, k: int = 5,
-             tta: bool = False, index: Any = None) -> Evaluation:
-    """Score `split` once (per-item scalars only) and compute the metrics with bootstrap CIs; with `tta`
-    the probabilities are the mean over in-plane flips. `index` is the training cases' `CaseIndex` (built
-    when not given) for the k-NN agreement."""
-    dls = learn.dls
-    items = dls.items(split)
-    ids_col = "nodule_id" if "nodule_id" in items.columns else "series_uid"
+def _ids(items: pd.DataFrame, task: str) -> tuple[list[str], list[str]]:
+    uids = items["series_uid"].astype(str).tolist()
+    nodules = items["nodule_id"].astype(str).tolist() if task == "nodule" else [""] * len(items)
+    return uids, nodules
+
+
+def scores_frame(predictor: Predictor, probs: np.ndarray, items: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The rows `medsuite score` writes for these items: ``series_uid, nodule_id, probability, label``
+    (``probability`` = `Predictor.score_of`, ``label`` = `Predictor.decide`; ``nodule_id`` '' for series)."""
+    uids, nodules = _ids(items, task)
+    return pd.DataFrame({"series_uid": uids, "nodule_id": nodules,
+                         "probability": predictor.score_of(probs).astype(np.float64), "label": predictor.decide(probs)})
+
+
+def report_from_scores(scores: pd.DataFrame, truth: pd.DataFrame, settings: PredictorSettings, *, task: str,
+                       n_boot: int = 1000) -> dict[str, Any]:
+    """The classification report of a binary bundle's ``scores`` (``scores.parquet`` of `medsuite score`, or
+    an evaluation's `scores_frame`) against a labelled table ``truth`` (``label`` column), matched on
+    ``series_uid`` (and ``nodule_id`` for nodule bundles), at the bundle's threshold.
+
+    AUC and every operating-point figure depend only on these columns, so the report of `medsuite evaluate`
+    is reproduced exactly from what scoring writes. Every truth row must have a score.
+    """
+    if not settings.binary:
+        raise ValueError(f"report_from_scores: the scores table holds one probability per item, which suffices for "
+                         f"a binary bundle only (this one has {len(settings.labels)} classes)")
+    keys = ["series_uid", "nodule_id"]
+    t_uids, t_nodules = _ids(truth, task)
+    left = pd.DataFrame({"series_uid": t_uids, "nodule_id": t_nodules, "truth": truth["label"].astype(str).to_numpy()})
+    right = scores[list(keys) + ["probability", "label"]].astype({"series_uid": str, "nodule_id": str})
+    if right.duplicated(keys).any():
+        raise ValueError("report_from_scores: the scores list an item twice (filter one run or bundle first)")
+    merged = left.merge(right, on=keys, how="left", validate="one_to_one")
+    missing = merged["probability"].isna()
+    if missing.any():
+        ex = merged.loc[missing, keys].head(3).to_dict("records")
+        raise ValueError(f"report_from_scores: {int(missing.sum())} item(s) of the table have no score, e.g. {ex}")
+    unknown = sorted(set(merged["truth"]) - set(settings.labels))
+    if unknown:
+        raise ValueError(f"report_from_scores: labels {unknown} are not among the bundle's labels {list(settings.labels)}")
+    y = (merged["truth"] == settings.positive).to_numpy().astype(int)
+    negative = next(label for label in settings.labels if label != settings.positive)
+    return classification_report(y, merged["probability"].to_numpy(dtype=np.float64), [negative, settings.positive],
+                                 settings.threshold, n_boot=n_boot)
+
+
+def evaluate_predictor(predictor: Predictor, batches: Iterable[Any], items: pd.DataFrame, *, split: str, task: str,
+                       n_boot: int = 1000, k: int = 5, index: Any = None) -> Evaluation:
+    """Score ``items`` (``batches`` yields their ``(x, y)`` in table order, unaugmented) with the predictor, once;
+    compute the metrics with bootstrap CIs from the scores table and, with the training cases' ``index``,
+    the k-NN agreement of the held-out embeddings."""
+    raw, targets = predictor.predict_loader(batches, calibrated=False)
+    probs = predictor.calibrate(raw)
+    if len(probs) != len(items):
+        raise ValueError(f"evaluate: {len(probs)} items scored but the table has {len(items)} rows")
+    ids_col = "nodule_id" if task == "nodule" and "nodule_id" in items.columns else "series_uid"
     ids = items[ids_col].astype(str).tolist()
-    vocab = [str(v) for v in dls.vocab]
-    model = FlipTTA(learn.model) if tta else learn.model
-    loss_table = collect_losses(model, plain_loader(dls, split), ids, vocab, device=str(learn.device))
-    frame = loss_table.frame
-    probs = frame[[f"p_{i}" for i in range(len(vocab))]].to_numpy()
-    targets = frame["target"].to_numpy().astype(np.int64)
-    report = classification_report(targets, probs, vocab, threshold if len(vocab) == 2 else None, n_boot=n_boot)
-    evaluation = Evaluation(split, items, probs, targets, loss_table, report)
-    index = index if index is not None else learn.case_index()
-    held_out = build_case_index(learn.model, plain_loader(dls, split), ids, device=learn.device)
-    evaluation.knn_agreement = float(knn_agreement(index, held_out.embeddings, [vocab[t] for t in targets], k=k))
+    vocab = predictor.labels
+    losses = loss_table(probs, targets, ids, vocab, decisions=predictor.decide_index(probs),
+                        positive_index=predictor.positive_index)
+    scores = scores_frame(predictor, probs, items, task)
+    settings = predictor.settings
+    if settings.binary:
+        report = report_from_scores(scores, items, settings, task=task, n_boot=n_boot)
+    else:
+        report = classification_report(targets, probs, vocab, None, n_boot=n_boot)
+    evaluation = Evaluation(split, items.reset_index(drop=True), probs, raw, targets, losses, report, scores, settings)
+    if index is not None:
+        held_out = np.concatenate([predictor.embed(np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=np.float32))
+                                   for x, _ in batches])
+        evaluation.knn_agreement = float(knn_agreement(index, held_out, [vocab[t] for t in targets], k=k))
     return evaluation
+
+
+def evaluate(learn: TaskLearner, split: str = "test", *, predictor: Predictor, n_boot: int = 1000, k: int = 5,
+             index: Any = None) -> Evaluation:
+    """`evaluate_predictor` on a learner's split (its items in table order, without augmentation); ``index``
+    is the training cases' `CaseIndex` (built with ``predictor`` when not given)."""
+    items = learn.dls.items(split)
+    if index is None:
+        index = learn.case_index(predictor)
+    return evaluate_predictor(predictor, plain_loader(learn.dls, split), items, split=split, task=learn.task,
+                              n_boot=n_boot, k=k, index=index)
+
+
+def write_scores(folder: Any, evaluation: Evaluation) -> tuple[Any, Any]:
+    """``scores.parquet`` and ``scores.csv`` (the columns `medsuite score` writes) of an evaluation, atomically:
+    the report's figures can be recomputed from them with `report_from_scores`."""
+    from pathlib import Path
+
+    from medsuite.io.atomic import atomic_path
+
+    folder = Path(folder)
+    out = []
+    for name in ("scores.parquet", "scores.csv"):
+        with atomic_path(folder / name) as tmp:
+            if name.endswith(".parquet"):
+                evaluation.scores.to_parquet(tmp, index=False)
+            else:
+                evaluation.scores.to_csv(tmp, index=False)
+        out.append(folder / name)
+    return out[0], out[1]
 
 
 def compare_with_baselines(evaluation: Evaluation, baselines: list[BaselineResult], *, n_boot: int = 2000) -> None:
     """Paired AUC differences (deep minus baseline) on the very same held-out items."""
-    y = (evaluation.targets == evaluation.probs.shape[1] - 1).astype(int)
     evaluation.baselines = baselines
     for base in baselines:
-        evaluation.comparisons[base.name] = paired_auc_difference(y, evaluation.positive_scores, base.probs, n_boot=n_boot)
+        evaluation.comparisons[base.name] = paired_auc_difference(evaluation.y_positive, evaluation.positive_scores,
+                                                                  base.probs, n_boot=n_boot)
 
 
 def _fmt_ci(d: dict[str, Any]) -> str:
@@ -80,7 +185,7 @@ def _roc_figure(evaluation: Evaluation) -> Any:
 
     fig = Figure(figsize=(5.2, 5))
     ax = fig.add_subplot(1, 1, 1)
-    y = (evaluation.targets == evaluation.probs.shape[1] - 1).astype(int)
+    y = evaluation.y_positive
     curves = [("2.5D model", evaluation.positive_scores)] + [(b.name, b.probs) for b in evaluation.baselines]
     for name, scores in curves:
         fpr, tpr, _ = roc_curve(y, scores)
@@ -154,6 +259,44 @@ def _top_losses_figure(block: Any, dataset: Any, evaluation: Evaluation, vocab: 
     return show_samples(block, samples, titles, ncols=4, title="Top losses (truth / P(truth) / loss)")
 
 
+def predictor_sentence(settings: PredictorSettings) -> str:
+    """One sentence saying how the predictor scores: TTA, calibration, threshold rule and what it gave."""
+    tta = "no test-time augmentation" if len(settings.tta) == 1 else f"the mean over {len(settings.tta)} flips (test-time augmentation)"
+    cal = settings.calibration
+    cal_text = "no calibration" if cal is None else (
+        f"temperature scaling (T = {cal.temperature:.3f})" if cal.method == "temperature" else "isotonic calibration")
+    if cal is not None and cal.fitted_on:
+        cal_text += f" fitted on the {cal.fitted_on.get('split', 'validation')} split (n={cal.fitted_on.get('n')})"
+    text = f"Probabilities are {tta}, with {cal_text}."
+    op = settings.operating_point
+    if settings.binary and op is not None:
+        got = "" if op.sensitivity is None else (f", where it gave sensitivity {op.sensitivity:.3f} and specificity "
+                                                 f"{op.specificity:.3f}" if op.specificity is not None else "")
+        where = f" on the {op.split} split (n={op.n})" if op.split else ""
+        text += (f" The operating threshold {op.threshold:.4g} on P({settings.positive}) was chosen by the rule "
+                 f"'{op.rule}'{where}{got}.")
+    elif settings.binary:
+        text += f" The threshold on P({settings.positive}) is 0.5 (none was chosen)."
+    return text
+
+
+def _calibration_figure(evaluation: Evaluation) -> tuple[Any, str]:
+    """The reliability diagram of the scored probabilities, with the uncalibrated ones beside when the
+    predictor calibrates."""
+    binary = evaluation.settings.binary
+    y = evaluation.y_positive if binary else evaluation.targets
+    after = evaluation.positive_scores if binary else evaluation.probs
+    cal = evaluation.settings.calibration
+    if cal is None:
+        return (reliability_diagram(y, after, title="Reliability diagram"),
+                "Calibration: observed rate of the positive class against predicted probability")
+    before = evaluation.raw_probs[:, evaluation.positive_index] if binary else evaluation.raw_probs
+    fig = reliability_diagram(y, before, title="Reliability diagram, before and after calibration", label="before")
+    reliability_diagram(y, after, ax=fig.axes[0], label=f"after ({cal.method})")
+    return fig, (f"Calibration on the {evaluation.split} split before and after the bundle's {cal.method} calibration "
+                 "(fitted on the validation split)")
+
+
 def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dataset: Any, vocab: list[str], top_losses: int = 12) -> None:
     """Held-out metrics, ROC, calibration, baselines, subgroups and top losses (shared by train and evaluate)."""
     r = evaluation.report
@@ -163,13 +306,14 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
     if evaluation.knn_agreement is not None:
         summary["k-NN agreement"] = evaluation.knn_agreement
     rep.table(s, pd.DataFrame([summary]))
+    rep.text(s, predictor_sentence(evaluation.settings))
     if "sensitivity_at_specificity" in r:
         sens, spec = r["sensitivity_at_specificity"], r["specificity_at_sensitivity"]
         rep.text(s, f"Sensitivity at specificity {sens['specificity']:.2f}: {_fmt_ci(sens)}; "
                     f"specificity at sensitivity {spec['sensitivity']:.2f}: {_fmt_ci(spec)}.")
     rep.figure(s, "roc", _roc_figure(evaluation), "ROC curves of the model and the baselines on the same items")
-    rep.figure(s, "calibration", reliability_diagram(evaluation.targets, evaluation.probs, title="Reliability diagram"),
-               "Calibration: observed rate of the positive class against predicted probability")
+    fig, caption = _calibration_figure(evaluation)
+    rep.figure(s, "calibration", fig, caption)
     cm = r["confusion"]
     names = r["labels"]
     rep.text(s, "Confusion matrix at the operating threshold" + (f" {cm['threshold']:.3f}" if cm.get("threshold") is not None else "")
@@ -212,7 +356,8 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
 
 def write_report(folder: Any, *, title: str, learn: TaskLearner, evaluation: Evaluation, lr_result: Any = None,
                  lr: float | None = None, top_losses: int = 12) -> Any:
-    """Write `folder/report.html` (data, training, held-out performance, baselines) and return its path."""
+    """Write `folder/report.html` (data, training, held-out performance, baselines) and the held-out
+    ``scores.parquet`` / ``scores.csv`` it was computed from; return the report's path."""
     rep = Report(title)
     s = rep.section("Data")
     rep.table(s, _data_summary(learn.dls))
@@ -228,4 +373,5 @@ def write_report(folder: Any, *, title: str, learn: TaskLearner, evaluation: Eva
         rep.table(s, df)
     performance_sections(rep, evaluation, block=learn.dls.block, dataset=plain_loader(learn.dls, evaluation.split).dataset,
                          vocab=[str(v) for v in learn.dls.vocab], top_losses=top_losses)
+    write_scores(folder, evaluation)
     return rep.write(folder)

@@ -18,6 +18,7 @@ import pandas as pd
 from medsuite.data.augment import Augment
 from medsuite.data.block import DataBlock, DataLoaders
 from medsuite.data.blocks import Category, InputBlock, SliceStack
+from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.source import VolumeSource
 from medsuite.data.splitters import ColumnSplitter, StratifiedPatientSplitter
 from medsuite.data.tables import read_table, validate_nodule_table
@@ -39,11 +40,12 @@ def label_vocab(labels: pd.Series, positive: str) -> list[str]:
 
 
 def splitter_for(table: pd.DataFrame, *, column: str | None = "split", valid_pct: float = 0.2, test_pct: float = 0.2,
-                 seed: int = 0) -> Any:
-    """The table's own split column when it has one, else a label-stratified split by patient."""
+                 seed: int = 0, positive: str | None = None) -> Any:
+    """The table's own split column when it has one, else a label-stratified split by patient (a patient
+    counts as ``positive`` when any of their rows is)."""
     if column and column in table.columns:
         return ColumnSplitter(column)
-    return StratifiedPatientSplitter(valid_pct=valid_pct, test_pct=test_pct, seed=seed)
+    return StratifiedPatientSplitter(valid_pct=valid_pct, test_pct=test_pct, seed=seed, positive=positive)
 
 
 def dataloaders(
@@ -66,17 +68,21 @@ def dataloaders(
     if source is None:
         if dicom_root is None:
             raise ValueError("give dicom_root (the folder with the scans) or a VolumeSource")
-        cache = Path(cache_dir) if cache_dir is not None else Path(dicom_root) / ".medsuite-cache"
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()  # never inside the scans
         source = VolumeSource(dicom_root, cache_dir=cache)
     datablock = DataBlock(
         blocks=(block or DEFAULT_BLOCK, Category(label_vocab(frame["label"], positive))),
-        splitter=splitter or splitter_for(frame, seed=seed),
+        splitter=splitter or splitter_for(frame, seed=seed, positive=positive),
         item_tfms=augment,
+        positive=positive,
     )
     return datablock.dataloaders(frame, source=source, bs=bs, num_workers=num_workers, seed=seed)
 
 
-def learner(dls: DataLoaders, arch: str | None = None, *, positive: str = "malignant", path: str | os.PathLike[str] = "runs/malignancy",
-            **kwargs: Any) -> TaskLearner:
-    """A Learner with the default 2.5D CNN for the block, AdamW, one-cycle and an AUC metric."""
+def learner(dls: DataLoaders, arch: str | None = None, *, positive: str | None = None,
+            path: str | os.PathLike[str] | None = None, **kwargs: Any) -> TaskLearner:
+    """A Learner with the default 2.5D CNN for the block, AdamW, one-cycle and an AUC metric.
+
+    The positive class comes from ``dls`` (given once, to `dataloaders`); ``positive`` may repeat it but a
+    different value is an error. Without ``path`` nothing is written during training (no checkpoints)."""
     return make_learner(dls, task="nodule", arch=arch, positive=positive, path=path, **kwargs)

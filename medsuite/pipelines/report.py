@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import html
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from medsuite.io.atomic import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -62,7 +62,8 @@ class Report:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for key, fig in self.figures.items():
-            _atomic_savefig(fig, folder / f"{key}.png")
+            with atomic_path(folder / f"{key}.png") as tmp:
+                fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
             plt.close(fig)
         body = [f"<h1>{html.escape(self.title)}</h1>"]
         toc = "".join(f'<li><a href="#{_slug(h)}">{html.escape(h)}</a></li>' for h, _ in self.sections)
@@ -71,20 +72,4 @@ class Report:
             body.append(f'<h2 id="{_slug(heading)}">{html.escape(heading)}</h2>')
             body.extend(parts)
         page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title><style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"
-        target = folder / "report.html"
-        _atomic_write_text(target, page)
-        return target
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_savefig(fig: Figure, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+        return atomic_write_text(folder / "report.html", page)

@@ -1,13 +1,18 @@
 """What both pipelines share: the default model for an input block, and a Learner that knows its task.
 
-`TaskLearner.export` needs no arguments beyond the path: it picks the operating threshold on the
-validation split (Youden's J), stores validation metrics with CIs, and builds the similar-case index from
-the training items, so that the bundle carries everything the scorer and the viewer need.
+`TaskLearner.export` needs no arguments beyond the path: it fits the bundle's `Predictor` on the
+validation split (optional TTA and calibration, then the operating threshold by a rule, Youden's J by
+default, on the predictor's own outputs), stores validation metrics with CIs computed from those same
+outputs, and builds the similar-case index with the predictor's embeddings, so that the bundle carries
+everything the scorer, the report and the viewer need, and they all score alike.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +20,19 @@ import numpy as np
 import torch
 
 from medsuite.data.blocks import InputBlock, MultiView, Patch3D, SeriesSlices, SliceStack
-from medsuite.learn.learner import Learner, set_seed
-from medsuite.learn.metrics import classification_report, roc_auc, youden_threshold
+from medsuite.learn.learner import Learner
+from medsuite.learn.metrics import classification_report, roc_auc
 from medsuite.learn.models import build_model
+from medsuite.learn.predict import (
+    FLIPS,
+    NO_TTA,
+    Predictor,
+    PredictorSettings,
+    choose_threshold,
+    fit_calibration,
+)
+
+log = logging.getLogger("medsuite.pipelines")
 
 Task = str  # 'nodule' | 'series'
 
@@ -48,21 +63,43 @@ def plain_loader(dls: Any, split: str, bs: int | None = None) -> torch.utils.dat
     return torch.utils.data.DataLoader(dataset, batch_size=bs or source.batch_size or 64, shuffle=False, num_workers=0)
 
 
-class FlipTTA(torch.nn.Module):
-    """Test-time augmentation: the mean softmax over in-plane flips of the input; returns log-probabilities
-    (so ``softmax(output)`` is that mean and cross-entropy on it is the ensemble's loss)."""
+def resolve_positive(dls: Any, positive: str | None) -> str | None:
+    """The positive class, given once: the data's (``dls.positive``), which ``positive`` may repeat but
+    never contradict; a binary problem must have one, and it must be one of the labels."""
+    vocab = [str(v) for v in dls.vocab]
+    data_positive = getattr(dls, "positive", None)
+    if positive is not None:
+        positive = str(positive)
+        if positive not in vocab:
+            raise ValueError(f"positive={positive!r} is not one of the labels {vocab}")
+        if data_positive is not None and positive != data_positive:
+            raise ValueError(f"positive={positive!r} contradicts the DataLoaders' positive class {data_positive!r}; "
+                             "give it once, to the dataloaders")
+    positive = positive or data_positive
+    if len(vocab) == 2 and positive is None:
+        raise ValueError(f"a binary problem needs its positive class: give positive= (one of {vocab}) to the dataloaders")
+    if len(vocab) != 2 and positive is not None:
+        raise ValueError(f"a {len(vocab)}-class problem has no positive class (got {positive!r}); decisions are the arg-max")
+    return positive
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flips = ((), (-1,), (-2,), (-2, -1))
-        probs = torch.stack([torch.softmax(self.model(torch.flip(x, dims) if dims else x).float(), dim=1) for dims in flips])
-        return torch.log(probs.mean(0).clamp_min(1e-12))
+def tta_flips(tta: bool | Sequence[Sequence[int]] | None) -> tuple[tuple[int, ...], ...]:
+    """``True`` -> the in-plane flips (`medsuite.learn.predict.FLIPS`), ``False``/None -> none, or explicit flips."""
+    if tta is True:
+        return FLIPS
+    if not tta:
+        return NO_TTA
+    return tuple(tuple(int(a) for a in f) for f in tta)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.embed(x)
+
+@dataclass
+class FittedPredictor:
+    """A predictor fitted on the validation split, and that split's outputs it was fitted on."""
+
+    predictor: Predictor
+    probs: np.ndarray          # calibrated, what the predictor returns
+    raw_probs: np.ndarray      # before calibration
+    targets: np.ndarray
 
 
 class TaskLearner(Learner):
@@ -70,70 +107,107 @@ class TaskLearner(Learner):
 
     def __init__(self, dls: Any, model: torch.nn.Module, *, arch: str, arch_kwargs: dict[str, Any], task: Task,
                  positive: str | None = None, **kwargs: Any) -> None:
+        positive = resolve_positive(dls, positive)
         super().__init__(dls, model, **kwargs)
         self.arch, self.arch_kwargs, self.task = arch, dict(arch_kwargs), task
-        vocab = [str(v) for v in dls.vocab]
-        self.positive_index = vocab.index(str(positive)) if positive is not None and str(positive) in vocab else len(vocab) - 1
+        self.positive = positive
 
-    def _binary_scores(self, probs: np.ndarray) -> np.ndarray:
-        return probs[:, self.positive_index]
+    @property
+    def positive_index(self) -> int | None:
+        return None if self.positive is None else [str(v) for v in self.dls.vocab].index(self.positive)
 
-    def valid_preds(self) -> Any:
-        """Probabilities and targets of the validation split, in table order, without augmentation."""
-        return self.get_preds(plain_loader(self.dls, "valid"))
+    def fit_predictor(self, *, tta: bool | Sequence[Sequence[int]] | None = False, calibration: str | None = None,
+                      threshold_rule: str = "youden", threshold: float | None = None) -> FittedPredictor:
+        """The predictor of the current model, fitted on the validation split (no augmentation).
 
-    def operating_threshold(self, preds: Any = None) -> float:
-        """Youden's J on the validation split (0.5 when it is multi-class or one-class)."""
-        preds = preds if preds is not None else self.valid_preds()
-        probs, targets = np.asarray(preds.probs), np.asarray(preds.targets)
-        if probs.shape[1] != 2 or len(np.unique(targets)) < 2:
-            return 0.5
-        return float(youden_threshold((targets == self.positive_index).astype(int), self._binary_scores(probs)))
+        TTA flips are applied first; ``calibration`` ('temperature' / 'isotonic' / None) is fitted on the
+        TTA probabilities; the binary threshold is chosen by ``threshold_rule`` (or fixed at ``threshold``)
+        on the calibrated P(positive): the very numbers scoring will produce.
+        """
+        labels = tuple(str(v) for v in self.dls.vocab)
+        base = Predictor(self.model, PredictorSettings(labels, self.positive, tta_flips(tta)))
+        raw, targets = base.predict_loader(plain_loader(self.dls, "valid"), calibrated=False)
+        cal = fit_calibration(raw, targets, calibration, positive_index=self.positive_index) if calibration else None
+        predictor = base.with_settings(calibration=cal)
+        probs = predictor.calibrate(raw)
+        if len(labels) == 2:
+            pos = self.positive_index
+            rule = f"fixed:{float(threshold):g}" if threshold is not None else threshold_rule
+            y = targets == pos
+            if rule.startswith("fixed:") or 0 < y.sum() < len(y):
+                op = choose_threshold(probs[:, pos], y, rule, split="valid")
+            else:
+                log.warning("the validation split has a single class: threshold fixed at 0.5 instead of %r", rule)
+                op = choose_threshold(probs[:, pos], y, "fixed:0.5", split="valid")
+            predictor = predictor.with_settings(operating_point=op)
+        return FittedPredictor(predictor, probs, raw, targets)
 
-    def case_index(self) -> Any:
-        """The similar-case index of the training items (embeddings, labels, thumbnails)."""
+    def predictor(self, **settings: Any) -> Predictor:
+        """`fit_predictor(...)`'s predictor."""
+        return self.fit_predictor(**settings).predictor
+
+    def case_index(self, predictor: Predictor | None = None) -> Any:
+        """The similar-case index of the training items (the predictor's embeddings, labels, thumbnails)."""
         from medsuite.interpret.index import build_case_index
 
         items = self.dls.items("train")
         ids_col = "nodule_id" if "nodule_id" in items.columns else "series_uid"
         vocab = [str(v) for v in self.dls.vocab]
+        predictor = predictor or Predictor.plain(self.model, vocab, self.positive)
         return build_case_index(
-            self.model, plain_loader(self.dls, "train"), items[ids_col].astype(str).tolist(),
+            predictor, plain_loader(self.dls, "train"), items[ids_col].astype(str).tolist(),
             labels=[vocab[int(t)] for t in self.dls.train.dataset.targets],
-            meta={"id_column": ids_col, "task": self.task}, device=self.device,
+            meta={"id_column": ids_col, "task": self.task},
         )
 
-    def export(self, path: str | Path, *, index: bool = True, threshold: float | None = None, **fields: Any) -> Path | None:
-        """Write the bundle: weights, spec, threshold, validation metrics with CIs and the case index."""
-        preds = self.valid_preds() if threshold is None or "metrics" not in fields else None
-        if threshold is None:
-            threshold = self.operating_threshold(preds)
+    def export(self, path: str | Path, *, index: bool = True, tta: bool | Sequence[Sequence[int]] | None = False,
+               calibration: str | None = None, threshold_rule: str = "youden", threshold: float | None = None,
+               **fields: Any) -> Path | None:
+        """Write the bundle: weights, spec, the predictor (TTA, calibration, threshold and its rule, positive
+        class) fitted on the validation split, validation metrics with CIs from that predictor's outputs,
+        and the case index."""
+        fitted = self.fit_predictor(tta=tta, calibration=calibration, threshold_rule=threshold_rule, threshold=threshold)
+        predictor = fitted.predictor
         if "metrics" not in fields:
-            fields["metrics"] = {"valid": validation_metrics(np.asarray(preds.probs), np.asarray(preds.targets), self.dls.vocab, threshold)}
+            fields["metrics"] = {"valid": validation_metrics(fitted.probs, fitted.targets, self.dls.vocab,
+                                                             predictor.threshold, predictor.positive_index)}
         if index and "extra_files" not in fields:
-            fields["extra_files"] = self.case_index().to_extra_files()
+            fields["extra_files"] = self.case_index(predictor).to_extra_files()
         fields.setdefault("data_fingerprint", self.dls.fingerprint())
-        return super().export(path, arch=self.arch, arch_kwargs=self.arch_kwargs, task=self.task, threshold=float(threshold), **fields)
+        extra_meta = dict(fields.pop("extra_meta", None) or {})
+        extra_meta["predictor"] = predictor.settings.to_json()
+        return super().export(path, arch=self.arch, arch_kwargs=self.arch_kwargs, task=self.task,
+                              threshold=predictor.threshold, extra_meta=extra_meta, **fields)
 
 
-def validation_metrics(probs: np.ndarray, targets: np.ndarray, vocab: list[Any], threshold: float) -> dict[str, Any]:
-    """The bundle's stored metrics: the full classification report when both classes are present."""
+def validation_metrics(probs: np.ndarray, targets: np.ndarray, vocab: list[Any], threshold: float | None,
+                       positive_index: int | None = None) -> dict[str, Any]:
+    """The bundle's stored metrics: the full classification report when every class is present."""
     labels = [str(v) for v in vocab]
-    if len(np.unique(targets)) < 2:
-        return {"n": int(len(targets)), "note": "validation split has a single class; no AUC"}
-    return classification_report(targets, probs, labels, threshold if probs.shape[1] == 2 else None, n_boot=500)
+    if len(np.unique(targets)) < len(labels):
+        return {"n": int(len(targets)), "note": f"validation split lacks a class ({np.unique(targets).tolist()} of "
+                                                f"{len(labels)}); no AUC"}
+    return classification_report(targets, probs, labels, threshold if probs.shape[1] == 2 else None, n_boot=500,
+                                 positive_index=1 if positive_index is None else positive_index)
 
 
 def make_learner(dls: Any, *, task: Task, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
                  positive: str | None = None, metrics: list[Any] | None = None, init_from: str | Path | None = None,
                  **kwargs: Any) -> TaskLearner:
-    """A TaskLearner with the default architecture for the block (or the one named) and an AUC metric."""
+    """A TaskLearner with the default architecture for the block (or the one named) and an AUC metric.
+
+    With ``seed`` the initial weights are drawn from that seed inside a forked RNG: the caller's global
+    random state is left exactly as it was.
+    """
     default_name, default_kwargs = default_arch(dls.block, len(dls.vocab))
     name = arch or default_name
     args = {**(default_kwargs if name == default_name else {"in_channels": default_kwargs["in_channels"], "n_classes": len(dls.vocab)}), **(arch_kwargs or {})}
-    if kwargs.get("seed") is not None:
-        set_seed(int(kwargs["seed"]))  # the initial weights too, so that a seeded run repeats from lr_find on
-    model = build_model(name, **args)
+    positive = resolve_positive(dls, positive)
+    seed = kwargs.get("seed")
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))  # only inside the fork: the initial weights repeat, global state is untouched
+        model = build_model(name, **args)
     if init_from is not None:
         from medsuite.learn.bundle import init_from_bundle
 

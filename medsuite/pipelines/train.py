@@ -17,6 +17,7 @@ from medsuite.data.source import VolumeSource
 from medsuite.interpret.index import CaseIndex
 from medsuite.learn import distributed as D
 from medsuite.learn.bundle import load_bundle
+from medsuite.learn.predict import Predictor
 from medsuite.pipelines import classify, nodule
 from medsuite.pipelines.baselines import BaselineResult, diameter_baseline, radiomics_baseline
 from medsuite.pipelines.config import PipelineConfig
@@ -53,7 +54,8 @@ def build_dataloaders(cfg: PipelineConfig, source: VolumeSource) -> Any:
         table, block=block, positive=cfg.data.positive, source=source, bs=cfg.data.bs,
         num_workers=cfg.data.num_workers, seed=cfg.data.split.seed,
         splitter=nodule.splitter_for(table, column=cfg.data.split.column, valid_pct=cfg.data.split.valid_pct,
-                                     test_pct=cfg.data.split.test_pct, seed=cfg.data.split.seed),
+                                     test_pct=cfg.data.split.test_pct, seed=cfg.data.split.seed,
+                                     positive=cfg.data.positive),
     )
 
 
@@ -132,12 +134,15 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
         return TrainResult(run_dir, None, None, {})
 
     bundle = Path(bundle_path or run_dir / f"{cfg.name}.bundle")
-    learn.export(bundle, train_config={"config": cfg.model_dump(mode="json"), **learn.train_config()})
-    exported = load_bundle(bundle)
-    threshold = exported.threshold
+    p = cfg.predictor
+    learn.export(bundle, train_config={"config": cfg.model_dump(mode="json"), **learn.train_config()},
+                 tta=p.tta, calibration=None if p.calibration == "none" else p.calibration, threshold_rule=p.threshold)
+    exported = load_bundle(bundle, device=str(learn.device))
+    predictor = Predictor.from_bundle(exported)  # the report measures exactly what scoring will run
+    threshold = predictor.threshold
 
     split = "test" if dls.test is not None else "valid"
-    evaluation: Evaluation = evaluate(learn, split, threshold=threshold, n_boot=cfg.report.n_boot, tta=cfg.report.tta,
+    evaluation: Evaluation = evaluate(learn, split, predictor=predictor, n_boot=cfg.report.n_boot,
                                       index=CaseIndex.from_bundle(exported))
     if cfg.task == "nodule" and cfg.report.baselines:
         baselines = run_baselines(cfg, dls, source, split)

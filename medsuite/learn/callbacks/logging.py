@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 from typing import Any
 
+from medsuite.io.atomic import atomic_write_text
 from medsuite.learn.callbacks.core import Callback
 
 __all__ = ["CSVLogger", "TensorBoardLogger"]
@@ -28,7 +28,7 @@ class CSVLogger(Callback):
 
     @property
     def file(self) -> Path:
-        return self.learn.path / self.fname
+        return self.learn.run_dir("CSVLogger") / self.fname
 
     def after_epoch(self) -> None:
         if not self.learn.is_main:
@@ -41,11 +41,7 @@ class CSVLogger(Callback):
         writer = csv.DictWriter(buf, fieldnames=cols)
         writer.writeheader()
         writer.writerows(rows)
-        target = self.file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, target)
+        atomic_write_text(self.file, buf.getvalue())
 
 
 class TensorBoardLogger(Callback):
@@ -68,7 +64,7 @@ class TensorBoardLogger(Callback):
         except ImportError as e:
             raise ImportError("TensorBoardLogger needs the 'tensorboard' package: "
                               "pip install 'medsuite[tensorboard]'") from e
-        self.writer = SummaryWriter(log_dir=str(self.log_dir or self.learn.path / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(self.log_dir or self.learn.run_dir("TensorBoardLogger") / "tensorboard"))
 
     def after_batch(self) -> None:
         learn = self.learn
