@@ -11,6 +11,7 @@ from data_helpers import nodule_table, sphere_volume
 
 from medsuite.data.block import DataBlock
 from medsuite.data.blocks import Category, Patch3D, SliceStack
+from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.source import SourceError, VolumeSource
 from medsuite.data.splitters import PatientSplitter
 from medsuite.io.dicom_write import write_series
@@ -100,4 +101,6 @@ def test_a_dicom_folder_is_enough(dicom_cohort):
     dls = DataBlock(splitter=PatientSplitter(0.25, seed=0)).dataloaders(table, source=str(root), bs=2, seed=0)
     x, y = next(iter(dls.valid))
     assert x.shape == (1, 5, 64, 64) and torch.all(x[:, 2, 31:33, 31:33] > 0.6)
-    assert any((root / ".medsuite-cache").rglob("array.npy"))
+    # the DICOM folder is never written to: the volumes are cached in the user cache folder
+    assert not any(p.name.startswith(".medsuite") for p in root.rglob("*"))
+    assert any(default_cache_dir().rglob("array.npy"))

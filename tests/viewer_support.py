@@ -18,6 +18,7 @@ def make_bundle_with_index(path: Path) -> Path:
     from medsuite.interpret.index import build_case_index
     from medsuite.learn.bundle import export_bundle, load_bundle
     from medsuite.learn.models import build_model
+    from medsuite.learn.predict import Predictor
 
     plain = S.make_bundle(path.with_name(path.name + "-plain"), "nodule")
     b = load_bundle(plain)
@@ -30,7 +31,7 @@ def make_bundle_with_index(path: Path) -> Path:
         ids.append(f"ref{i:02d}")
         labels.append(int(i % 3 != 0))  # 8 malignant, 4 benign
     x = torch.as_tensor(np.stack(samples)).float()
-    index = build_case_index(b.model, [x], ids, labels=labels)
+    index = build_case_index(Predictor.from_bundle(b), [x], ids, labels=labels)
     arch_kwargs = b.meta["arch_kwargs"]
     model = build_model("slice_cnn", **arch_kwargs)
     model.load_state_dict(b.model.state_dict())
