@@ -1,14 +1,12 @@
-"""Local accounts (salted scrypt), the loopback-only rule without authentication, and the slice renderer."""
+"""Local accounts (salted scrypt), the loopback-only rule without authentication, and log-in throttling."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from medsuite.records import access
-from medsuite.viewer import images
+from medsuite.records import access, store
 
 
 def test_users_file_salted_hashes(tmp_path):
@@ -43,27 +41,39 @@ def test_binding_rule():
     access.check_binding("0.0.0.0", auth_configured=True)
 
 
-def test_render_views_crosshair_circle_and_aspect():
-    arr = np.full((10, 40, 50), -1000, dtype=np.int16)
-    arr[5, 20, 25] = 400
-    geo = images.Geometry((2.5, 0.5, 0.5))
-    ax = images.render(arr, geo, "axial", (5, 20, 25), (1500, -600), nodule_zyx=(5, 20, 25), nodule_radius_mm=5.0)
-    assert ax.shape == (40, 50, 3) and ax.dtype == np.uint8
-    ring = np.all(ax == images.RING.astype(np.uint8), axis=-1)
-    assert (ax[20, ~ring[20], 2] > ax[5, 5, 2]).all()  # the crosshair row is tinted (outside the ring)
-    rr, cc = np.nonzero(ring)
-    assert np.allclose(np.hypot(rr - 20, cc - 25) * 0.5, 5.0, atol=0.6)  # circle of the nodule's radius in mm
-    cor = images.render(arr, geo, "coronal", (5, 20, 25), (1500, -600))
-    assert cor.shape == (50, 50, 3)  # 10 slices of 2.5 mm shown as 50 rows of 0.5 mm
-    far = images.render(arr, geo, "axial", (9, 20, 25), (1500, -600), nodule_zyx=(5, 20, 25), nodule_radius_mm=5.0)
-    assert not np.all(far == images.RING.astype(np.uint8), axis=-1).any()  # 10 mm away: no circle
-    assert images.window_uint8(np.array([-1350.0, -600.0, 150.0]), 1500, -600).tolist() == [0, 127, 255]
-    with pytest.raises(IndexError, match="axial slice 10"):
-        images.extract(arr, "axial", 10)
+def test_login_throttle_locks_a_name_then_frees_it(tmp_path):
+    conn = store.connect(tmp_path / "m.db")
+    t = 1_000_000.0
+    for i in range(access.LOCK_AFTER - 1):
+        assert access.login_wait_s(conn, "alice", "10.0.0.1", now=t + i) == 0
+        access.record_login_failure(conn, "alice", "10.0.0.1", now=t + i)
+    assert access.login_wait_s(conn, "alice", "10.0.0.1", now=t + 10) == 0  # 4 failures: still allowed
+    access.record_login_failure(conn, "Alice ", "10.0.0.2", now=t + 10)  # same name (case, spaces), another client
+    wait = access.login_wait_s(conn, "alice", "10.0.0.3", now=t + 11)
+    assert wait == pytest.approx(access.LOCK_S - 1)  # locked from the 5th failure, whatever the client
+    assert access.login_wait_s(conn, "bob", "10.0.0.3", now=t + 11) == 0  # other names are not affected
+    assert access.login_wait_s(conn, "alice", "10.0.0.3", now=t + 10 + access.LOCK_S + 1) == 0  # lock over
+    # failures spread wider than the window do not add up
+    for i in range(access.LOCK_AFTER):
+        access.record_login_failure(conn, "carol", "c", now=t + i * (access.LOCK_WINDOW_S / 2 + 1))
+    assert access.login_wait_s(conn, "carol", "c2", now=t + 5 * access.LOCK_WINDOW_S) == 0
+    # a success clears the name's failures
+    for i in range(access.LOCK_AFTER - 1):
+        access.record_login_failure(conn, "dave", "d", now=t + i)
+    access.clear_login_failures(conn, "dave")
+    access.record_login_failure(conn, "dave", "d", now=t + 5)
+    assert access.login_wait_s(conn, "dave", "d", now=t + 6) == 0
+    # the name is stored hashed (a password typed as user name never lands in the database)
+    names = [r[0] for r in conn.execute("SELECT name_key FROM login_failures")]
+    assert "alice" not in names and access.name_key("alice") in names
+    conn.close()
 
 
-def test_overlay_plane_places_the_crop():
-    attr = np.ones((2, 3, 4), dtype=np.float32)
-    full = images.overlay_plane(attr, (4, 10, 20), (10, 40, 50), "axial", 5, scale=2.0)
-    assert full.shape == (40, 50) and full.sum() == pytest.approx(12 * 0.5) and full[10, 20] == 0.5
-    assert images.overlay_plane(attr, (4, 10, 20), (10, 40, 50), "axial", 7, scale=2.0) is None
+def test_login_throttle_locks_a_client_trying_many_names(tmp_path):
+    conn = store.connect(tmp_path / "m.db")
+    t = 2_000_000.0
+    for i in range(access.CLIENT_LOCK_AFTER):
+        access.record_login_failure(conn, f"user{i}", "203.0.113.9", now=t + i)
+    assert access.login_wait_s(conn, "someone", "203.0.113.9", now=t + 30) > 0
+    assert access.login_wait_s(conn, "someone", "203.0.113.10", now=t + 30) == 0
+    conn.close()

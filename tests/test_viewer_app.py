@@ -1,18 +1,23 @@
-"""The Streamlit viewer's page logic through streamlit.testing (AppTest): binding rule, login gate, worklist
-filters, opening a case, saving reviews, idle logout."""
+"""The Streamlit viewer's page logic through streamlit.testing (AppTest): binding rule, login gate with lockout and
+audit, worklist, the reading view's arguments (the scan sent once, re-sent on request), the URL (case, slice,
+window), leases for concurrent reviewers, missing images, interpolated slices, reviews and flags.
+
+What only a browser shows (WebGL drawing, keys and wheel handled client-side) is in tests/test_browser_viewer.py.
+"""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-import streamlit  # noqa: E402,F401  (the [viewer] extra; installed by .ci/run)
 import viewer_support as V
-from streamlit import config as st_config  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit import config as st_config
+from streamlit.testing.v1 import AppTest
 
 import medsuite.viewer
 
@@ -31,53 +36,88 @@ def app(world, tmp_path, monkeypatch):
     db = tmp_path / "medsuite.db"
     with sqlite3.connect(world["db"]) as src, sqlite3.connect(db) as dst:
         src.backup(dst)
-    st_config.set_option("server.address", "127.0.0.1")
 
-    def make(*extra: str, address: str = "127.0.0.1") -> AppTest:
+    def make(*extra: str, address: str = "127.0.0.1", query: dict[str, str] | None = None, run: bool = True) -> AppTest:
         st_config.set_option("server.address", address)
         monkeypatch.setattr(sys, "argv", ["app.py", "--db", str(db), "--cache", str(tmp_path / "cache"), *extra])
         at = AppTest.from_file(APP, default_timeout=180)
-        at.db = db
-        return at.run()
+        at.db, at.cache = db, tmp_path / "cache"
+        for k, v in (query or {}).items():
+            at.query_params[k] = v
+        return at.run() if run else at
 
     yield make
     st_config.set_option("server.address", "127.0.0.1")
 
 
-def _rows(db: Path, sql: str) -> list[tuple]:
+def _rows(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
     with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, args).fetchall()
 
 
 def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
+    parts = ([m.value for m in at.markdown] + [c.value for c in at.caption] + [t.value for t in at.title]
+             + [e.value for e in at.error] + [w.value for w in at.warning])
     return "\n".join(str(p) for p in parts)
+
+
+def _view(at: AppTest) -> tuple[dict, dict[str, int]]:
+    """The reading view's spec and the byte payloads sent with this run (slot -> size)."""
+    comps = at.get("component_instance")
+    assert len(comps) == 1, "exactly one reading view on a case page"
+    proto = comps[0].proto
+    assert proto.component_name.endswith("reading_view")
+    spec = json.loads(json.loads(proto.json_args)["spec"])
+    return spec, {a.key: len(a.bytes) for a in proto.special_args if a.WhichOneof("value") == "bytes" and a.bytes}
+
+
+def _report(at: AppTest, spec: dict, seq: int, *, have: bool = True, state: dict | None = None, need: list | None = None) -> None:
+    """What the page sends back after loading / reading (the component's value)."""
+    held = {"volume": spec["volume"]["id"], **{k: v["id"] for k, v in spec["overlays"].items()}} if have else {}
+    at.session_state["reading_view"] = {"seq": seq, "have": held, "need": need or [], "case": spec["case"]["id"],
+                                        "state": state}
 
 
 def test_refuses_non_loopback_without_auth(app):
     at = app(address="0.0.0.0")
     assert at.error and "without authentication" in at.error[0].value
-    assert not at.dataframe and not at.button and not at.sidebar.radio
+    assert not at.dataframe and not at.button and not at.radio
 
 
-def test_login_gate_renders_nothing_before_login(app, tmp_path):
-    from medsuite.records.access import set_password
+def _login(at: AppTest, name: str, password: str) -> AppTest:
+    at.text_input[0].input(name)
+    at.text_input[1].input(password)
+    return at.button[0].click().run()
+
+
+def test_login_gate_lockout_and_audit(app, tmp_path):
+    from medsuite.records.access import LOCK_AFTER, name_key, set_password
 
     users = tmp_path / "users.json"
     set_password(users, "dr.ada", "long password")
+    set_password(users, "dr.bob", "other password")
     at = app("--auth-users", str(users), address="0.0.0.0")  # auth configured: any address allowed
     assert not at.exception and not at.error
-    assert not at.dataframe and not at.sidebar.radio and not at.selectbox  # only the login form
+    assert not at.dataframe and not at.radio and not at.selectbox and not at.get("component_instance")
     assert [t.label for t in at.text_input] == ["User name", "Password"]
-    at.text_input[0].input("dr.ada")
-    at.text_input[1].input("wrong password")
-    at.button[0].click().run()
+    _login(at, "dr.ada", "wrong password")
     assert at.error and "wrong password" in at.error[0].value and not at.dataframe
-    at.text_input[0].input("dr.ada")
-    at.text_input[1].input("long password")
-    at.button[0].click().run()
-    assert not at.exception and at.dataframe and "Logged in as **dr.ada**" in _texts(at)
-    assert _rows(at.db, "SELECT actor, action FROM audit") == [("dr.ada", "login")]
+    _login(at, "mallory-typed-her-password", "x")
+    audit = _rows(at.db, "SELECT actor, action, detail FROM audit ORDER BY audit_id")
+    assert [(a, b) for a, b, _ in audit] == [("dr.ada", "login_failed"), ("(unknown user)", "login_failed")]
+    assert "mallory" not in audit[1][2] and name_key("mallory-typed-her-password")[:12] in audit[1][2]
+
+    for _ in range(LOCK_AFTER - 1):  # dr.ada reaches the limit ...
+        _login(at, "dr.ada", "guess")
+    _login(at, "dr.ada", "long password")  # ... and then even the right password is refused
+    assert at.error and "Too many failed log-ins" in at.error[0].value and not at.dataframe
+    actions = [a for (a,) in _rows(at.db, "SELECT action FROM audit WHERE actor = 'dr.ada' ORDER BY audit_id")]
+    assert actions.count("login_failed") == LOCK_AFTER and "login_locked" in actions and actions[-1] == "login_refused"
+    assert "login" not in actions
+
+    _login(at, "dr.bob", "other password")  # another account is not affected
+    assert not at.exception and at.dataframe and "Logged in as **dr.bob**" in _texts(at)
+    assert _rows(at.db, "SELECT actor, action FROM audit ORDER BY audit_id DESC LIMIT 1") == [("dr.bob", "login")]
 
     # the reviewer identity comes from the login
     at.button(key="wl_next").click().run()
@@ -85,7 +125,7 @@ def test_login_gate_renders_nothing_before_login(app, tmp_path):
     at.radio(key=f"verdict_{pid}").set_value("uncertain")
     at.button(key=f"save_{pid}").click().run()
     assert at.success and not at.exception
-    assert _rows(at.db, "SELECT reviewer, verdict FROM reviews") == [("dr.ada", "uncertain")]
+    assert _rows(at.db, "SELECT reviewer, verdict FROM reviews") == [("dr.bob", "uncertain")]
 
     # idle timeout logs the session out
     at.session_state["viewer_last_seen"] = time.time() - 16 * 60
@@ -95,7 +135,7 @@ def test_login_gate_renders_nothing_before_login(app, tmp_path):
     assert [a for (a,) in _rows(at.db, "SELECT action FROM audit ORDER BY audit_id")][-1] == "logout"
 
 
-def test_worklist_filters_open_case_and_review(app, world):
+def test_open_case_sends_the_scan_once_and_the_url_follows(app, world):
     at = app()
     assert not at.exception
     table = at.dataframe[0].value
@@ -108,25 +148,45 @@ def test_worklist_filters_open_case_and_review(app, world):
 
     at.button(key="wl_next").click().run()  # one click to the highest-scoring unreviewed case
     assert not at.exception, at.exception
-    assert at.session_state["prediction_id"] == top
-    assert len(at.image) >= 3  # axial, coronal, sagittal (+ similar-case thumbnails)
-    text = _texts(at)
-    assert "Slice" in text and "world (x, y, z)" in text and "version 1.2.0" in text
-    assert "similar cases were malignant" in text
+    assert at.session_state["prediction_id"] == top and at.query_params["case"] == str(top)
+    spec, sent = _view(at)
+    assert set(sent) == {"volume", "nodules"}  # the scan and the nodule rings travel with the first render
+    assert spec["case"]["id"] == str(top) and [p["key"] for p in spec["presets"]] == ["1", "2", "3", "4", "5"]
+    assert spec["presets"][0] == {"key": "1", "name": "lung", "width": 1500.0, "level": -600.0}
+    pred = _rows(at.db, "SELECT x_mm, y_mm, z_mm, nodule_id, series_uid FROM predictions WHERE prediction_id = ?", (top,))[0]
+    from medsuite.io.cache import VolumeCache
+    from medsuite.viewer.resources import VOLUME_PARAMS
+
+    vol = VolumeCache(at.cache).get(pred[4], VOLUME_PARAMS, lambda: pytest.fail("the viewer cached the volume"))
+    nod = vol.world_to_index(np.array(pred[:3]))
+    assert spec["init"]["zyx"] == [int(v) for v in np.rint(nod)]  # the view opens at the nodule
+    current = [n for n in spec["nodules"] if n["current"]]
+    assert len(current) == 1 and pred[3] in current[0]["name"]
+    assert "version 1.2.0" in _texts(at) and "similar cases were malignant" in _texts(at)
+    assert not at.get("imgs")  # no st.image: nothing of the scan is served by URL
     assert _rows(at.db, "SELECT action, series_uid IS NOT NULL FROM audit") == [("open", 1)]
 
-    z0 = at.slider(key=f"slice_{top}").value
-    at.button(key="slice_down").click().run()
-    assert at.slider(key=f"slice_{top}").value == z0 + 1
-    at.button(key="win_3").click().run()
-    assert at.session_state["viewer_window"] == (2000.0, 500.0)
+    # the page reports what it holds and where the reader is: no bytes any more, the URL follows
+    _report(at, spec, 1, state={"zyx": [3, 10, 11], "window": [350.0, 50.0], "layout": "axial"})
+    at.run()
+    assert not at.exception
+    spec2, sent2 = _view(at)
+    assert sent2 == {} and spec2["init"] == spec["init"]  # same start, nothing re-sent
+    assert {k: at.query_params[k] for k in ("case", "z", "y", "x", "w", "l", "layout")} == {
+        "case": str(top), "z": "3", "y": "10", "x": "11", "w": "350", "l": "50", "layout": "axial"}
+    # a re-created frame asks again: the scan is sent again, once
+    _report(at, spec, 2, have=False, need=[spec["volume"]["id"], spec["overlays"]["nodules"]["id"]])
+    at.run()
+    assert _view(at)[1] == {"volume": sent["volume"], "nodules": sent["nodules"]}
+    at.run()
+    assert _view(at)[1] == {}
+    assert _rows(at.db, "SELECT COUNT(*) FROM audit WHERE action = 'open'") == [(1,)]  # re-runs are not openings
 
-    form_radio = at.radio(key=f"verdict_{top}")
-    form_radio.set_value("agree")
+    at.radio(key=f"verdict_{top}").set_value("agree")
     at.button(key=f"save_{top}").click().run()
     assert at.error and "name" in at.error[0].value  # no login: a name is required
     assert _rows(at.db, "SELECT COUNT(*) FROM reviews") == [(0,)]
-    at.sidebar.text_input(key="reviewer_name").input("Dr Who")
+    at.text_input(key="reviewer_name").input("Dr Who")
     at.radio(key=f"verdict_{top}").set_value("agree")
     at.text_area(key=f"note_{top}").input("round, smooth")
     at.button(key=f"save_{top}").click().run()
@@ -136,8 +196,91 @@ def test_worklist_filters_open_case_and_review(app, world):
     assert [(r[0], r[1], r[2]) for r in rows] == [(top, "Dr Who", "agree"), (top, "Dr Who", "disagree")]
     assert rows[0][3] == "round, smooth" and rows[0][4] == "1.2.0" and len(rows[0][5]) == 64
     hist = [d.value for d in at.dataframe if "verdict" in d.value.columns]
-    assert hist and list(hist[0]["verdict"]) == ["agree", "disagree"]  # history kept and shown
+    assert hist and list(hist[0]["verdict"]) == ["agree", "disagree"]
 
     at.button(key="back").click().run()
-    at.sidebar.radio(key="page").set_value("Audit trail").run()
+    assert "case" not in at.query_params and at.dataframe  # back on the worklist
+    at.radio(key="page").set_value("Audit trail").run()
     assert at.success and "Hash chain intact" in at.success[0].value
+
+
+def test_url_restores_case_slice_and_window(app):
+    at = app(query={"case": "2", "z": "5", "y": "6", "x": "7", "w": "400", "l": "40", "layout": "coronal"})
+    assert not at.exception
+    assert at.session_state["prediction_id"] == 2
+    spec, sent = _view(at)
+    assert spec["init"]["zyx"] == [5, 6, 7] and spec["init"]["window"] == [400.0, 40.0]
+    assert spec["init"]["layout"] == "coronal" and "volume" in sent
+    # nonsense is ignored (the view starts at the nodule), an unknown case is refused with a clear message
+    at = app(query={"case": "2", "z": "-3", "y": "x", "x": "1e9", "w": "-5", "l": "0", "layout": "<script>"})
+    spec, _ = _view(at)
+    assert spec["init"]["window"] is None and spec["init"]["layout"] == "3up"
+    assert all(0 <= v < n for v, n in zip(spec["init"]["zyx"], spec["volume"]["shape"], strict=True))
+    at = app(query={"case": "99999"})
+    assert at.error and "99999" in at.error[0].value and not at.get("component_instance")
+
+
+def test_two_reviewers_get_different_cases(app):
+    ann, ben = app(), app()
+    ann.button(key="wl_next").click().run()
+    ben.button(key="wl_next").click().run()
+    a, b = ann.session_state["prediction_id"], ben.session_state["prediction_id"]
+    assert a != b
+    ben.button(key="case_next").click().run()  # ben moves on: never to ann's case
+    c = ben.session_state["prediction_id"]
+    assert c not in (a, b)
+    # opening a case someone holds says so (and does not take it from them)
+    ben.session_state["prediction_id"] = a
+    ben.run()
+    assert any("anonymous** is reviewing this case" in w.value for w in ben.warning)
+    ben.session_state["prediction_id"] = c
+    ben.run()
+    # ann's worklist shows who else is reviewing what
+    ann.button(key="back").click().run()
+    table = ann.dataframe[0].value.set_index("prediction_id")
+    assert table.loc[c, "in_review_by"] == "anonymous"
+    assert table.loc[b, "in_review_by"] == "" and table.loc[a, "in_review_by"] == ""  # left: free again
+
+
+def test_missing_images_clear_message_flag_and_audit(app):
+    at = app(run=False)
+    with sqlite3.connect(at.db) as conn:
+        conn.execute("UPDATE series SET source = '/data/PATIENT-SMITH-JOHN/ct' WHERE series_uid = "
+                     "(SELECT series_uid FROM predictions WHERE prediction_id = 1)")
+    at.query_params["case"] = "1"
+    at.run()
+    assert not at.exception
+    text = _texts(at)
+    assert "cannot be shown" in text and "missing" in text
+    assert "/data" not in text and "SMITH" not in text  # no server path, no name in it
+    assert not at.get("component_instance")
+    actions = _rows(at.db, "SELECT action, detail FROM audit")
+    assert [a for a, _ in actions] == ["open_failed"] and "SMITH" not in actions[0][1]
+    at.text_input(key="reviewer_name").input("Dr Flag")
+    at.selectbox(key="flag_reason_1").set_value("images missing or unreadable")
+    at.button(key="flag_save_1").click().run()
+    assert any("Flagged" in s.value for s in at.success)
+    assert _rows(at.db, "SELECT actor, action FROM audit ORDER BY audit_id DESC LIMIT 1") == [("Dr Flag", "flag")]
+    at.button(key="back").click().run()
+    table = at.dataframe[0].value.set_index("prediction_id")
+    assert table.loc[1, "flagged"] == 1
+
+
+def test_interpolated_slices_are_marked(app, world):
+    """A volume whose reader interpolated slices 3-4: the page warns, and the marks travel as an overlay."""
+    import scoring_support as S
+
+    from medsuite.io.cache import VolumeCache
+    from medsuite.viewer.resources import VOLUME_PARAMS
+
+    at = app(run=False)
+    uid = _rows(at.db, "SELECT series_uid FROM predictions WHERE prediction_id = 1")[0][0]
+    vol = S.make_volume(world["cohort"]["good"].index(uid))
+    marked = vol.with_array(np.asarray(vol.array), meta={"interpolated_slices": [3, 4], "resampled": "2 slices filled"})
+    VolumeCache(at.cache).get(uid, VOLUME_PARAMS, lambda: marked)
+    at.query_params["case"] = "1"
+    at.run()
+    assert not at.exception
+    spec, sent = _view(at)
+    assert spec["interpolated"] == [3, 4] and "marks" in spec["overlays"] and "marks" in sent
+    assert any("2 of 12 slices were interpolated" in w.value and "3–4" in w.value for w in at.warning)

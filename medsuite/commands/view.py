@@ -23,7 +23,7 @@ def streamlit_argv(db: Path, *, address: str, port: int, bundle: Path | None, au
     """The ``python -m streamlit run`` command line for these options."""
     argv = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", address, "--server.port", str(port),
             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
-            "--client.toolbarMode", "minimal",
+            "--client.toolbarMode", "minimal", "--theme.base", "dark",
             "--", "--db", str(db), "--idle-minutes", str(idle_minutes)]
     if bundle:
         argv += ["--bundle", str(bundle)]

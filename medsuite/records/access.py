@@ -111,3 +111,52 @@ def check_binding(address: str, *, auth_configured: bool) -> None:
             f"refusing to listen on {address!r} without authentication: the viewer serves patient images. "
             "Configure --auth-users FILE or --oidc, or keep the default loopback address 127.0.0.1."
         )
+
+
+# ------------------------------------------------------------------------------------------ login throttling
+LOCK_AFTER = 5            # failed log-ins of one user name ...
+LOCK_WINDOW_S = 15 * 60   # ... within this window lock that name ...
+LOCK_S = 15 * 60          # ... for this long (the right password is refused too)
+CLIENT_LOCK_AFTER = 20    # failed log-ins from one client address within the window lock that client
+_THROTTLE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS login_failures (
+    failure_id INTEGER PRIMARY KEY,
+    name_key TEXT NOT NULL,
+    client TEXT NOT NULL,
+    at REAL NOT NULL
+)
+"""
+
+
+def name_key(name: str) -> str:
+    """The key a user name is throttled under: a hash, so that a password typed into the name field is never
+    stored; unknown and known names are treated alike (a lockout does not reveal whether an account exists)."""
+    return hashlib.sha256((name or "").strip().lower().encode("utf-8")).hexdigest()[:24]
+
+
+def login_wait_s(conn: Any, name: str, client: str, *, now: float) -> float:
+    """Seconds until ``name`` (or ``client``) may try to log in again; 0 when a try is allowed now."""
+    conn.execute(_THROTTLE_SCHEMA)
+    since = now - LOCK_WINDOW_S - LOCK_S
+    waits = [0.0]
+    for column, value, limit in (("name_key", name_key(name), LOCK_AFTER), ("client", client or "?", CLIENT_LOCK_AFTER)):
+        times = [float(t) for (t,) in conn.execute(
+            f"SELECT at FROM login_failures WHERE {column} = ? AND at > ? ORDER BY at", (value, since))]
+        # locked when `limit` failures fall within one window; the lock runs from the last of them
+        for i in range(len(times) - limit + 1):
+            if times[i + limit - 1] - times[i] <= LOCK_WINDOW_S:
+                waits.append(times[i + limit - 1] + LOCK_S - now)
+    return max(waits)
+
+
+def record_login_failure(conn: Any, name: str, client: str, *, now: float) -> None:
+    """Remember one failed log-in (hashed name, client address, time); old rows are pruned."""
+    conn.execute(_THROTTLE_SCHEMA)
+    conn.execute("INSERT INTO login_failures(name_key, client, at) VALUES (?, ?, ?)", (name_key(name), client or "?", now))
+    conn.execute("DELETE FROM login_failures WHERE at < ?", (now - 4 * (LOCK_WINDOW_S + LOCK_S),))
+
+
+def clear_login_failures(conn: Any, name: str) -> None:
+    """Forget the failures of ``name`` after a successful log-in."""
+    conn.execute(_THROTTLE_SCHEMA)
+    conn.execute("DELETE FROM login_failures WHERE name_key = ?", (name_key(name),))

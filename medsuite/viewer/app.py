@@ -1,8 +1,8 @@
-"""medsuite clinician viewer (Streamlit): worklist, case view with linked planes, prediction, why, similar cases,
-review and a hash-chained audit trail.
+"""medsuite clinician viewer (Streamlit): worklist, the reading view (WebGL, in the browser), the score with its
+interval, why (attributions), similar cases, reviews, flags and a hash-chained audit trail.
 
-Run: ``medsuite view --db DIR/medsuite.db``, which starts ``streamlit run`` on this file. Without authentication it
-serves loopback only.
+Run: ``medsuite view --db DIR/medsuite.db``, which starts ``streamlit run`` on this file (dark theme, wide layout).
+Without authentication it serves loopback only.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from contextlib import closing
 import streamlit as st
 
 from medsuite.records import access, reviews, store
-from medsuite.viewer import analysis, auth, case_view, resources, review_panel, worklist
+from medsuite.viewer import auth, case_page, navigation, worklist
 from medsuite.viewer.config import ViewerConfig, parse
+from medsuite.viewer.resources import connect
 
-ANON = "anonymous@loopback"
+PAGES = ("Cases", "Audit trail")
 
 
 def _config() -> ViewerConfig:
@@ -42,7 +43,7 @@ def _check_setup(cfg: ViewerConfig) -> None:
 
 def audit_page(cfg: ViewerConfig) -> None:
     st.header("Audit trail")
-    with closing(resources.connect(cfg.db)) as conn:
+    with closing(connect(cfg.db)) as conn:
         check = reviews.verify_records(conn)  # chain + every review's content hash + the anchored head
         rows = reviews.audit_rows(conn, limit=500)
     details = "\n".join(f"- {p}" for p in check.problems + check.notes)
@@ -51,97 +52,40 @@ def audit_page(cfg: ViewerConfig) -> None:
     st.dataframe(rows, hide_index=True, width="stretch")
 
 
-def case_page(cfg: ViewerConfig, pid: int, identity: str | None) -> None:
-    actor = identity or st.session_state.get(review_panel.NAME_KEY, "").strip() or ANON
-    with closing(resources.connect(cfg.db)) as conn:
-        try:
-            pred = reviews.prediction(conn, pid)
-        except reviews.ReviewError as exc:
-            st.error(str(exc))
-            return
-        opened = st.session_state.setdefault("opened", set())
-        if pid not in opened:
-            reviews.append_audit(conn, actor, "open", series_uid=pred["series_uid"], nodule_id=pred["nodule_id"],
-                                 detail=f"prediction {pid}")
-            opened.add(pid)
-        nxt = reviews.next_unreviewed(conn, after=pid)
-    b1, b2, b3 = st.columns([2, 2, 6])
-    b1.button("◀ Worklist", key="back", on_click=worklist.open_case, args=(None,))
-    b2.button("Next unreviewed ▶", key="case_next", disabled=nxt is None, on_click=worklist.open_case, args=(nxt,),
-              shortcut="n")
-    b3.subheader(f"{pred['description'] or 'Series'} · …{pred['series_uid'][-16:]}"
-                 + (f" · nodule {pred['nodule_id']}" if pred["nodule_id"] else ""))
-    try:
-        vol = resources.volume(str(cfg.db), str(cfg.cache_root), pred["series_uid"])
-    except Exception as exc:  # noqa: BLE001 - any read failure is shown to the user, the app keeps running
-        st.error(f"Cannot open series …{pred['series_uid'][-16:]}: {exc}")
-        return
-    bpath = resources.bundle_path_for(cfg.bundle, pred)
-    bundle = info = None
-    if bpath:
-        try:
-            bundle = resources.bundle(bpath)
-            info = resources.model_info(bundle)
-        except Exception as exc:  # noqa: BLE001
-            st.warning(f"Model bundle could not be loaded: {exc}")
-    positive = bundle.labels[-1] if bundle is not None else None
-    nod = resources.nodule_index(vol, pred)
-    center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
-    left, right = st.columns([3, 1])
-    with right:
-        analysis.prediction_panel(pred, info, positive)
-        with st.expander("Why (attributions)", expanded=False):
-            method, opacity = analysis.why_controls(pid, bundle is not None)
-    overlay = None
-    if method and bundle is not None:
-        try:
-            overlay = dict(analysis.attribution(bpath, pid, method, bundle, vol, center), opacity=opacity)
-        except Exception as exc:  # noqa: BLE001
-            right.error(f"Attribution failed: {exc}")
+def top_bar(cfg: ViewerConfig, identity: str | None) -> str:
+    """Title, page switch and the logged-in user (no sidebar: the reading view gets the whole width)."""
+    c1, c2, c3 = st.columns([2, 5, 3], vertical_alignment="center")
+    c1.markdown("**medsuite viewer**")
+    page = c2.radio("Page", PAGES, key="page", horizontal=True, label_visibility="collapsed")
+    with c3:
+        if identity:
+            u1, u2 = st.columns([3, 1], vertical_alignment="center")
+            u1.caption(f"Logged in as **{identity}**")
+            with u2:
+                auth.logout_button(cfg)
         else:
-            with right:
-                analysis.overlay_legend(overlay, opacity)
-    ctx = {"volume": vol, "prediction_id": pid, "nodule_zyx": nod, "radius_mm": (pred.get("diameter_mm") or 0) / 2 or None,
-           "cache_key": f"{pred['series_uid']}:{resources.VOLUME_PARAMS}", "overlay": overlay}
-    with left:
-        case_view.viewer(ctx)
-    with right:
-        st.divider()
-        review_panel.render(cfg, pred, identity, info)
-    index = resources.case_index(bpath) if bundle is not None else None
-    with st.expander("Similar cases", expanded=index is not None):
-        if index is None:
-            st.caption("This bundle has no similar-case index.")
-        else:
-            k = st.select_slider("How many", [5, 10, 20], value=10, key="sim_k")
-            cases = analysis.similar(bpath, pid, k, bundle, index, vol, center)
-            analysis.similar_panel(cases, positive)
+            st.caption("No login configured: serving this computer only (loopback).")
+    return page
 
 
 def main() -> None:
-    st.set_page_config(page_title="medsuite viewer", layout="wide")
+    st.set_page_config(page_title="medsuite viewer", layout="wide", initial_sidebar_state="collapsed")
+    st.markdown("<style>.block-container{padding-top:0.6rem;padding-bottom:0.5rem;max-width:100%}</style>",
+                unsafe_allow_html=True)
     cfg = _config()
     _check_setup(cfg)
     identity = auth.gate(cfg)  # nothing below renders before login
     auth.idle_watch(cfg)
-    with st.sidebar:
-        st.title("medsuite viewer")
-        if identity:
-            st.write(f"Logged in as **{identity}**")
-            auth.logout_button(cfg)
-        else:
-            st.text_input("Your name (recorded with reviews)", key=review_panel.NAME_KEY)
-            st.caption("No login configured: serving this computer only (loopback).")
-        page = st.radio("Page", ["Cases", "Audit trail"], key="page")
+    page = top_bar(cfg, identity)
     if page == "Audit trail":
         audit_page(cfg)
         return
-    pid = st.session_state.get(worklist.CASE_KEY)
+    pid = navigation.current_case()
     if pid is None:
-        st.header("Worklist")
-        worklist.render(cfg)
+        navigation.sync_url(None, None)
+        worklist.render(cfg, identity)
     else:
-        case_page(cfg, int(pid), identity)
+        case_page.render(cfg, pid, identity)
 
 
 # Streamlit (and AppTest) run this file as __main__; a process that merely re-imports it (a multiprocessing

@@ -1,5 +1,7 @@
-"""Server-side resources shared by all sessions: database connections, the bundle, its case index and the
-volumes (through the memory-mapped `VolumeCache`). Only series recorded in the database are ever opened."""
+"""Server-side resources shared by all sessions: database connections, the bundle, its case index, the volumes
+(through the memory-mapped `VolumeCache`) and their compressed form for the browser. Only series recorded in
+the database are ever opened; a series whose files cannot be read raises `ImagesUnavailable`, whose message
+never contains a server path."""
 
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ import streamlit as st
 from medsuite.io.volume import Volume
 from medsuite.records import store
 
-VOLUME_PARAMS = {"viewer": 1, "reader": "read_volume"}
+VOLUME_PARAMS = {"viewer": 2, "reader": "read_volume"}  # 2: volumes carry meta["interpolated_slices"]
+
+
+class ImagesUnavailable(RuntimeError):
+    """The series' images cannot be shown; the message says why in words, without any server path."""
 
 
 def connect(db: Path) -> sqlite3.Connection:
@@ -46,7 +52,7 @@ def volume(db: str, cache_root: str, series_uid: str) -> Volume:
         row = conn.execute("SELECT source FROM series WHERE series_uid = ? AND source IS NOT NULL LIMIT 1",
                            (series_uid,)).fetchone()
     if row is None:
-        raise LookupError(f"series {series_uid} is not in the database (or has no source)")
+        raise ImagesUnavailable("the scoring run recorded no image source for this series")
     source = Path(row["source"])
 
     def load() -> Volume:
@@ -56,7 +62,33 @@ def volume(db: str, cache_root: str, series_uid: str) -> Volume:
 
     from medsuite.io.cache import VolumeCache
 
-    return VolumeCache(cache_root).get(series_uid, VOLUME_PARAMS, load)
+    try:
+        return VolumeCache(cache_root).get(series_uid, VOLUME_PARAMS, load)
+    except ImagesUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message without paths
+        raise ImagesUnavailable(why_unavailable(exc)) from exc
+
+
+def why_unavailable(exc: BaseException) -> str:
+    """A reader-facing reason for a failed read: the kind of failure, never the (server-side) file names."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return ("the image files are missing: they were moved or deleted after scoring "
+                f"({type(exc).__name__})")
+    if isinstance(exc, PermissionError):
+        return f"the viewer is not allowed to read the image files ({type(exc).__name__})"
+    if isinstance(exc, MemoryError):
+        return "the series is too large for this viewer's memory"
+    return f"the image files could not be read as one series ({type(exc).__name__})"
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def scan_bytes(db: str, cache_root: str, series_uid: str) -> bytes:
+    """The volume as the browser receives it (lossless gzip NIfTI), made once per series and kept."""
+    from medsuite.viewer.payload import Grid, encode
+
+    vol = volume(db, cache_root, series_uid)
+    return encode(np.asarray(vol.array), Grid.of(vol), description="medsuite scan")
 
 
 def bundle_path_for(cfg_bundle: Path | None, pred: dict[str, Any]) -> str | None:
@@ -79,3 +111,13 @@ def nodule_index(vol: Volume, pred: dict[str, Any]) -> np.ndarray | None:
     if pred.get("x_mm") is None:
         return None
     return np.asarray(vol.world_to_index(np.array([pred["x_mm"], pred["y_mm"], pred["z_mm"]], dtype=float)))
+
+
+def series_nodules(conn: sqlite3.Connection, series_uid: str) -> list[dict[str, Any]]:
+    """Every nodule predicted in a series (one row per nodule id, from its latest prediction)."""
+    rows = conn.execute(
+        "SELECT nodule_id, x_mm, y_mm, z_mm, diameter_mm, probability FROM predictions p "
+        "WHERE series_uid = ? AND nodule_id != '' AND x_mm IS NOT NULL AND prediction_id = "
+        "(SELECT MAX(prediction_id) FROM predictions q WHERE q.series_uid = p.series_uid AND q.nodule_id = p.nodule_id) "
+        "ORDER BY nodule_id", (series_uid,)).fetchall()
+    return [dict(r) for r in rows]
