@@ -92,6 +92,11 @@ def _viewer_frame(page, timeout: float = 120.0):
     raise TimeoutError("the reading view did not draw a scan")
 
 
+def _wait_url(page, pattern: str, timeout_ms: int = 90_000) -> None:
+    """Wait until the address bar matches ``pattern`` (Streamlit rewrites it in place, without a navigation)."""
+    page.wait_for_function("p => new RegExp(p).test(window.location.href)", arg=pattern, timeout=timeout_ms)
+
+
 def _slice(frame) -> int:
     return int(frame.evaluate("document.body.dataset.slice"))
 
@@ -139,10 +144,10 @@ def test_reading_in_chromium(world, tmp_path):
             assert abs(z1 - z0) == 1  # ... yet every key and wheel step moved the slice (3 down, 2 up)
             changes = frame.evaluate("window.medsuiteViewer.stats.changes.slice(-5).map(c => c.kind)")
             assert changes == ["key", "key", "key", "wheel", "wheel"]
-            page.wait_for_url(re.compile(rf"[?&]z={z1}(&|$)"), timeout=30_000)  # the URL follows, debounced
+            _wait_url(page, rf"[?&]z={z1}(&|$)")  # the URL follows, debounced
             assert len(sent) > n_sent  # the view state goes to the server afterwards, for the URL
             frame.locator("[data-preset='2']").click()  # mediastinum window
-            page.wait_for_url(re.compile(r"[?&]w=350&l=50"), timeout=30_000)
+            _wait_url(page, r"[?&]w=350&l=50")
             page.screenshot(path=str(ARTIFACTS / "viewer-case.png"))
 
             page.reload()  # the URL brings back the case, the slice and the window
