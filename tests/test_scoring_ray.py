@@ -1,18 +1,59 @@
-"""The Ray engine on a local 2-CPU Ray gives the same outputs as the local engine."""
+"""The Ray engine on a real two-node Ray cluster started with `ray start` on loopback (tests/ray_cluster.py).
+
+The drivers run as `medsuite score` subprocesses with the cluster's environment (Ray reads its loopback
+switch when imported, so the test process itself never imports Ray).
+"""
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import ray  # noqa: E402,F401  (the [ray] extra; installed by .ci/run)
 import scoring_support as S
+from ray_cluster import LoopbackCluster, ray_env
 
 from medsuite.pipelines.scoring import ScoreConfig, score
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-def _errors(db) -> set:
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = LoopbackCluster()
+    try:
+        c.start_head(num_cpus=2)
+        c.add_worker(num_cpus=2)
+        c.nodes_ids = c.wait_nodes(2)
+        yield c
+    finally:
+        c.stop()
+
+
+def _score_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medsuite", "score", *args], env=ray_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _popen_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "medsuite", "score", *args], env=ray_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _node_counts(text: str, stage: str) -> dict[str, int]:
+    """{node id prefix: series} from the summary line `ray: <stage> on N node(s) (...): id n, id n`."""
+    m = re.search(rf"ray: {re.escape(stage)} on \d+ node\(s\) \([a-z]+\): (.*)", text)
+    assert m, text
+    return {k: int(v) for k, v in (part.rsplit(" ", 1) for part in m.group(1).split(", "))}
+
+
+def _errors(db: Path) -> set:
     conn = sqlite3.connect(db)
     try:
         return {tuple(r) for r in conn.execute("SELECT series_uid, stage, error FROM errors")}
@@ -20,25 +61,191 @@ def _errors(db) -> set:
         conn.close()
 
 
-@pytest.mark.ray
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside Ray Data itself
-@pytest.mark.slow
-def test_ray_engine_matches_local(tmp_path):
-    cohort = S.make_cohort(tmp_path / "cohort", n_good=3)
-    nodules = S.nodule_table(cohort)
-    nodules.to_csv(tmp_path / "nodules.csv", index=False)
+def _scored(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM series WHERE status='scored'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def test_cluster_listens_on_loopback_only(cluster):
+    addresses = cluster.listening()
+    assert addresses and all(a.startswith(("127.0.0.1:", "::ffff:127.0.0.1:", "::1:")) for a in addresses), addresses
+
+
+def test_two_nodes_share_the_work_and_match_the_local_engine(cluster, tmp_path):
+    cohort = S.make_cohort(tmp_path / "cohort", n_good=10)
+    S.nodule_table(cohort).to_csv(tmp_path / "nodules.csv", index=False)
     bundle = S.make_bundle(tmp_path / "bundle.zip", "nodule")
-    results = {}
-    for engine in ("local", "ray"):
-        out = tmp_path / engine
-        summary = score(ScoreConfig(bundle=bundle, inputs=[tmp_path / "cohort"], out=out, engine=engine,
-                                    nodules=tmp_path / "nodules.csv", workers=1, batch_size=4, progress=False))
-        assert summary.exit_code == 1  # the nodule outside the scan and the corrupt series
-        results[engine] = (pd.read_parquet(out / "scores.parquet"), _errors(out / "medsuite.db"), summary)
-    local, ray_ = results["local"], results["ray"]
+    local = score(ScoreConfig(bundle=bundle, inputs=[tmp_path / "cohort"], out=tmp_path / "local",
+                              nodules=tmp_path / "nodules.csv", workers=2, batch_size=4, progress=False))
+    # relative paths, from another working folder: the driver resolves them, every node opens the same files
+    res = subprocess.run(
+        [sys.executable, "-m", "medsuite", "score", "bundle.zip", "cohort", "--out", "ray", "--nodules", "nodules.csv",
+         "--engine", "ray", "--ray-address", cluster.address, "--batch-size", "4", "--quiet"],
+        env=ray_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert res.returncode == 1, res.stderr  # 1 = some failed: the corrupt series and the nodule outside its scan
+    assert local.exit_code == 1
+    # both nodes read and sampled series, and scanned headers
+    read = _node_counts(res.stderr, "read+sample")
+    assert len(read) == 2 and sum(read.values()) == len(cohort["good"]) + 1, res.stderr  # + the undecodable one
+    assert {k[:8] for k in cluster.nodes_ids} == set(read), (cluster.nodes_ids, read)
+    assert len(_node_counts(res.stderr, "header scan")) == 2
+    assert sum(_node_counts(res.stderr, "inference").values()) == len(cohort["good"]) + 1
+
+    a = pd.read_parquet(tmp_path / "local" / "scores.parquet")
+    b = pd.read_parquet(tmp_path / "ray" / "scores.parquet")
     keys = ["series_uid", "nodule_id", "x_mm", "y_mm", "z_mm", "label", "threshold", "bundle_sha256"]
-    pd.testing.assert_frame_equal(local[0][keys], ray_[0][keys])
-    assert (local[0]["probability"] - ray_[0]["probability"]).abs().max() < 1e-5
-    stages = sorted(e[1] for e in local[1])
-    assert local[1] == ray_[1] and stages == ["discover", "preprocess", "read"]
-    assert local[2].n_scored == ray_[2].n_scored == 3
+    pd.testing.assert_frame_equal(a[keys], b[keys])
+    assert (a["probability"] - b["probability"]).abs().max() <= 1e-6
+    local_errors, ray_errors = _errors(tmp_path / "local" / "medsuite.db"), _errors(tmp_path / "ray" / "medsuite.db")
+    assert local_errors == ray_errors and sorted(e[1] for e in ray_errors) == ["discover", "preprocess", "read"]
+    assert S.PATIENT_PREFIX not in res.stderr
+    conn = sqlite3.connect(tmp_path / "ray" / "medsuite.db")
+    run = conn.execute("SELECT status, engine FROM runs").fetchone()
+    conn.close()
+    assert run == ("finished", "ray")
+
+
+def _slow_bundle(path: Path) -> Path:
+    """A nodule bundle whose model takes long enough per batch that a run lasts several seconds."""
+    import torch
+
+    from medsuite.data.blocks import SliceStack
+    from medsuite.learn.bundle import export_bundle
+    from medsuite.learn.models import build_model
+
+    torch.manual_seed(0)
+    block = SliceStack(k=3, size=64, spacing_mm=2.0, pixel_mm=0.5, window="lung")
+    kwargs = {"in_channels": 3, "n_classes": 2, "width": 48, "depth": 4}
+    return export_bundle(path, build_model("slice_cnn", **kwargs), arch="slice_cnn", arch_kwargs=kwargs,
+                         block_spec=block.spec(), labels=["benign", "malignant"], threshold=0.5, task="nodule")
+
+
+def _many_nodules(cohort: dict, per_series: int) -> pd.DataFrame:
+    rows = []
+    for i, uid in enumerate(cohort["good"]):
+        x, y, z = cohort["centers"][uid]
+        for k in range(per_series):
+            rows.append({"series_uid": uid, "patient_id": f"{S.PATIENT_PREFIX}{i:03d}", "x_mm": x + (k % 5) - 2,
+                         "y_mm": y + (k // 5) - 2, "z_mm": z, "diameter_mm": 6.0, "label": k % 2,
+                         "nodule_id": f"n{i}-{k}"})
+    return pd.DataFrame(rows)
+
+
+def test_losing_the_worker_node_mid_run_scores_every_series_once(cluster, tmp_path):
+    """Also: --ray-ship-inputs (files and bundle sent through the object store, read from a node's temp copy)."""
+    n_series, per_series = 24, 12
+    cohort = S.make_cohort(tmp_path / "cohort", n_good=n_series, extras=False)
+    _many_nodules(cohort, per_series).to_csv(tmp_path / "nodules.csv", index=False)
+    bundle = _slow_bundle(tmp_path / "bundle")
+    out = tmp_path / "out"
+    db = out / "medsuite.db"
+    proc = _popen_cli(str(bundle), str(tmp_path / "cohort"), "--out", str(out), "--nodules",
+                      str(tmp_path / "nodules.csv"), "--engine", "ray", "--ray-address", cluster.address,
+                      "--batch-size", "2", "--ray-actors", "1:1", "--ray-stall-timeout", "20", "--quiet",
+                      "--ray-ship-inputs")  # the files and the bundle travel through the object store
+    worker = cluster.nodes[1]
+    try:
+        deadline = time.monotonic() + 180
+        while _scored(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before the node could be killed: {proc.stdout.read()}"
+        worker.kill()  # the machine is gone: raylet, object store and every worker process at once
+        killed_at = time.monotonic()
+        at_kill = _scored(db)
+        text, _ = proc.communicate(timeout=240)
+        took = time.monotonic() - killed_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert at_kill < n_series, "the run was over before the node went"
+    assert proc.returncode == 0, text
+    assert took < 120, f"{took:.0f} s after the loss"
+    conn = sqlite3.connect(db)
+    try:
+        scored = conn.execute("SELECT COUNT(*), COUNT(DISTINCT series_uid) FROM series WHERE status='scored'").fetchone()
+        predictions = conn.execute("SELECT COUNT(*), COUNT(DISTINCT series_uid || '/' || nodule_id) FROM predictions"
+                                   ).fetchone()
+        statuses = [r[0] for r in conn.execute("SELECT status FROM runs")]
+    finally:
+        conn.close()
+    assert scored == (n_series, n_series)
+    assert predictions == (n_series * per_series, n_series * per_series)
+    assert statuses == ["finished"]
+    read = _node_counts(text, "read+sample")
+    assert sum(read.values()) == n_series
+    # the summary says what was re-submitted after the loss (the lost node's in-flight and stored work)
+    assert re.search(r"(\d+) series re-submitted", text)
+
+
+def test_ray_client_address_is_refused_with_advice(tmp_path):
+    bundle = S.make_bundle(tmp_path / "bundle", "series")
+    (tmp_path / "empty").mkdir()
+    res = _score_cli(str(bundle), str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--engine", "ray",
+                     "--ray-address", "ray://127.0.0.1:10001", timeout=120)
+    assert res.returncode == 3, res.stderr
+    assert "Ray Client" in res.stderr and "ray job submit" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o" / "medsuite.db").exists()  # nothing was run: no run row
+
+
+def test_unreachable_and_silent_addresses_fail_fast(tmp_path):
+    import socket
+
+    bundle = S.make_bundle(tmp_path / "bundle", "series")
+    (tmp_path / "empty").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens once closed
+    t = time.monotonic()
+    res = _score_cli(str(bundle), str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--engine", "ray",
+                     "--ray-address", f"127.0.0.1:{closed}", "--ray-timeout", "3", timeout=120)
+    assert res.returncode == 3 and "no Ray cluster answers there" in res.stderr, res.stderr
+    # a port that accepts connections but is no Ray GCS: the connection attempt gives up after --ray-timeout
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        res = _score_cli(str(bundle), str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--engine", "ray",
+                         "--ray-address", f"127.0.0.1:{silent.getsockname()[1]}", "--ray-timeout", "4", timeout=120)
+    assert res.returncode == 3 and "did not connect within 4 s" in res.stderr, res.stderr
+    assert time.monotonic() - t < 90
+    assert "Traceback" not in res.stderr
+
+
+def test_local_ray_listens_on_loopback_only_and_matches_the_local_engine(tmp_path):
+    """Without --ray-address medsuite starts a one-node Ray itself: on loopback only, gone after the run."""
+    from ray_cluster import listening
+
+    S.make_cohort(tmp_path / "cohort", n_good=3, extras=False)
+    bundle = S.make_bundle(tmp_path / "bundle", "series")
+    env = ray_env()
+    del env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"]  # medsuite sets it itself for the Ray it starts
+    proc = subprocess.Popen([sys.executable, "-m", "medsuite", "score", str(bundle), str(tmp_path / "cohort"), "--out",
+                             str(tmp_path / "ray"), "--engine", "ray", "--workers", "1", "--quiet"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen: set[str] = set()
+    try:
+        while proc.poll() is None:
+            seen.update(listening([proc.pid]))
+            time.sleep(0.2)
+        text = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, text
+    assert seen and all(a.startswith(("127.0.0.1:", "::ffff:127.0.0.1:")) for a in seen), seen
+    deadline = time.monotonic() + 30  # Ray's processes end with the run
+    while listening([proc.pid]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not listening([proc.pid])
+    local = score(ScoreConfig(bundle=bundle, inputs=[tmp_path / "cohort"], out=tmp_path / "local", workers=1,
+                              progress=False))
+    a, b = pd.read_parquet(tmp_path / "local" / "scores.parquet"), pd.read_parquet(tmp_path / "ray" / "scores.parquet")
+    assert local.exit_code == 0 and a["series_uid"].tolist() == b["series_uid"].tolist()
+    assert (a["probability"] - b["probability"]).abs().max() <= 1e-6

@@ -186,3 +186,21 @@ def test_cli_exit_codes(world, tmp_path):
                              str(tmp_path / "ok"), "--workers", "1", "--quiet", "--device", "cpu"])
     assert ok.exit_code == 0, ok.output
     assert "1 scored" in ok.output
+
+
+def test_cli_unexpected_error_exits_4_and_closes_the_run(world, tmp_path, monkeypatch):
+    """A failure that is not a series' error (here: the database cannot take a series) is exit code 4, never 1,
+    and the run row is closed as 'failed' so that the next run resumes."""
+    from medsuite.pipelines.scoring import runner
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner.ScoreStore, "commit_series", broken)
+    res = CliRunner().invoke(_app(), ["score", str(world["series_bundle"]), str(world["input"] / "case000"), "--out",
+                                      str(tmp_path / "o"), "--workers", "1", "--quiet", "--device", "cpu"])
+    assert res.exit_code == 4, res.output
+    assert "the run stopped: OSError" in res.output and "run the same command again" in res.output
+    conn = sqlite3.connect(tmp_path / "o" / "medsuite.db")
+    assert [r[0] for r in conn.execute("SELECT status FROM runs")] == ["failed"]
+    conn.close()

@@ -3,6 +3,7 @@ write SQLite rows and Parquet/CSV outputs, resume after a crash. Entry point: `s
 
 from medsuite.pipelines.scoring.discover import Rules, apply_overrides, rules_from_bundle
 from medsuite.pipelines.scoring.runner import (
+    EXIT_FAILED,
     EXIT_NOTHING_SCORED,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -14,6 +15,6 @@ from medsuite.pipelines.scoring.runner import (
 )
 
 __all__ = [
-    "EXIT_NOTHING_SCORED", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "Rules", "ScoreConfig", "Summary",
+    "EXIT_FAILED", "EXIT_NOTHING_SCORED", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "Rules", "ScoreConfig", "Summary",
     "UsageError", "apply_overrides", "rules_from_bundle", "score",
 ]

@@ -1,22 +1,34 @@
-"""The Ray engine: the same two stages on a Ray cluster, with Ray Data.
+"""The Ray engine: the local engine's two stages spread over every node of a Ray cluster.
 
-series (a dataset, one row a series) --map--> read+sample as Ray tasks --map_batches--> an actor pool
-holding the model (one GPU per actor where the cluster has GPUs) --> rows streamed back to the driver,
-which writes them exactly as the local engine does. Samples travel as ``.npy`` bytes (no pickle).
+```
+driver: discovery chunks ──► header-scan tasks (SPREAD over the nodes' CPUs) ──► series table (driver)
+driver: series ──► read+sample tasks (SPREAD, 1 CPU each; at most `window` series in flight or waiting)
+                   └─► small samples stay in the object store ──► inference actors (a pool sized from the
+                       cluster: one GPU each where there are GPUs, else one CPU; grown while samples wait,
+                       shrunk at the tail) ──► results ──► the driver writes (SQLite, one transaction a series)
+```
+
+Every task runs once per attempt (no Ray-level retries): the driver owns the retry policy. A series whose
+read task or inference call is lost (a node died, a worker crashed) is read again, up to `max_attempts`;
+a watchdog re-submits work that makes no progress for `stall_s` seconds (first result wins: a series is
+yielded exactly once). Paths are the driver's, so every node must see the bundle and the data at the same
+paths (shared storage), unless ``ship_inputs`` sends the files through the object store.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
-from collections.abc import Iterator
+import os
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from medsuite.pipelines.scoring.ray_cluster import Session, alive_nodes
 from medsuite.pipelines.scoring.stages import (
-    Point,
     Prepared,
     SeriesResult,
     WorkItem,
@@ -26,125 +38,481 @@ from medsuite.pipelines.scoring.stages import (
 
 log = logging.getLogger("medsuite.scoring")
 
-
-def _to_npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+__all__ = ["RayEngine", "RayOptions", "discover_on_ray"]
 
 
-def _from_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+@dataclass(frozen=True)
+class RayOptions:
+    """How the Ray engine uses the cluster (defaults come from the cluster's resources)."""
+
+    actors: tuple[int, int] | None = None  # (min, max) inference actors; None: 1..GPUs, or 1..CPUs // 4
+    ship_inputs: bool = False              # send files and bundle through the object store (no shared storage)
+    window: int | None = None              # series read/sampled or waiting for inference at once: 2 x CPUs
+    stall_s: float = 120.0                 # no result for this long: re-submit what is in flight
+    max_attempts: int = 3                  # a series lost this many times becomes an error row
 
 
-def item_to_row(item: WorkItem) -> dict[str, Any]:
-    points = None if item.points is None else [p.__dict__ for p in item.points]
-    return {"series_uid": item.series_uid, "files": json.dumps(list(item.files)), "points": json.dumps(points)}
+# ---------------------------------------------------------------------------------------- remote code
+def scan_task(files: list[str]) -> tuple[str, list[Any]]:
+    """Ray task: the header scan of a chunk of files; returns (node id, `discover.scan_chunk` items)."""
+    import ray
+
+    from medsuite.pipelines.scoring.discover import scan_chunk
+
+    return ray.get_runtime_context().get_node_id(), scan_chunk(files)
 
 
-def prepare_row(row: dict[str, Any], *, block_spec_json: str, read_options: dict[str, Any]) -> dict[str, Any]:
-    """Ray task: read and sample one series; the row carries samples as .npy bytes and keys as JSON."""
-    raw_points = json.loads(row["points"])
-    points = None if raw_points is None else tuple(Point(**p) for p in raw_points)
-    item = WorkItem(str(row["series_uid"]), tuple(json.loads(row["files"])), points)
-    p = prepare(item, block_spec_json, read_options)
-    return {
-        "series_uid": p.series_uid,
-        "samples": b"" if p.samples is None else _to_npy(p.samples),
-        "keys": json.dumps([None if k is None else k.__dict__ for k in p.keys]),
-        "point_errors": json.dumps(p.point_errors),
-        "error": json.dumps(p.error),
-        "n_slices": -1 if p.n_slices is None else p.n_slices,
-        "spacing": json.dumps(p.spacing),
-        "notes": json.dumps(p.notes),
-    }
+def _materialise(item: WorkItem, payload: list[tuple[str, bytes]], folder: str) -> WorkItem:
+    paths = []
+    for i, (name, data) in enumerate(payload):
+        path = os.path.join(folder, f"{i:06d}_{name}")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        paths.append(path)
+    return replace(item, files=tuple(paths))
 
 
-def _prepared_from_row(row: dict[str, Any]) -> Prepared:
-    keys = [None if k is None else Point(**k) for k in json.loads(row["keys"])]
-    error = json.loads(row["error"])
-    spacing = json.loads(row["spacing"])
-    return Prepared(
-        series_uid=str(row["series_uid"]),
-        samples=_from_npy(row["samples"]) if len(row["samples"]) else None,
-        keys=keys,
-        point_errors=[tuple(e) for e in json.loads(row["point_errors"])],
-        error=None if error is None else tuple(error),
-        n_slices=None if int(row["n_slices"]) < 0 else int(row["n_slices"]),
-        spacing=None if spacing is None else tuple(spacing),
-        notes=list(json.loads(row["notes"])),
-    )
+def _restore_paths(prepared: Prepared, folder: str, source: str) -> Prepared:
+    """Messages name the driver's folder, not the node's temporary copy."""
+    def fix(text: str) -> str:
+        return text.replace(folder, source)
+
+    if prepared.error is not None:
+        prepared.error = (prepared.error[0], fix(prepared.error[1]))
+    prepared.point_errors = [(n, fix(r)) for n, r in prepared.point_errors]
+    prepared.notes = [fix(n) for n in prepared.notes]
+    return prepared
 
 
-def result_to_json(result: SeriesResult) -> str:
-    return json.dumps({"series_uid": result.series_uid, "predictions": result.predictions, "errors": result.errors,
-                       "n_slices": result.n_slices, "spacing": result.spacing, "notes": result.notes})
+def prepare_task(item: WorkItem, block_spec_json: str, read_options: dict[str, Any],
+                 payload: list[tuple[str, bytes]] | None = None) -> tuple[dict[str, Any], Prepared]:
+    """Ray task (two returns): a small summary the driver reads, and the `Prepared` samples that only the
+    inference actor fetches. With ``payload`` (shipped files) the series is read from a temporary copy."""
+    import ray
 
-
-def result_from_json(text: str) -> SeriesResult:
-    d = json.loads(text)
-    return SeriesResult(series_uid=d["series_uid"], predictions=d["predictions"],
-                        errors=[tuple(e) for e in d["errors"]], n_slices=d["n_slices"],
-                        spacing=None if d["spacing"] is None else tuple(d["spacing"]), notes=d["notes"])
+    node = ray.get_runtime_context().get_node_id()
+    if payload is None:
+        prepared = prepare(item, block_spec_json, read_options)
+    else:
+        with tempfile.TemporaryDirectory(prefix="medsuite-series-") as folder:
+            source = os.path.dirname(item.files[0]) if item.files else ""
+            prepared = _restore_paths(prepare(_materialise(item, payload, folder), block_spec_json, read_options),
+                                      folder, source)
+    n = 0 if prepared.samples is None else len(prepared.samples)
+    return {"node": node, "n": n}, prepared
 
 
 class InferenceActor:
-    """Ray actor (a callable class for ``map_batches``): loads the bundle once, scores batches of series."""
+    """Ray actor: loads the bundle once (from its path, or from shipped bytes) and scores prepared series."""
 
-    def __init__(self, bundle_path: str, device: str, batch_size: int) -> None:
+    def __init__(self, bundle: str | dict[str, bytes], device: str, batch_size: int) -> None:
         from medsuite.learn.predict import Predictor
 
-        self.predictor = Predictor.load(bundle_path, device=device)
+        if isinstance(bundle, dict):  # shipped: {relative name: bytes} of a folder, or {"bundle.zip": bytes}
+            with tempfile.TemporaryDirectory(prefix="medsuite-bundle-") as folder:
+                for name, data in bundle.items():
+                    target = Path(folder, name)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
+                self.predictor = Predictor.load(Path(folder, "bundle.zip") if "bundle.zip" in bundle else folder,
+                                                device=device)
+        else:
+            self.predictor = Predictor.load(bundle, device=device)
         self.batch_size = batch_size
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n = len(batch["series_uid"])
-        prepared = [_prepared_from_row({k: batch[k][i] for k in batch}) for i in range(n)]
-        out = [result_to_json(r) for r in score_prepared(prepared, self.predictor, self.batch_size)]
-        return {"series_uid": np.array([p.series_uid for p in prepared], dtype=object),
-                "result": np.array(out, dtype=object)}
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def infer(self, *prepared: Prepared) -> list[SeriesResult]:
+        return score_prepared(list(prepared), self.predictor, self.batch_size)
 
 
-def run_ray(items: list[WorkItem], *, bundle_path: str, block_spec_json: str, device: str, workers: int,
-            batch_size: int, address: str | None = None, read_options: dict[str, Any] | None = None,
-            ) -> Iterator[SeriesResult]:
-    """Score ``items`` on Ray (``address`` of a running cluster, or a local one with ``workers`` CPUs)."""
+def read_bundle_files(path: str | Path) -> dict[str, bytes]:
+    """A bundle's files as ``{relative name: bytes}`` (a zip bundle travels as one file)."""
+    path = Path(path)
+    if path.is_file():
+        return {"bundle.zip": path.read_bytes()}
+    return {f.relative_to(path).as_posix(): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+# ------------------------------------------------------------------------------------------ discovery
+def discover_on_ray(inputs: list[str | Path], session: Session, *, stats: Counter | None = None) -> Any:
+    """`discover.discover` with the header scan done by tasks spread over the cluster's CPUs; the driver
+    lists the files and assembles the series table. Returns a `discover.Discovery`."""
     import ray
 
-    if not items:
-        return
-    started_here = False
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        else:
-            # one CPU slot per decoding worker plus one for the inference actor, as the local engine uses
-            ray.init(num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
-        started_here = True
-    try:
-        ctx = ray.data.DataContext.get_current()
-        bars, ctx.enable_progress_bars = ctx.enable_progress_bars, False  # the runner shows its own bar
-        n_gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
-        if device == "cuda" and not n_gpus:
+    from medsuite.pipelines.scoring.discover import assemble, list_files, read_inputs
+
+    found = read_inputs(inputs)
+    files, skipped = list_files(found)
+    n_cpus = max(1, session.total_cpus)
+    size = max(16, min(512, -(-len(files) // (4 * n_cpus)))) if files else 1
+    task = ray.remote(num_cpus=1, max_retries=2, scheduling_strategy="SPREAD")(scan_task)
+    chunks = [files[i:i + size] for i in range(0, len(files), size)]
+    results: dict[int, list[Any]] = {}
+    inflight: dict[Any, int] = {}
+    todo = deque(range(len(chunks)))
+    while todo or inflight:
+        while todo and len(inflight) < 2 * n_cpus:  # bounded: headers of a few chunks at a time
+            i = todo.popleft()
+            inflight[task.remote(chunks[i])] = i
+        done, _ = ray.wait(list(inflight), num_returns=1)
+        for ref in done:
+            node, items = ray.get(ref)
+            results[inflight.pop(ref)] = items
+            if stats is not None:
+                stats[node] += len(items)
+    return assemble([*skipped, *(item for i in range(len(chunks)) for item in results[i])], found)
+
+
+# ----------------------------------------------------------------------------------------- scheduling
+@dataclass(eq=False)
+class _Job:
+    item: WorkItem
+    failures: int = 0
+    last_error: tuple[str, str] | None = None
+    data: Any = None          # ObjectRef of the Prepared samples once read
+    n: int = 0                # number of samples
+    node: str | None = None   # where it was read
+
+
+@dataclass(eq=False)
+class _Actor:
+    handle: Any
+    started: float
+    node_ref: Any
+    node: str | None = None
+    calls: int = 0
+    alive: bool = True
+
+
+@dataclass(eq=False)
+class _Call:
+    jobs: list[_Job]
+    actor: _Actor
+    since: float
+
+
+@dataclass
+class EngineStats:
+    """Which node did what (node ids, as Ray names them), for the run summary."""
+
+    nodes: int = 0
+    discover: Counter = field(default_factory=Counter)  # files whose headers each node read
+    read: Counter = field(default_factory=Counter)      # series each node read and sampled
+    infer: Counter = field(default_factory=Counter)     # series each node's actors scored
+    retried: int = 0
+    actors_started: int = 0
+    actors_max: int = 0
+
+    def lines(self) -> list[str]:
+        def fmt(c: Counter) -> str:
+            return ", ".join(f"{k[:8]} {v}" for k, v in c.most_common())
+
+        out = [f"  ray: {self.nodes} node(s); inference actors started {self.actors_started}, at most "
+               f"{self.actors_max} at once; {self.retried} series re-submitted"]
+        if self.discover:
+            out.append(f"  ray: header scan on {len(self.discover)} node(s) (files): {fmt(self.discover)}")
+        out.append(f"  ray: read+sample on {len(self.read)} node(s) (series): {fmt(self.read)}")
+        out.append(f"  ray: inference on {len(self.infer)} node(s) (series): {fmt(self.infer)}")
+        return out
+
+
+class RayEngine:
+    """Scores work items on a connected Ray session; `run` yields one `SeriesResult` per item."""
+
+    def __init__(self, session: Session, *, bundle_path: str, block_spec_json: str, device: str, batch_size: int,
+                 read_options: dict[str, Any] | None = None, options: RayOptions | None = None) -> None:
+        self.session, self.bundle_path, self.spec = session, str(bundle_path), block_spec_json
+        self.batch_size, self.read_options = int(batch_size), dict(read_options or {})
+        self.options = options or RayOptions()
+        self.stats = EngineStats(nodes=len(session.nodes))
+        gpus = session.total_gpus if device != "cpu" else 0
+        if device == "cuda" and not gpus:
             log.warning("--device cuda: the Ray cluster has no GPU; inference runs on CPU actors")
-        actor_device = "cuda" if n_gpus else "cpu"
-        ds = ray.data.from_items([item_to_row(i) for i in items], override_num_blocks=min(len(items), 1000))
-        ds = ds.map(prepare_row, fn_kwargs={"block_spec_json": block_spec_json,
-                                            "read_options": dict(read_options or {})}, num_cpus=1)
-        ds = ds.map_batches(
-            InferenceActor,
-            fn_constructor_kwargs={"bundle_path": bundle_path, "device": actor_device, "batch_size": batch_size},
-            batch_size=max(1, batch_size),
-            batch_format="numpy",
-            concurrency=max(1, n_gpus),
-            num_gpus=1 if n_gpus else 0,
-            num_cpus=1,
-        )
+        self.gpu = gpus > 0
+        cpus = max(1, session.total_cpus)
+        lo, hi = self.options.actors or (1, gpus if self.gpu else max(1, cpus // 4))
+        if lo < 1 or hi < lo:
+            raise ValueError(f"inference actors: need 1 <= min <= max, got {lo}:{hi}")
+        self.min_actors, self.max_actors = lo, hi
+        self.window = self.options.window or max(4, 2 * cpus)
+        self.cpus = cpus
+        self.actors: list[_Actor] = []
+        self._bundle: Any = None
+        self._last_scale = 0.0
+        self._actor_failures = 0
+
+    # ------------------------------------------------------------------ actors
+    def _start_actor(self) -> None:
+        import ray
+
+        resources = {"num_gpus": 1, "num_cpus": 1} if self.gpu else {"num_cpus": 1}
+        cls = ray.remote(max_restarts=0, max_task_retries=0, **resources)(InferenceActor)
+        handle = cls.remote(self._bundle, "cuda" if self.gpu else "cpu", self.batch_size)
+        self.actors.append(_Actor(handle, time.monotonic(), handle.node.remote()))
+        self.stats.actors_started += 1
+        self.stats.actors_max = max(self.stats.actors_max, sum(a.alive for a in self.actors))
+
+    def _drop_actor(self, actor: _Actor, reason: str) -> None:
+        import ray
+
+        if actor.alive:
+            actor.alive = False
+            level = logging.DEBUG if reason in ("run finished", "idle at the end of the run") else logging.WARNING
+            log.log(level, "inference actor on node %s stopped: %s", (actor.node or "?")[:8], reason)
+            try:
+                ray.kill(actor.handle, no_restart=True)
+            except Exception:  # already gone with its node
+                pass
+        self.actors = [a for a in self.actors if a.alive]
+
+    def _scale(self, now: float) -> None:
+        alive = [a for a in self.actors if a.alive]
+        starting = [a for a in alive if a.node is None]
+        if len(alive) < self.min_actors:
+            for _ in range(self.min_actors - len(alive)):
+                self._start_actor()
+            return
+        ready = [a for a in alive if a.node is not None]
+        waiting = sum(j.n for j in self.ready)
+        busy = ready and all(a.calls >= 2 for a in ready)
+        if (busy and waiting >= self.batch_size and not starting and len(alive) < self.max_actors
+                and now - self._last_scale > 2.0 and self._free("GPU" if self.gpu else "CPU") >= 1):
+            self._start_actor()  # samples wait while every actor is busy: one more
+            self._last_scale = now
+        elif not self.todo and not self.preparing and len(ready) > self.min_actors:
+            for actor in ready:  # the tail: let idle actors go (their CPUs/GPUs return to the cluster)
+                if actor.calls == 0 and len([a for a in self.actors if a.alive]) > self.min_actors:
+                    self._drop_actor(actor, "idle at the end of the run")
+
+    @staticmethod
+    def _free(resource: str) -> float:
+        import ray
+
+        return float(ray.available_resources().get(resource, 0.0))
+
+    # ------------------------------------------------------------------ main loop
+    def start(self) -> None:
+        """Start the inference actors now (loading a model takes seconds: overlap it with discovery)."""
+        import ray
+
+        if self._bundle is None:
+            bundle: Any = self.bundle_path
+            if self.options.ship_inputs:
+                bundle = ray.put(read_bundle_files(self.bundle_path))
+            self._bundle = bundle
+        while sum(a.alive for a in self.actors) < self.min_actors:
+            self._start_actor()
+
+    def close(self) -> None:
+        """Stop the actors (also done at the end of `run`)."""
+        for actor in list(self.actors):
+            self._drop_actor(actor, "run finished")
+
+    def run(self, items: Sequence[WorkItem]) -> Iterator[SeriesResult]:
+        """Score ``items``; yields each series' result once, in completion order."""
+        import ray
+
+        if not items:
+            self.close()
+            return
+        self.start()
+        self.task = ray.remote(num_returns=2, num_cpus=1, max_retries=0, scheduling_strategy="SPREAD")(prepare_task)
+        self.todo: deque[_Job] = deque(_Job(item) for item in items)
+        self.preparing: dict[Any, tuple[_Job, float]] = {}
+        self.ready: deque[_Job] = deque()
+        self.calls: dict[Any, _Call] = {}
+        self.done: set[str] = set()
+        self._last_progress = self._last_health = time.monotonic()
+        total = len({i.series_uid for i in items})
         try:
-            for row in ds.iter_rows():
-                yield result_from_json(row["result"])
+            while len(self.done) < total:
+                now = time.monotonic()
+                self._scale(now)
+                self._submit()
+                self._dispatch()
+                yield from self._collect()
+                if time.monotonic() - self._last_health > 2.0:
+                    self._check_nodes()
+                    self._last_health = time.monotonic()
+                yield from self._watchdog()
         finally:
-            ctx.enable_progress_bars = bars
-    finally:
-        if started_here:
-            ray.shutdown()
+            self.close()
+            for ref in list(self.preparing):
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+
+    def _submit(self) -> None:
+        """Start read+sample tasks while the window has room (backpressure: memory stays bounded)."""
+        import ray
+
+        cpus = max(1, self.cpus - sum(a.alive for a in self.actors))  # each actor holds one CPU
+        while (self.todo and len(self.preparing) < cpus
+               and len(self.preparing) + len(self.ready) + sum(len(c.jobs) for c in self.calls.values()) < self.window):
+            job = self.todo.popleft()
+            if job.item.series_uid in self.done:
+                continue
+            payload = None
+            if self.options.ship_inputs:
+                payload = ray.put([(os.path.basename(f), Path(f).read_bytes()) for f in job.item.files])
+            meta, data = self.task.remote(job.item, self.spec, self.read_options, payload)
+            job.data = data
+            self.preparing[meta] = (job, time.monotonic())
+
+    def _dispatch(self) -> None:
+        """Give waiting samples to the least busy ready actor, about one batch per call, two calls queued at most."""
+        while self.ready:
+            actors = [a for a in self.actors if a.alive and a.node is not None and a.calls < 2]
+            if not actors:
+                return
+            actor = min(actors, key=lambda a: a.calls)
+            jobs, n = [], 0
+            while self.ready and (not jobs or n + self.ready[0].n <= self.batch_size):
+                job = self.ready.popleft()
+                if job.item.series_uid in self.done:
+                    continue
+                jobs.append(job)
+                n += job.n
+            if not jobs:
+                return
+            ref = actor.handle.infer.remote(*[j.data for j in jobs])
+            actor.calls += 1
+            self.calls[ref] = _Call(jobs, actor, time.monotonic())
+
+    def _collect(self) -> Iterator[SeriesResult]:
+        import ray
+
+        waiting = list(self.preparing) + list(self.calls) + [a.node_ref for a in self.actors if a.alive and a.node is None]
+        if not waiting:
+            time.sleep(0.05)
+            return
+        done, _ = ray.wait(waiting, num_returns=1, timeout=0.5)
+        if done:
+            done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+        for ref in done:
+            if ref in self.preparing:
+                job, _since = self.preparing.pop(ref)
+                try:
+                    meta = ray.get(ref)
+                except Exception as exc:  # the task was lost (worker or node died): read it again
+                    yield from self._failed([job], "read", exc)
+                    continue
+                job.n, job.node = int(meta["n"]), meta["node"]
+                self.ready.append(job)
+                self._last_progress = time.monotonic()
+            elif ref in self.calls:
+                call = self.calls.pop(ref)
+                call.actor.calls -= 1
+                try:
+                    results: list[SeriesResult] = ray.get(ref)
+                except Exception as exc:  # the actor or its input was lost; or the call itself failed
+                    if _actor_gone(exc):
+                        self._drop_actor(call.actor, f"{type(exc).__name__}")
+                    yield from self._failed(call.jobs, "infer", exc)
+                    continue
+                self._last_progress = time.monotonic()
+                by_uid = {j.item.series_uid: j for j in call.jobs}
+                for result in results:
+                    if result.series_uid in self.done:
+                        continue  # a duplicate of a re-submitted series: the first result won
+                    job = by_uid.get(result.series_uid)
+                    self.done.add(result.series_uid)
+                    if job is not None:
+                        job.data = None
+                        self.stats.read[job.node or "?"] += 1
+                    self.stats.infer[call.actor.node or "?"] += 1
+                    yield result
+            else:
+                actor = next((a for a in self.actors if a.node_ref == ref), None)
+                if actor is None:
+                    continue
+                try:
+                    actor.node = ray.get(ref)
+                except Exception as exc:  # the actor could not start (bundle, CUDA, node lost)
+                    self._actor_failures += 1
+                    self._drop_actor(actor, f"could not start: {_describe(exc)}")
+                    if self._actor_failures >= self.options.max_attempts and not any(
+                            a.node for a in self.actors if a.alive):
+                        raise RuntimeError(f"the inference actors could not start on the cluster: {_describe(exc)}"
+                                           ) from exc
+
+    def _failed(self, jobs: list[_Job], stage: str, exc: BaseException) -> Iterator[SeriesResult]:
+        for job in jobs:
+            uid = job.item.series_uid
+            if uid in self.done:
+                continue
+            job.failures += 1
+            job.last_error = (stage, _describe(exc))
+            job.data = None
+            if job.failures >= self.options.max_attempts:
+                self.done.add(uid)
+                yield SeriesResult(uid, errors=[(stage, f"lost {job.failures} times on the Ray cluster; last: "
+                                                        f"{job.last_error[1]}")])
+            else:
+                self.stats.retried += 1
+                self.todo.appendleft(job)
+        self._last_progress = time.monotonic()
+
+    def _check_nodes(self) -> None:
+        """Work that lives on a node that died is re-submitted now, not when Ray notices each piece."""
+        nodes = alive_nodes()
+        live = {n["NodeID"] for n in nodes}
+        self.cpus = max(1, int(sum(n["Resources"].get("CPU", 0) for n in nodes)))
+        for actor in [a for a in self.actors if a.alive and a.node is not None and a.node not in live]:
+            self._drop_actor(actor, "its node left the cluster")
+            for ref, call in list(self.calls.items()):
+                if call.actor is actor:
+                    del self.calls[ref]
+                    self._requeue(call.jobs)
+        lost = [j for j in self.ready if j.node is not None and j.node not in live]
+        if lost:
+            self.ready = deque(j for j in self.ready if j not in lost)
+            self._requeue(lost)
+
+    def _requeue(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            if job.item.series_uid not in self.done:
+                job.data, job.node = None, None
+                self.stats.retried += 1
+                self.todo.appendleft(job)
+
+    def _watchdog(self) -> Iterator[SeriesResult]:
+        """No result for `stall_s`: say so, and start a second attempt of everything in flight."""
+        now = time.monotonic()
+        if now - self._last_progress < self.options.stall_s:
+            return
+        stale_prep = [job for job, since in self.preparing.values() if now - since >= self.options.stall_s]
+        stale_calls = [c for c in self.calls.values() if now - c.since >= self.options.stall_s]
+        log.warning("no progress for %.0f s (%d series being read, %d waiting, %d in inference, %d actor(s), %d node(s)"
+                    " alive): re-submitting the work in flight", now - self._last_progress, len(self.preparing),
+                    len(self.ready), sum(len(c.jobs) for c in self.calls.values()),
+                    sum(a.alive for a in self.actors), len(alive_nodes()))
+        self._requeue([replace(j, data=None) for j in stale_prep])
+        for call in stale_calls:
+            self._drop_actor(call.actor, f"no answer for {now - call.since:.0f} s")
+            for ref, c in list(self.calls.items()):
+                if c is call:
+                    del self.calls[ref]
+            self._requeue(call.jobs)
+        self._last_progress = now
+        return
+        yield  # a generator, like the other steps of the loop
+
+
+def _actor_gone(exc: BaseException) -> bool:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError)
+
+
+def _describe(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else "no message"
+    return f"{type(exc).__name__}: {text}"[:500]

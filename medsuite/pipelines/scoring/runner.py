@@ -4,7 +4,10 @@ Exit codes (also `Summary.exit_code`):
 0  every eligible series was scored (others skipped by the rules, or already scored by an earlier run);
 1  some series or nodules failed (error rows), others were scored;
 2  nothing was scored: no series found, all skipped by the rules, or every attempt failed;
-3  usage or bundle error (bad option, unreadable bundle or nodule table, database busy); nothing was run.
+3  usage, bundle or cluster error (bad option, unreadable bundle or nodule table, database busy, Ray cluster
+   unreachable or unfit); nothing was run;
+4  the run stopped on an unexpected error (set by the command line; the run row is marked 'failed' and a
+   rerun resumes it).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("medsuite.scoring")
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_SCORED, EXIT_USAGE = 0, 1, 2, 3
+EXIT_OK, EXIT_SOME_FAILED, EXIT_NOTHING_SCORED, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3, 4
 ENGINES = ("local", "ray")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -65,7 +68,11 @@ class ScoreConfig:
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     device: str = "auto"
     engine: str = "local"
-    ray_address: str | None = None
+    ray_address: str | None = None      # HOST:PORT or 'auto'; None starts a local Ray on loopback
+    ray_actors: str | None = None        # 'MIN:MAX' inference actors (default: from the cluster's resources)
+    ray_ship_inputs: bool = False        # send files and bundle through Ray's object store (no shared storage)
+    ray_timeout_s: float = 30.0          # connecting to the cluster, and each node's preflight answer
+    ray_stall_s: float = 120.0           # no result for this long: re-submit the work in flight
     db: Path | None = None
     include_phi: bool = False
     batch_size: int = 16
@@ -96,6 +103,7 @@ class Summary:
     skip_reasons: dict[str, int] = field(default_factory=dict)
     error_stages: dict[str, int] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    engine_lines: list[str] = field(default_factory=list)  # Ray: which node did what
 
     def lines(self) -> list[str]:
         rate = 60.0 * (self.n_scored + self.n_error_series) / self.elapsed_s if self.elapsed_s > 0 else 0.0
@@ -106,6 +114,7 @@ class Summary:
         ]
         out += [f"  skipped: {n} x {reason}" for reason, n in sorted(self.skip_reasons.items(), key=lambda t: -t[1])[:8]]
         out += [f"  errors at stage {stage}: {n}" for stage, n in sorted(self.error_stages.items())]
+        out += self.engine_lines
         out += [f"  wrote {p}" for p in self.outputs]
         out.append(f"  exit code {self.exit_code}")
         return out
@@ -139,8 +148,10 @@ def _check(cfg: ScoreConfig) -> None:
         raise UsageError(f"--batch-size {cfg.batch_size}: must be at least 1")
     if not cfg.inputs:
         raise UsageError("give at least one INPUT (a folder, a DICOM file, or a series table with a 'path' column)")
-    if cfg.ray_address and cfg.engine != "ray":
-        raise UsageError("--ray-address needs --engine ray")
+    if cfg.engine != "ray" and (cfg.ray_address or cfg.ray_actors or cfg.ray_ship_inputs):
+        raise UsageError("--ray-address, --ray-actors and --ray-ship-inputs need --engine ray")
+    if cfg.ray_timeout_s <= 0 or cfg.ray_stall_s <= 0:
+        raise UsageError("--ray-timeout and the stall timeout must be positive")
     if not Path(cfg.bundle).exists():
         raise UsageError(f"{cfg.bundle}: bundle not found")
 
@@ -221,45 +232,118 @@ def _work_items(decisions: list, nodules: pd.DataFrame | None) -> tuple[list[Wor
     return items, unscored
 
 
+def _ray_actors(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    lo, sep, hi = text.partition(":")
+    try:
+        pair = (int(lo), int(hi if sep else lo))
+    except ValueError:
+        raise UsageError(f"--ray-actors {text!r}: expected MIN:MAX (e.g. 1:4) or N") from None
+    if pair[0] < 1 or pair[1] < pair[0]:
+        raise UsageError(f"--ray-actors {text!r}: need 1 <= MIN <= MAX")
+    return pair
+
+
 def score(cfg: ScoreConfig) -> Summary:
-    """Run batch scoring as configured; returns the summary (raises `UsageError` for exit code 3)."""
+    """Run batch scoring as configured; returns the summary (raises `UsageError` for exit code 3).
+
+    Paths are made absolute here, on the driver: with the Ray engine every node opens them as they are.
+    """
     t0 = time.perf_counter()
     _check(cfg)
+    actors = _ray_actors(cfg.ray_actors)
+    if cfg.engine == "ray" and cfg.ray_address:  # before anything slow: a wrong address fails in seconds
+        from medsuite.pipelines.scoring.ray_cluster import ClusterError, check_address
+
+        try:
+            check_address(cfg.ray_address, cfg.ray_timeout_s)
+        except ClusterError as exc:
+            raise UsageError(str(exc)) from exc
+    bundle_path = Path(os.path.abspath(cfg.bundle))
+    inputs = [Path(os.path.abspath(p)) for p in cfg.inputs]
     if cfg.engine == "ray":  # the actors infer, on the cluster's GPUs if it has any; the driver only reads meta
         if cfg.device not in DEVICES:
             raise UsageError(f"--device {cfg.device!r}: choose one of {list(DEVICES)}")
         device = cfg.device
-        bundle = _load_bundle(Path(cfg.bundle), "cpu")
+        bundle = _load_bundle(bundle_path, "cpu")
     else:
         device = resolve_device(cfg.device)
-        bundle = _load_bundle(Path(cfg.bundle), device)
+        bundle = _load_bundle(bundle_path, device)
     nodules = _load_nodules(Path(cfg.nodules) if cfg.nodules else None, bundle.task)
     try:
         rules = apply_overrides(rules_from_bundle(bundle.meta), cfg.rules)
     except RuleError as exc:
         raise UsageError(str(exc)) from exc
-    scan_notes: list[str] = []
-    try:
-        with captured(scan_notes):  # header warnings name files; they are logged (scrubbed) in _run
-            found = discover(cfg.inputs, workers=cfg.workers)
-    except DiscoveryError as exc:
-        raise UsageError(str(exc)) from exc
-    found.notes = scan_notes
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with _DbLock(cfg.db_path):
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with _DbLock(cfg.db_path):  # before anything slow: a second run on this database stops at once
+        session = ray_engine = None
         try:
-            db = ScoreStore(cfg.db_path)
-        except StoreError as exc:
-            raise UsageError(str(exc)) from exc
-        try:
-            return _run(cfg, bundle, nodules, rules, found, db, device, t0)
+            on_ray = False
+            if cfg.engine == "ray":
+                session, ray_engine = _ray_session(cfg, bundle, bundle_path, inputs, device, actors)
+                on_ray = not cfg.ray_ship_inputs  # shipped files are only known to be here: scan them here
+            scan_notes: list[str] = []
+            try:
+                with captured(scan_notes):  # header warnings name files; they are logged (scrubbed) in _run
+                    if on_ray:
+                        from medsuite.pipelines.scoring.ray_engine import discover_on_ray
+
+                        found = discover_on_ray(inputs, session, stats=session.discover_stats)
+                    else:
+                        found = discover(inputs, workers=cfg.workers)
+            except DiscoveryError as exc:
+                raise UsageError(str(exc)) from exc
+            found.notes = scan_notes
+            try:
+                db = ScoreStore(cfg.db_path)
+            except StoreError as exc:
+                raise UsageError(str(exc)) from exc
+            try:
+                return _run(cfg, bundle, nodules, rules, found, db, _Engine(cfg, bundle, device, ray_engine), t0)
+            finally:
+                db.close()
         finally:
-            db.close()
+            if ray_engine is not None:
+                ray_engine.close()
+            if session is not None:
+                session.close()
+
+
+def _ray_session(cfg: ScoreConfig, bundle: Any, bundle_path: Path, inputs: list[Path], device: str,
+                 actors: tuple[int, int] | None) -> tuple[Any, Any]:
+    """Connect to Ray (exit 3 when it cannot be used) and start the engine's inference actors (loading a
+    model takes seconds: it overlaps the preflight and discovery)."""
+    from medsuite.pipelines.scoring.ray_cluster import ClusterError, connect, preflight
+    from medsuite.pipelines.scoring.ray_engine import RayEngine, RayOptions
+
+    try:
+        session = connect(cfg.ray_address, num_cpus=cfg.workers + 1, timeout_s=cfg.ray_timeout_s)
+    except ClusterError as exc:
+        raise UsageError(str(exc)) from exc
+    except ImportError as exc:
+        raise UsageError(f"--engine ray needs Ray: pip install 'medsuite[ray]' ({exc})") from exc
+    engine = None
+    try:
+        options = RayOptions(actors=actors, ship_inputs=cfg.ray_ship_inputs, stall_s=cfg.ray_stall_s)
+        engine = RayEngine(session, bundle_path=str(bundle_path), block_spec_json=spec_json(bundle.block.spec()),
+                           device=device, batch_size=cfg.batch_size, read_options=cfg.read_options,
+                           options=options)
+        engine.start()
+        if not cfg.ray_ship_inputs:
+            preflight(session, [str(bundle_path), *map(str, inputs)], timeout_s=cfg.ray_timeout_s)
+    except BaseException as exc:
+        if engine is not None:
+            engine.close()
+        session.close()
+        if isinstance(exc, ClusterError | ValueError):
+            raise UsageError(str(exc)) from exc
+        raise
+    return session, engine
 
 
 def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rules, found: Discovery,
-         db: ScoreStore, device: str, t0: float) -> Summary:
+         db: ScoreStore, engine: _Engine, t0: float) -> Summary:
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     series = found.series
     patient_ids = set(series["patient_id"].astype(str)) if "patient_id" in series.columns else set()
@@ -269,41 +353,41 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     args["inputs"] = [str(p) for p in cfg.inputs]
     args["rules_applied"] = rules.as_dict()
+    decisions = decide(series, rules)
     db.start_run(run_id, bundle_name=bundle.name, bundle_sha256=bundle.sha256, bundle_path=str(cfg.bundle),
                  task=bundle.task, engine=cfg.engine, args=args)
-
-    decisions = decide(series, rules)
-    done = db.scored_series(bundle.sha256)
-    already = [d for d in decisions if d.action == "score" and d.series_uid in done]
-    to_score = [d for d in decisions if d.action == "score" and d.series_uid not in done]
-    items, no_nodules = _work_items(to_score, nodules)
-    unscored = [(d.series_uid, d.row, "skipped" if d.action == "skip" else "error", scrub(d.reason))
-                for d in decisions if d.action != "score"] + no_nodules
-    for r in found.skipped_files.itertuples(index=False):
-        unscored.append((file_key(r.path), {"path": str(r.path)}, "skipped", f"not an image instance: {scrub(r.reason)}"))
-    db.record_unscored(run_id, unscored)
-    for note in found.notes:
-        log.debug("scan: %s", scrub(note))
-    if nodules is not None:
-        discovered = set(series["series_uid"].astype(str)) if len(series) else set()
-        orphans = int((~nodules["series_uid"].isin(discovered)).sum())
-        if orphans:
-            log.warning("%d nodule(s) of the nodule table belong to no series found under the input", orphans)
-    rows = {d.series_uid: d.row for d in to_score}
-    log.info("run %s: %d series found, %d to score, %d already scored, %d not eligible",
-             run_id, len(decisions), len(items), len(already), len(unscored))
-
     n_scored = n_failed = 0
-    last_export = time.monotonic()
     status = "failed"
-    try:
-        from medsuite.learn.predict import Predictor
+    unscored: list[tuple] = []
+    already: list = []
+    try:  # from here on the run row is closed whatever happens: 'finished', or 'failed' with the exception
+        done = db.scored_series(bundle.sha256)
+        already = [d for d in decisions if d.action == "score" and d.series_uid in done]
+        to_score = [d for d in decisions if d.action == "score" and d.series_uid not in done]
+        items, no_nodules = _work_items(to_score, nodules)
+        unscored = [(d.series_uid, d.row, "skipped" if d.action == "skip" else "error", scrub(d.reason))
+                    for d in decisions if d.action != "score"] + no_nodules
+        for r in found.skipped_files.itertuples(index=False):
+            unscored.append((file_key(r.path), {"path": str(r.path)}, "skipped",
+                             f"not an image instance: {scrub(r.reason)}"))
+        db.record_unscored(run_id, unscored)
+        for note in found.notes:
+            log.debug("scan: %s", scrub(note))
+        if nodules is not None:
+            discovered = set(series["series_uid"].astype(str)) if len(series) else set()
+            orphans = int((~nodules["series_uid"].isin(discovered)).sum())
+            if orphans:
+                log.warning("%d nodule(s) of the nodule table belong to no series found under the input", orphans)
+        rows = {d.series_uid: d.row for d in to_score}
+        log.info("run %s: %d series found, %d to score, %d already scored, %d not eligible",
+                 run_id, len(decisions), len(items), len(already), len(unscored))
 
-        predictor = Predictor.from_bundle(bundle)  # the engine's (Ray: each actor loads its own on its device)
-        results = _engine(cfg, bundle, predictor, items, device)
+        last_export = time.monotonic()
+        predictor = engine.predictor()  # the bundle's; with Ray each actor loads its own on its device
         with _progress(len(items), cfg.progress) as bar:
-            for result in results:
-                db.commit_series(run_id, bundle.sha256, predictor.threshold, result, rows[result.series_uid], scrub=scrub)
+            for result in engine.results(items, predictor):
+                db.commit_series(run_id, bundle.sha256, predictor.threshold, result, rows[result.series_uid],
+                                 scrub=scrub)
                 for note in result.notes:
                     log.debug("series %s: %s", result.series_uid, scrub(note))
                 if result.status == "scored":
@@ -322,7 +406,12 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
         counts = db.counts(run_id)
         db.finish_run(run_id, status=status, counts={"series": len(decisions), "scored": counts["scored"],
                                                      "skipped": counts["skipped"], "errors": counts["errors"]})
-        outputs = _export(db, cfg, series, nodules)
+        try:
+            outputs = _export(db, cfg, series, nodules)
+        except Exception:
+            if status == "finished":
+                raise
+            log.exception("could not rewrite the score files after the failure; the database is complete")
     stages = Counter(r[0] for r in db.conn.execute("SELECT stage FROM errors WHERE run_id=?", (run_id,)))
     skip_reasons = Counter(_reason_kind(u[3]) for u in unscored if u[2] == "skipped")
     summary = Summary(
@@ -332,7 +421,7 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
         n_found=len(decisions), n_scored=counts["scored"], n_already=len(already), n_skipped=counts["skipped"],
         n_error_series=counts["error_series"], n_errors=counts["errors"], n_predictions=counts["predictions"],
         elapsed_s=time.perf_counter() - t0, skip_reasons=dict(skip_reasons), error_stages=dict(stages),
-        outputs=[str(p) for p in outputs] + [str(cfg.db_path)],
+        outputs=[str(p) for p in outputs] + [str(cfg.db_path)], engine_lines=engine.summary_lines(),
     )
     return summary
 
@@ -353,19 +442,29 @@ def _export(db: ScoreStore, cfg: ScoreConfig, series: pd.DataFrame, nodules: pd.
     return db.export(cfg.out, patient_map)
 
 
-def _engine(cfg: ScoreConfig, bundle: Any, predictor: Predictor, items: list[WorkItem], device: str,
-            ) -> Iterator[SeriesResult]:
-    block_json = spec_json(bundle.block.spec())
-    if cfg.engine == "ray":
-        from medsuite.pipelines.scoring.ray_engine import run_ray
+class _Engine:
+    """The chosen engine behind one call: `results(items)` yields a `SeriesResult` per item."""
 
-        return run_ray(items, bundle_path=str(cfg.bundle), block_spec_json=block_json, device=device,
-                       workers=cfg.workers, batch_size=cfg.batch_size, address=cfg.ray_address,
-                       read_options=cfg.read_options)
-    from medsuite.pipelines.scoring.local import run_local
+    def __init__(self, cfg: ScoreConfig, bundle: Any, device: str, ray_engine: Any) -> None:
+        self.cfg, self.bundle, self.device, self.ray = cfg, bundle, device, ray_engine
 
-    return run_local(items, predictor=predictor, block_spec_json=block_json, workers=cfg.workers,
-                     batch_size=cfg.batch_size, read_options=cfg.read_options)
+    def predictor(self) -> Predictor:
+        from medsuite.learn.predict import Predictor
+
+        return Predictor.from_bundle(self.bundle)
+
+    def results(self, items: list[WorkItem], predictor: Predictor) -> Iterator[SeriesResult]:
+        if self.ray is not None:  # each actor loads the bundle's predictor on its own device
+            self.ray.stats.discover.update(self.ray.session.discover_stats)
+            return self.ray.run(items)
+        from medsuite.pipelines.scoring.local import run_local
+
+        cfg = self.cfg
+        return run_local(items, predictor=predictor, block_spec_json=spec_json(self.bundle.block.spec()),
+                         workers=cfg.workers, batch_size=cfg.batch_size, read_options=cfg.read_options)
+
+    def summary_lines(self) -> list[str]:
+        return self.ray.stats.lines() if self.ray is not None else []
 
 
 class _progress:
