@@ -1,4 +1,4 @@
-// Small 4x4 affine helpers (row-major arrays of 16 numbers) and the scale-bar length.
+// Small 4x4 affine helpers (row-major arrays of 16 numbers).
 
 export function invert4(m) {
   const [a, b, c, d, e, f, g, h, i, j, k, l] = m;
@@ -23,24 +23,4 @@ export function apply4(m, p) {
     m[4] * p[0] + m[5] * p[1] + m[6] * p[2] + m[7],
     m[8] * p[0] + m[9] * p[1] + m[10] * p[2] + m[11],
   ];
-}
-
-/** The native voxel axis (0 = i/x, 1 = j/y, 2 = k/z) best aligned with world axis `world` (0 R, 1 A, 2 S), and
- *  the sign that moves towards +world. */
-export function alignedAxis(affine, world) {
-  let best = 0;
-  for (let a = 1; a < 3; a++) {
-    if (Math.abs(affine[world * 4 + a]) > Math.abs(affine[world * 4 + best])) best = a;
-  }
-  return { axis: best, sign: Math.sign(affine[world * 4 + best]) || 1 };
-}
-
-const NICE = [1, 2, 5, 10, 20, 50, 100, 200];
-
-/** A round length in mm whose bar is about `targetPx` long at `pxPerMm`. */
-export function niceLength(pxPerMm, targetPx = 110) {
-  const want = targetPx / pxPerMm;
-  let best = NICE[0];
-  for (const n of NICE) if (n <= want) best = n;
-  return best;
 }

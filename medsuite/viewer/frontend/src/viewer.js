@@ -1,29 +1,40 @@
-// The reading view: NiiVue (WebGL2) with three linked planes or one, and everything a reader does with the
-// scan handled here in the browser: slice scrolling (keys, wheel), crosshair navigation, window/level (drag and
-// presets 1-5), zoom/pan, the ruler, the HU readout, scale bars and overlays. Python is told the resulting view
-// state (debounced) so that the URL can hold it; it is never asked to draw anything.
+// The reading view: three linked planes (axial large + coronal + sagittal, 1x3, or one plane), each drawn by
+// its own WebGL2 canvas (tile.js). Everything a reader does with the scan happens here, in the browser: slice
+// scrolling (keys, wheel), crosshair navigation, window/level (drag and presets 1-5), zoom/pan, the ruler, the HU
+// readout, orientation markers and scale bars, overlays. Python is told the resulting view state (debounced)
+// so that the URL can hold it; it is never asked to draw anything.
 
-import { DRAG_MODE, MULTIPLANAR_TYPE, NVImage, Niivue, SHOW_RENDER, SLICE_TYPE } from "@niivue/niivue";
-
-import { alignedAxis, apply4, invert4, niceLength } from "./geometry.js";
-import { gunzip, readNifti } from "./nifti.js";
+import { Tile } from "./tile.js";
+import { gunzip, planeLayout, readNifti, texelToVoxel } from "./volume.js";
 
 const PLANES = ["axial", "coronal", "sagittal"];
-const PLANE_TYPE = { axial: SLICE_TYPE.AXIAL, coronal: SLICE_TYPE.CORONAL, sagittal: SLICE_TYPE.SAGITTAL };
-// world axis (RAS) each plane scrolls along: axial along S, coronal along A, sagittal along R/L
-const PLANE_WORLD_AXIS = { axial: 2, coronal: 1, sagittal: 0 };
 const TOOLS = {
-  navigate: { mode: DRAG_MODE.crosshair, label: "Navigate", hint: "click or drag: move the crosshair" },
-  window: { mode: DRAG_MODE.windowing, label: "W/L", hint: "drag: window (left-right) and level (up-down)" },
-  ruler: { mode: DRAG_MODE.measurement, label: "Ruler", hint: "drag: measure a distance in mm" },
-  pan: { mode: DRAG_MODE.pan, label: "Pan", hint: "drag: move the image" },
+  navigate: { label: "Navigate", hint: "click or drag: move the crosshair" },
+  window: { label: "W/L", hint: "drag: window width (left-right) and level (up-down)" },
+  ruler: { label: "Ruler", hint: "drag: measure a distance in mm" },
+  pan: { label: "Pan", hint: "drag: move the image" },
 };
-const HEAT = { R: [128, 230, 255, 255], G: [0, 20, 160, 255], B: [0, 0, 0, 120], A: [0, 110, 200, 255], I: [0, 89, 178, 255] };
-const AMBER = { R: [0, 255, 255], G: [0, 170, 170], B: [0, 0, 0], A: [0, 255, 255], I: [0, 1, 255] };
-const NODULE_LUT = {
-  R: [0, 40, 255], G: [0, 255, 190], B: [0, 90, 40], A: [0, 255, 230], I: [0, 1, 2], labels: ["", "reviewed nodule", "other nodule"],
-};
+const LAYOUTS = [["3up", "Axial + 2", "axial large, coronal and sagittal beside it (F or double-click: 1-up)"],
+  ["row", "1×3", "three planes side by side"], ["axial", "Axial", "1-up axial"], ["coronal", "Coronal", "1-up coronal"],
+  ["sagittal", "Sagittal", "1-up sagittal"]];
 const STATE_DEBOUNCE_MS = 500;
+// the attribution colour map (also in why.py HEAT_CSS): dark red -> red -> orange -> pale yellow, alpha rising
+const HEAT_STOPS = [[0, 128, 0, 0, 0], [0.35, 230, 20, 0, 0.43], [0.7, 255, 160, 0, 0.78], [1, 255, 255, 120, 1]];
+
+function heatColor(calMin, opacity) {
+  return (v) => {
+    if (!(v >= calMin)) return null;
+    const t = Math.min(1, v);
+    let i = 1;
+    while (i < HEAT_STOPS.length - 1 && t > HEAT_STOPS[i][0]) i++;
+    const [t0, r0, g0, b0, a0] = HEAT_STOPS[i - 1];
+    const [t1, r1, g1, b1, a1] = HEAT_STOPS[i];
+    const f = (t - t0) / (t1 - t0);
+    return [r0 + f * (r1 - r0), g0 + f * (g1 - g0), b0 + f * (b1 - b0), (a0 + f * (a1 - a0)) * opacity];
+  };
+}
+const NODULE_COLORS = { 1: [40, 255, 90, 1], 2: [255, 190, 40, 0.9] };
+const AMBER = [255, 170, 0, 0.28];
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -45,417 +56,329 @@ export class ReadingView {
     this.root = root;
     this.onState = onState;
     this.spec = null;
-    this.nv = null;
-    this.images = {}; // slot -> {id, image}
-    this.pending = {}; // slot -> id being loaded
-    this.missing = new Set(); // ids the page lacks (bytes not sent)
-    this.raw = null; // voxel values of the scan for the HU readout
-    this.affine = null;
-    this.inv = null;
-    this.appliedInit = null;
+    this.vol = null;
+    this.volumeId = null;
+    this.overlays = {};   // slot -> {id, vol, color, visible}
+    this.pending = {};
+    this.missing = new Set();
+    this.c = [0, 0, 0];   // crosshair, native voxel (i, j, k)
+    this.window = null;
     this.layout = "3up";
-    this.single = "axial";
     this.activePlane = "axial";
     this.tool = "navigate";
-    this.window = null;
-    this.heatOpacity = null;
     this.show = { heat: true, nodules: true, marks: true };
+    this.heatOpacity = null;
+    this.rulers = [];
+    this.appliedInit = null;
     this.seq = 0;
     this.stateTimer = null;
     this.mouse = null;
-    this.stats = { changes: [], loads: [] };
+    this.stats = { changes: [], loads: [], ready: null };
     window.medsuiteViewer = this;
-    this.build();
-  }
-
-  // ------------------------------------------------------------------ DOM
-  build() {
     this.toolbar = el("div", { id: "toolbar" });
-    this.canvas = el("canvas", { id: "gl" });
-    this.hud = el("div", { id: "hud" });
+    this.stage = el("div", { id: "stage" });
     this.message = el("div", { id: "message" }, "Waiting for the scan …");
-    this.stage = el("div", { id: "stage" }, this.canvas, this.hud, this.message);
     this.status = el("div", { id: "status" });
-    this.root.append(this.toolbar, this.stage, this.status);
+    this.stage.append(this.message);
+    root.append(this.toolbar, this.stage, this.status);
+    this.tiles = Object.fromEntries(PLANES.map((p) => [p, new Tile(this.stage, p)]));
+    this.installInput();
+    new ResizeObserver(() => this.relayout()).observe(this.stage);
   }
 
+  // ---------------------------------------------------------------- toolbar
   buildToolbar() {
     const spec = this.spec;
-    const bar = this.toolbar;
-    bar.replaceChildren();
     const group = (label, ...items) => el("div", { class: "group" }, el("span", { class: "glabel" }, label), ...items);
     this.layoutButtons = {};
-    const layouts = [["3up", "Axial + 2", "axial large, coronal and sagittal beside it (F: 1-up of the plane under the mouse)"],
-      ["row", "1×3", "three planes side by side"], ["axial", "Axial", "1-up axial"],
-      ["coronal", "Coronal", "1-up coronal"], ["sagittal", "Sagittal", "1-up sagittal"]];
-    const lay = layouts.map(([key, label, title]) => {
-      const b = el("button", { title, "data-layout": key, onclick: () => this.setLayout(key) }, label);
-      this.layoutButtons[key] = b;
-      return b;
-    });
-    bar.append(group("Layout", ...lay));
+    const lay = LAYOUTS.map(([key, label, title]) => (this.layoutButtons[key] =
+      el("button", { title, "data-layout": key, onclick: () => this.setLayout(key) }, label)));
     this.presetButtons = {};
     const presets = (spec.presets || []).map((p) => {
-      const txt = p.width ? `${p.key} ${p.name} W${p.width} L${p.level}` : `${p.key} ${p.name} (none)`;
-      const b = el("button", { title: `key ${p.key}`, "data-preset": p.key, onclick: () => this.applyPreset(p.key) }, txt);
+      const b = el("button", { title: `key ${p.key}`, "data-preset": p.key, onclick: () => this.applyPreset(p.key) },
+        p.width ? `${p.key} ${p.name} W${p.width} L${p.level}` : `${p.key} ${p.name} (none)`);
       if (!p.width) b.disabled = true;
-      this.presetButtons[p.key] = b;
-      return b;
+      return (this.presetButtons[p.key] = b);
     });
-    bar.append(group("Window", ...presets));
     this.toolButtons = {};
-    const tools = Object.entries(TOOLS).map(([key, t]) => {
-      const b = el("button", { title: t.hint, "data-tool": key, onclick: () => this.setTool(key) }, t.label);
-      this.toolButtons[key] = b;
-      return b;
-    });
-    bar.append(group("Left drag", ...tools));
-    bar.append(group("View",
-      el("button", { title: "zoom in (+ or Ctrl+wheel)", onclick: () => this.zoomBy(1.25) }, "+"),
-      el("button", { title: "zoom out (- or Ctrl+wheel)", onclick: () => this.zoomBy(0.8) }, "−"),
-      el("button", { title: "reset zoom, pan and window (R)", onclick: () => this.resetView() }, "Reset"),
-      el("button", { title: "remove the ruler measurements", onclick: () => { this.nv.clearAllMeasurements?.(); this.nv.drawScene(); } }, "Clear ruler")));
+    const tools = Object.entries(TOOLS).map(([key, t]) => (this.toolButtons[key] =
+      el("button", { title: t.hint, "data-tool": key, onclick: () => this.setTool(key) }, t.label)));
+    const items = [group("Layout", ...lay), group("Window", ...presets), group("Left drag", ...tools),
+      group("View",
+        el("button", { title: "zoom in (+ or Ctrl+wheel)", onclick: () => this.zoomAll(1.25) }, "+"),
+        el("button", { title: "zoom out (- or Ctrl+wheel)", onclick: () => this.zoomAll(0.8) }, "−"),
+        el("button", { title: "reset zoom, pan and window (R)", onclick: () => this.resetView() }, "Reset"),
+        el("button", { title: "remove the ruler measurements", onclick: () => { this.rulers = []; this.decorateAll(); } }, "Clear ruler"))];
     const toggles = [];
     const toggle = (key, label, title) => {
-      const box = el("input", { type: "checkbox", "data-overlay": key, onchange: (e) => { this.show[key] = e.target.checked; this.applyOverlayVisibility(); } });
+      const box = el("input", { type: "checkbox", "data-overlay": key, onchange: (e) => this.setOverlay(key, e.target.checked) });
       box.checked = this.show[key];
       return el("label", { class: "toggle", title }, box, label);
     };
     if (spec.overlays?.heat) {
       toggles.push(toggle("heat", "Heat map", spec.overlays.heat.label || "attribution"));
       const slider = el("input", { type: "range", min: "0", max: "1", step: "0.05", "data-overlay-opacity": "heat",
-        title: "heat map opacity", oninput: (e) => { this.heatOpacity = Number(e.target.value); this.applyOverlayVisibility(); } });
+        title: "heat map opacity", oninput: (e) => { this.heatOpacity = Number(e.target.value); this.refreshOverlays(); } });
       slider.value = String(this.heatOpacity ?? spec.overlays.heat.opacity ?? 0.8);
       toggles.push(slider);
     }
     if (spec.overlays?.nodules) toggles.push(toggle("nodules", "Nodules", "every nodule of this series (green: the one under review)"));
     if (spec.overlays?.marks) toggles.push(toggle("marks", "Interpolated", "slices that were interpolated, not acquired (amber)"));
-    if (toggles.length) bar.append(group("Overlays", ...toggles));
+    if (toggles.length) items.push(group("Overlays", ...toggles));
     const nods = (spec.nodules || []).map((n) => el("button", {
       class: n.current ? "nodule current" : "nodule", title: n.title || "", "data-nodule": n.name,
       onclick: () => this.gotoVoxel(n.zyx),
     }, n.name));
-    if (nods.length) bar.append(group("Go to", ...nods));
+    if (nods.length) items.push(group("Go to", ...nods));
+    this.toolbar.replaceChildren(...items);
     this.refreshToolbar();
   }
 
   refreshToolbar() {
     if (!this.layoutButtons) return;
-    const current = this.layout === "1up" ? this.single : this.layout;
-    for (const [k, b] of Object.entries(this.layoutButtons)) b.classList.toggle("on", k === current);
+    for (const [k, b] of Object.entries(this.layoutButtons)) b.classList.toggle("on", k === this.layout);
     for (const [k, b] of Object.entries(this.toolButtons)) b.classList.toggle("on", k === this.tool);
     const preset = this.currentPreset();
     for (const [k, b] of Object.entries(this.presetButtons)) b.classList.toggle("on", k === preset);
   }
 
-  // ------------------------------------------------------------- updates
-  /** A render from Python: new spec, maybe new bytes. */
+  // ---------------------------------------------------------------- updates
+  /** A render from Python: the spec (JSON) and any bytes it carries. */
   async update(spec, payloads) {
-    const first = this.spec === null;
-    const volumeChanged = !this.spec || this.spec.volume.id !== spec.volume.id;
+    const specChanged = JSON.stringify(spec) !== JSON.stringify(this.spec);
     this.spec = spec;
-    if (first) await this.initNiivue();
-    if (volumeChanged || first) {
-      this.buildToolbar();
-    } else {
-      this.buildToolbar();
-    }
-    await this.syncImages(payloads);
+    if (specChanged) this.buildToolbar();
+    await this.syncPayloads(payloads);
     this.maybeApplyInit();
-    this.applyOverlayVisibility();
-    this.drawHud();
   }
 
-  async initNiivue() {
-    const nv = new Niivue({
-      backColor: [0, 0, 0, 1],
-      isRadiologicalConvention: true,
-      show3Dcrosshair: false,
-      crosshairColor: [0.0, 0.78, 1.0, 0.85],
-      crosshairWidth: 1,
-      crosshairGap: 10,
-      isOrientationTextVisible: true,
-      showAllOrientationMarkers: true,
-      multiplanarLayout: MULTIPLANAR_TYPE.ROW,
-      multiplanarShowRender: SHOW_RENDER.NEVER,
-      multiplanarEqualSize: true,
-      multiplanarPadPixels: 4,
-      sliceType: SLICE_TYPE.MULTIPLANAR,
-      dragAndDropEnabled: false,
-      showLegend: false,
-      isColorbar: false,
-      fontColor: [0.85, 0.85, 0.85, 1],
-      fontMinPx: 13,
-      measureLineColor: [1, 0.85, 0.1, 1],
-      measureTextColor: [1, 0.85, 0.1, 1],
-      showMeasureUnits: true,
-      viewModeHotKey: "",
-      clipPlaneHotKey: "",
-      cycleClipPlaneHotKey: "",
-      logLevel: "warn",
-      loadingText: "",
-      isResizeCanvas: true,
-    });
-    await nv.attachToCanvas(this.canvas);
-    nv.addColormap("medsuite_heat", HEAT);
-    nv.addColormap("medsuite_amber", AMBER);
-    this.nv = nv;
-    this.setTool(this.tool, false);
-    nv.onLocationChange = () => this.afterChange("navigate", null);
-    this.installInput();
-    new ResizeObserver(() => {
-      if (this.layout === "3up") nv.customLayout = this.heroLayout();
-      nv.resizeListener();
-      this.drawHud();
-    }).observe(this.stage);
-    this.setLayout("3up", false);
+  wanted() {
+    const s = this.spec;
+    const out = { volume: s.volume?.id || null };
+    for (const slot of ["heat", "nodules", "marks"]) out[slot] = s.overlays?.[slot]?.id || null;
+    return out;
   }
 
-  async syncImages(payloads) {
-    const spec = this.spec;
-    const wanted = {
-      volume: { id: spec.volume.id, bytes: payloads.volume },
-      heat: spec.overlays?.heat ? { id: spec.overlays.heat.id, bytes: payloads.heat } : null,
-      nodules: spec.overlays?.nodules ? { id: spec.overlays.nodules.id, bytes: payloads.nodules } : null,
-      marks: spec.overlays?.marks ? { id: spec.overlays.marks.id, bytes: payloads.marks } : null,
-    };
+  async syncPayloads(payloads) {
+    const wanted = this.wanted();
+    const have = { volume: this.volumeId, ...Object.fromEntries(Object.entries(this.overlays).map(([k, v]) => [k, v.id])) };
     let changed = false;
-    for (const slot of ["volume", "heat", "nodules", "marks"]) {
-      const want = wanted[slot];
-      const have = this.images[slot];
-      if (!want) {
-        if (have) { this.nv.removeVolume(have.image); delete this.images[slot]; changed = true; }
-        continue;
-      }
-      if (have && have.id === want.id) continue;
-      if (this.pending[slot] === want.id) continue;
-      if (!want.bytes || !want.bytes.length) {
-        if (!this.missing.has(want.id)) { this.missing.add(want.id); this.reportSoon(0); }
-        if (slot === "volume") this.showMessage("Loading the scan …");
-        continue;
-      }
-      this.pending[slot] = want.id;
-      try {
-        const t0 = performance.now();
-        if (slot === "volume") this.showMessage("Opening the scan …");
-        const buffer = await gunzip(want.bytes);
-        const tUnzip = performance.now();
-        const image = await this.makeImage(slot, buffer);
-        if (this.spec !== spec && this.spec.volume.id !== spec.volume.id) return; // a newer case took over
-        if (slot === "volume") {
-          // a new scan replaces everything: overlays belong to the old one
-          for (const s of Object.keys(this.images)) this.nv.removeVolume(this.images[s].image);
-          this.images = {};
-          this.raw = readNifti(buffer);
-          this.affine = this.raw.affine;
-          this.inv = invert4(this.affine);
-          this.nv.addVolume(image);
-          this.window = null;
-          this.appliedInit = null;
-          this.applyWindow(spec.window.width, spec.window.level, false);
-          this.hideMessage();
-        } else {
-          this.nv.addVolume(image);
-        }
-        this.images[slot] = { id: want.id, image };
-        this.missing.delete(want.id);
-        this.stats.loads.push({ slot, id: want.id, bytes: want.bytes.length, unzipMs: tUnzip - t0, totalMs: performance.now() - t0 });
-        changed = true;
-      } catch (err) {
-        this.showMessage(`Cannot display this ${slot === "volume" ? "scan" : "overlay"}: ${err.message}`);
-        console.error(err);
-      } finally {
-        delete this.pending[slot];
-      }
+    if (wanted.volume !== this.volumeId) {
+      await this.loadSlot("volume", wanted.volume, payloads.volume) && (changed = true);
     }
+    if (!this.vol || this.volumeId !== wanted.volume) { if (changed) this.report(); return; }
+    for (const slot of ["heat", "nodules", "marks"]) {
+      if (!wanted[slot]) {
+        if (this.overlays[slot]) { delete this.overlays[slot]; changed = true; }
+        continue;
+      }
+      if (have[slot] === wanted[slot]) continue;
+      if (await this.loadSlot(slot, wanted[slot], payloads[slot])) changed = true;
+    }
+    this.styleOverlays();
     if (changed) {
-      this.orderOverlays();
+      this.refreshOverlays();
       this.reportSoon(0);
     }
   }
 
-  async makeImage(slot, buffer) {
-    const spec = this.spec;
-    const name = `${slot}.nii`;
-    if (slot === "volume") {
-      const w = spec.window;
-      return await NVImage.loadFromUrl({ url: name, buffer, name, colormap: "gray", trustCalMinMax: true,
-        cal_min: w.level - w.width / 2, cal_max: w.level + w.width / 2 });
+  /** Decode one payload; true when it was loaded, false when its bytes are missing (asked for) or busy. */
+  async loadSlot(slot, id, bytes) {
+    if (this.pending[slot] === id) return false;
+    if (!bytes || !bytes.length) {
+      if (!this.missing.has(id)) { this.missing.add(id); this.reportSoon(0); }
+      if (slot === "volume") this.showMessage("Loading the scan …");
+      return false;
     }
-    if (slot === "heat") {
-      const h = spec.overlays.heat;
-      return await NVImage.loadFromUrl({ url: name, buffer, name, colormap: "medsuite_heat", opacity: h.opacity ?? 0.8,
-        cal_min: h.cal_min ?? 0.02, cal_max: h.cal_max ?? 1, trustCalMinMax: true });
+    this.pending[slot] = id;
+    const t0 = performance.now();
+    try {
+      if (slot === "volume") this.showMessage("Opening the scan …");
+      const buffer = await gunzip(bytes);
+      const t1 = performance.now();
+      const vol = readNifti(buffer);
+      if (slot === "volume") {
+        this.setVolume(vol, id);
+      } else {
+        this.overlays[slot] = { id, vol, visible: true, color: null };
+      }
+      this.missing.delete(id);
+      this.stats.loads.push({ slot, id, bytes: bytes.length, unzipMs: t1 - t0, totalMs: performance.now() - t0 });
+      return true;
+    } catch (err) {
+      this.showMessage(`Cannot display this ${slot === "volume" ? "scan" : "overlay"}: ${err.message}`);
+      console.error(err);
+      return false;
+    } finally {
+      delete this.pending[slot];
     }
-    if (slot === "marks") {
-      return await NVImage.loadFromUrl({ url: name, buffer, name, colormap: "medsuite_amber", opacity: 0.28,
-        cal_min: 0.5, cal_max: 1, trustCalMinMax: true });
-    }
-    const img = await NVImage.loadFromUrl({ url: name, buffer, name, colormap: "gray", opacity: 1, trustCalMinMax: true });
-    img.setColormapLabel(NODULE_LUT);
-    return img;
   }
 
-  orderOverlays() {
-    // NiiVue draws volumes in list order: scan, heat, nodule rings, interpolation marks
-    const order = ["volume", "heat", "nodules", "marks"].map((s) => this.images[s]?.image).filter(Boolean);
-    this.nv.volumes = order;
-    this.nv.updateGLVolume();
+  setVolume(vol, id) {
+    this.vol = vol;
+    this.volumeId = id;
+    this.overlays = {};
+    this.rulers = [];
+    this.appliedInit = null;
+    for (const p of PLANES) {
+      const t = this.tiles[p];
+      t.setPlane(vol, planeLayout(vol, p));
+      t.zoom = 1;
+      t.pan = [0, 0];
+    }
+    this.c = vol.dims.map((n) => Math.floor((n - 1) / 2));
+    const w = this.spec.window;
+    this.window = [w.width, w.level];
+    this.hideMessage();
+    this.relayout();
   }
 
-  applyOverlayVisibility() {
-    if (!this.nv || !this.images.volume) return;
-    const spec = this.spec;
-    const idx = (slot) => this.nv.volumes.indexOf(this.images[slot]?.image);
-    let dirty = false;
-    const set = (slot, value) => {
-      const i = idx(slot);
-      if (i > 0 && this.nv.volumes[i].opacity !== value) { this.nv.volumes[i].opacity = value; dirty = true; }
-    };
-    if (this.images.heat) set("heat", this.show.heat ? (this.heatOpacity ?? spec.overlays?.heat?.opacity ?? 0.8) : 0);
-    if (this.images.nodules) set("nodules", this.show.nodules ? 1 : 0);
-    if (this.images.marks) set("marks", this.show.marks ? 0.28 : 0);
-    if (dirty) this.nv.updateGLVolume();
+  styleOverlays() {
+    const o = this.spec.overlays || {};
+    if (this.overlays.heat) {
+      this.overlays.heat.visible = this.show.heat;
+      this.overlays.heat.color = heatColor(o.heat?.cal_min ?? 0.02, this.heatOpacity ?? o.heat?.opacity ?? 0.8);
+    }
+    if (this.overlays.nodules) {
+      this.overlays.nodules.visible = this.show.nodules;
+      this.overlays.nodules.color = (v) => NODULE_COLORS[v] || null;
+    }
+    if (this.overlays.marks) {
+      this.overlays.marks.visible = this.show.marks;
+      this.overlays.marks.color = (v) => (v > 0 ? AMBER : null);
+    }
+  }
+
+  overlayList() {
+    return ["heat", "nodules", "marks"].map((s) => this.overlays[s]).filter(Boolean);
+  }
+
+  setOverlay(key, on) {
+    this.show[key] = on;
+    this.refreshOverlays();
+  }
+
+  refreshOverlays() {
+    if (!this.vol) return;
+    this.styleOverlays();
+    const list = this.overlayList();
+    for (const p of PLANES) {
+      const t = this.tiles[p];
+      t.loadOverlay(list);
+      t.draw(this.window);
+    }
   }
 
   maybeApplyInit() {
     const init = this.spec.init;
-    if (!init || !this.images.volume || this.appliedInit === init.token) return;
+    if (!init || !this.vol || this.volumeId !== this.spec.volume.id || this.appliedInit === init.token) return;
     this.appliedInit = init.token;
     if (init.layout) this.setLayout(init.layout, false);
-    if (init.window && init.window[0] > 0) this.applyWindow(init.window[0], init.window[1], false);
-    if (init.zyx) this.gotoVoxel(init.zyx, false);
+    if (init.window && init.window[0] > 0) this.window = [init.window[0], init.window[1]];
+    if (init.zyx) this.c = [init.zyx[2], init.zyx[1], init.zyx[0]];
+    this.clampCrosshair();
+    this.renderAll(true);
+    this.refreshToolbar();
     this.stats.ready = performance.now();
     document.body.dataset.ready = this.spec.volume.id;
     this.reportSoon(0);
   }
 
-  // ------------------------------------------------------------ geometry
-  voxelOfCrosshair() {
-    const mm = this.nv.frac2mm(this.nv.scene.crosshairPos);
-    const v = apply4(this.inv, [mm[0], mm[1], mm[2]]);
-    return v.map((x) => Math.round(x));
+  // ------------------------------------------------------------- rendering
+  relayout() {
+    const r = this.stage.getBoundingClientRect();
+    const W = r.width;
+    const H = r.height;
+    const place = (p, l, t, w, h, visible = true) => this.tiles[p].place(l, t, w, h, visible);
+    if (this.layout === "3up") {
+      const f = W > 0 ? Math.min(0.64, Math.max(0.45, H / W)) : 0.6;
+      const aw = Math.floor(W * f);
+      place("axial", 0, 0, aw - 2, H);
+      place("coronal", aw, 0, W - aw, Math.floor(H / 2) - 1);
+      place("sagittal", aw, Math.floor(H / 2) + 1, W - aw, H - Math.floor(H / 2) - 1);
+    } else if (this.layout === "row") {
+      const w = Math.floor(W / 3);
+      PLANES.forEach((p, i) => place(p, i * w, 0, w - 2, H));
+    } else {
+      for (const p of PLANES) place(p, 0, 0, W, H, p === this.layout);
+    }
+    if (this.vol) this.renderAll(true);
   }
 
-  dims() {
-    return this.raw.dims;
+  sliceOf(p) {
+    const t = this.tiles[p];
+    return Math.round(this.c[t.pl.n]);
   }
 
-  /** Move the crosshair to voxel (z, y, x) of the scan (array order). */
+  clampCrosshair() {
+    this.c = this.c.map((v, a) => Math.max(0, Math.min(this.vol.dims[a] - 1, v)));
+  }
+
+  /** Redraw: tiles whose slice changed (or all with `force`), then crosshairs and labels everywhere. */
+  renderAll(force = false) {
+    if (!this.vol) return;
+    const list = this.overlayList();
+    for (const p of PLANES) {
+      const t = this.tiles[p];
+      const changed = t.load(this.sliceOf(p), list, force);
+      if (changed || force) t.draw(this.window);
+    }
+    this.decorateAll();
+  }
+
+  decorateAll() {
+    const interp = new Set(this.spec?.interpolated || []);
+    for (const p of PLANES) this.tiles[p].decorate(this.c, interp, this.rulers);
+    this.drawStatus();
+  }
+
+  redrawWindow() {
+    for (const p of PLANES) this.tiles[p].draw(this.window);
+    this.refreshToolbar();
+    this.drawStatus();
+  }
+
+  // -------------------------------------------------------------- actions
   gotoVoxel(zyx, record = true) {
-    if (!this.images.volume) return;
-    const [z, y, x] = zyx;
-    const mm = apply4(this.affine, [x, y, z]);
-    this.nv.scene.crosshairPos = this.nv.mm2frac(mm);
-    this.nv.drawScene();
-    if (record) this.afterChange("goto", null);
-    else this.drawHud();
+    if (!this.vol) return;
+    this.c = [zyx[2], zyx[1], zyx[0]];
+    this.clampCrosshair();
+    this.renderAll();
+    if (record) this.afterChange(null);
   }
 
-  /** One step of `delta` slices in `plane` (towards superior / anterior / left for +1). */
+  /** `delta` slices in `plane`: +1 towards the head (axial), the front (coronal), the patient's left (sagittal). */
   step(plane, delta, event) {
-    if (!this.images.volume) return false;
-    const { axis, sign } = alignedAxis(this.affine, PLANE_WORLD_AXIS[plane]);
-    const worldSign = plane === "sagittal" ? -1 : 1; // +1 = towards the patient's left (RAS -x)
-    const v = this.voxelOfCrosshair();
-    const n = this.dims()[axis];
-    v[axis] = Math.max(0, Math.min(n - 1, v[axis] + delta * sign * worldSign));
-    const mm = apply4(this.affine, v);
-    const frac = this.nv.mm2frac(mm);
-    // keep the in-plane position exactly where it was (only the scrolled axis moves)
-    const pos = this.nv.scene.crosshairPos;
-    const k = plane === "axial" ? 2 : plane === "coronal" ? 1 : 0;
-    const next = [pos[0], pos[1], pos[2]];
-    next[k] = frac[k];
-    this.nv.scene.crosshairPos = next;
-    this.nv.drawScene();
-    this.afterChange("slice", event);
+    if (!this.vol) return false;
+    const pl = this.tiles[plane].pl;
+    const towards = plane === "sagittal" ? -1 : 1; // sagittal +1 = towards -R (left)
+    const n = pl.n;
+    this.c[n] = Math.max(0, Math.min(pl.ns - 1, Math.round(this.c[n]) + delta * pl.normalSign * towards));
+    this.renderAll();
+    this.afterChange(event);
     return true;
   }
 
-  zoomBy(factor) {
-    const z = this.nv.scene.pan2Dxyzmm;
-    this.nv.scene.pan2Dxyzmm = [z[0], z[1], z[2], Math.max(0.25, Math.min(16, z[3] * factor))];
-    this.nv.drawScene();
-    this.afterChange("zoom", null);
-  }
-
-  resetView() {
-    this.nv.scene.pan2Dxyzmm = [0, 0, 0, 1];
-    const p = (this.spec.presets || []).find((q) => q.width) || this.spec.window;
-    const init = this.spec.init || {};
-    const w = init.window && init.window[0] > 0 ? init.window : [p.width, p.level];
-    this.applyWindow(w[0], w[1], false);
-    this.nv.drawScene();
-    this.afterChange("reset", null);
-  }
-
-  /** Axial large on the left (square when the stage allows), coronal above sagittal on the right. */
-  heroLayout() {
-    const r = this.stage.getBoundingClientRect();
-    const f = r.width > 0 ? Math.min(0.64, Math.max(0.45, r.height / r.width)) : 0.6;
-    return [
-      { sliceType: SLICE_TYPE.AXIAL, position: [0, 0, f, 1] },
-      { sliceType: SLICE_TYPE.CORONAL, position: [f, 0, 1 - f, 0.5] },
-      { sliceType: SLICE_TYPE.SAGITTAL, position: [f, 0.5, 1 - f, 0.5] },
-    ];
-  }
-
   setLayout(layout, record = true) {
-    if (layout === "3up") {
-      this.layout = "3up";
-      this.nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
-      this.nv.setCustomLayout(this.heroLayout());
-    } else if (layout === "row") {
-      this.layout = "row";
-      this.nv.clearCustomLayout();
-      this.nv.setSliceType(SLICE_TYPE.MULTIPLANAR);
-    } else if (PLANE_TYPE[layout] !== undefined) {
-      this.layout = "1up";
-      this.single = layout;
-      this.activePlane = layout;
-      this.nv.clearCustomLayout();
-      this.nv.setSliceType(PLANE_TYPE[layout]);
-    }
+    if (!LAYOUTS.some(([k]) => k === layout)) return;
+    this.layout = layout;
+    if (PLANES.includes(layout)) this.activePlane = layout;
+    this.relayout();
     this.refreshToolbar();
-    if (record) this.afterChange("layout", null);
-    else this.drawHud();
+    if (record) this.afterChange(null);
   }
 
-  setTool(tool, record = true) {
+  setTool(tool) {
     this.tool = tool;
-    this.nv.setMouseEventConfig({
-      leftButton: { primary: TOOLS[tool].mode, withShift: DRAG_MODE.measurement, withCtrl: DRAG_MODE.pan },
-      rightButton: DRAG_MODE.windowing,
-      centerButton: DRAG_MODE.pan,
-    });
     this.refreshToolbar();
-    if (record) this.drawHud();
+    this.drawStatus();
   }
 
-  // -------------------------------------------------------------- window
   applyWindow(width, level, record = true) {
-    const vol = this.images.volume?.image;
-    if (!vol || !(width > 0)) return;
-    vol.cal_min = level - width / 2;
-    vol.cal_max = level + width / 2;
+    if (!(width > 0)) return;
     this.window = [width, level];
-    this.nv.updateGLVolume();
-    this.refreshToolbar();
-    if (record) this.afterChange("window", null);
-    else this.drawHud();
-  }
-
-  readWindowFromImage() {
-    const vol = this.images.volume?.image;
-    if (!vol) return;
-    const w = vol.cal_max - vol.cal_min;
-    const l = (vol.cal_max + vol.cal_min) / 2;
-    if (!this.window || Math.abs(w - this.window[0]) > 1e-6 || Math.abs(l - this.window[1]) > 1e-6) {
-      this.window = [Math.round(w), Math.round(l)];
-      this.refreshToolbar();
-      this.afterChange("window", null);
-    }
+    this.redrawWindow();
+    if (record) this.afterChange(null);
   }
 
   applyPreset(key) {
@@ -469,23 +392,52 @@ export class ReadingView {
     return p ? p.key : null;
   }
 
-  // --------------------------------------------------------------- input
+  zoomAll(factor) {
+    for (const p of PLANES) this.tiles[p].zoom = Math.max(0.25, Math.min(16, this.tiles[p].zoom * factor));
+    this.renderAll(true);
+    this.afterChange(null);
+  }
+
+  zoomAt(plane, factor, x, y) {
+    const t = this.tiles[plane];
+    const before = t.texelAt(x, y);
+    t.zoom = Math.max(0.25, Math.min(16, t.zoom * factor));
+    const after = t.pointAt(before[0], before[1]);
+    t.pan = [t.pan[0] + x - after[0], t.pan[1] + y - after[1]];
+    t.draw(this.window);
+    this.decorateAll();
+  }
+
+  resetView() {
+    for (const p of PLANES) { this.tiles[p].zoom = 1; this.tiles[p].pan = [0, 0]; }
+    const init = this.spec.init || {};
+    const w = init.window && init.window[0] > 0 ? init.window : [this.spec.window.width, this.spec.window.level];
+    this.window = [w[0], w[1]];
+    this.renderAll(true);
+    this.refreshToolbar();
+    this.afterChange(null);
+  }
+
+  // ----------------------------------------------------------------- input
   tileAt(clientX, clientY) {
-    const rect = this.canvas.getBoundingClientRect();
-    const dpr = this.nv.uiData.dpr || window.devicePixelRatio || 1;
-    const i = this.nv.tileIndex((clientX - rect.left) * dpr, (clientY - rect.top) * dpr);
-    if (i < 0) return null;
-    const tile = this.nv.screenSlices[i];
-    return tile && tile.axCorSag <= 2 ? PLANES[tile.axCorSag] : null;
+    for (const p of PLANES) {
+      const t = this.tiles[p];
+      if (!t.visible) continue;
+      const r = t.box.getBoundingClientRect();
+      if (clientX >= r.left && clientX < r.right && clientY >= r.top && clientY < r.bottom) {
+        return { plane: p, x: clientX - r.left, y: clientY - r.top };
+      }
+    }
+    return null;
   }
 
   planeForKeys() {
-    return this.layout === "1up" ? this.single : this.activePlane;
+    return PLANES.includes(this.layout) ? this.layout : this.activePlane;
   }
 
   /** A key press; true when the viewer used it. `offset` converts event.timeStamp to this page's clock. */
   handleKey(e, offset = 0) {
-    if (!this.images.volume || e.altKey || e.metaKey) return false;
+    if (!this.vol || e.altKey || e.metaKey) return false;
     const stamp = { timeStamp: e.timeStamp + offset, kind: "key" };
     const plane = this.planeForKeys();
     switch (e.key) {
@@ -503,13 +455,13 @@ export class ReadingView {
         return true;
       case "f": case "F":
         if (e.ctrlKey) return false;
-        this.setLayout(this.layout === "1up" ? "3up" : plane);
+        this.setLayout(PLANES.includes(this.layout) ? "3up" : plane);
         return true;
       case "+": case "=":
-        this.zoomBy(1.25);
+        this.zoomAll(1.25);
         return true;
       case "-":
-        this.zoomBy(0.8);
+        this.zoomAll(0.8);
         return true;
       case "Escape":
         this.setTool("navigate");
@@ -520,64 +472,141 @@ export class ReadingView {
   }
 
   installInput() {
-    // keys in this frame (after a click on the images) ...
     window.addEventListener("keydown", (e) => {
       if (this.handleKey(e)) { e.preventDefault(); e.stopPropagation(); }
       else if (!e.ctrlKey && !e.metaKey && !e.altKey && e.key.length === 1) this.forwardKey(e);
     }, true);
-    // ... and in the page around it, unless the reader is typing in a field there
     this.installParentKeys();
-    const container = this.stage;
-    container.addEventListener("wheel", (e) => {
-      if (!this.images.volume) return;
+    const stage = this.stage;
+    stage.addEventListener("wheel", (e) => {
+      if (!this.vol) return;
       e.preventDefault();
-      e.stopPropagation();
+      const hit = this.tileAt(e.clientX, e.clientY);
+      if (!hit) return;
+      this.activePlane = hit.plane;
       if (e.ctrlKey || e.metaKey) {
-        this.zoomBy(e.deltaY < 0 ? 1.1 : 1 / 1.1);
+        this.zoomAt(hit.plane, e.deltaY < 0 ? 1.15 : 1 / 1.15, hit.x, hit.y);
+        this.reportSoon();
         return;
       }
-      const plane = this.tileAt(e.clientX, e.clientY);
-      if (!plane) return;
-      this.activePlane = plane;
       const delta = e.deltaY < 0 ? 1 : e.deltaY > 0 ? -1 : 0;
-      if (delta) this.step(plane, delta, { timeStamp: e.timeStamp, kind: "wheel" });
-    }, { capture: true, passive: false });
-    container.addEventListener("pointermove", (e) => {
-      this.mouse = [e.clientX, e.clientY];
-      const plane = this.tileAt(e.clientX, e.clientY);
-      if (plane && this.layout !== "1up") this.activePlane = plane;
-      this.drawStatus();
+      if (delta) this.step(hit.plane, delta, { timeStamp: e.timeStamp, kind: "wheel" });
+    }, { passive: false });
+    stage.addEventListener("contextmenu", (e) => e.preventDefault());
+    stage.addEventListener("dblclick", (e) => {
+      const hit = this.tileAt(e.clientX, e.clientY);
+      if (hit) this.setLayout(PLANES.includes(this.layout) ? "3up" : hit.plane);
     });
-    container.addEventListener("pointerleave", () => { this.mouse = null; this.drawStatus(); });
-    container.addEventListener("pointerdown", (e) => {
-      const plane = this.tileAt(e.clientX, e.clientY);
-      if (plane) this.activePlane = plane;
-    }, true);
-    window.addEventListener("pointerup", () => { this.readWindowFromImage(); this.drawHud(); });
-    container.addEventListener("dblclick", (e) => {
-      const plane = this.tileAt(e.clientX, e.clientY);
-      if (plane) this.setLayout(this.layout === "1up" ? "3up" : plane);
-    });
-    container.addEventListener("contextmenu", (e) => e.preventDefault());
+    stage.addEventListener("pointerdown", (e) => this.pointerDown(e));
+    stage.addEventListener("pointermove", (e) => this.pointerMove(e));
+    stage.addEventListener("pointerup", (e) => this.pointerUp(e));
+    stage.addEventListener("pointerleave", () => { this.mouse = null; this.drawStatus(); });
+  }
+
+  dragMode(e) {
+    if (e.button === 2) return "window";
+    if (e.button === 1) return "pan";
+    if (e.shiftKey) return "ruler";
+    if (e.ctrlKey) return "pan";
+    return this.tool;
+  }
+
+  pointerDown(e) {
+    const hit = this.tileAt(e.clientX, e.clientY);
+    if (!hit || !this.vol) return;
+    this.activePlane = hit.plane;
+    const mode = this.dragMode(e);
+    this.stage.setPointerCapture(e.pointerId);
+    const t = this.tiles[hit.plane];
+    this.drag = { mode, plane: hit.plane, x0: e.clientX, y0: e.clientY, window0: [...this.window], pan0: [...t.pan],
+      start: t.texelAt(hit.x, hit.y), ruler: null };
+    if (mode === "navigate") this.navigateTo(hit);
+    e.preventDefault();
+  }
+
+  pointerMove(e) {
+    this.mouse = [e.clientX, e.clientY];
+    const hit = this.tileAt(e.clientX, e.clientY);
+    if (hit && !this.drag && !PLANES.includes(this.layout)) this.activePlane = hit.plane;
+    const d = this.drag;
+    if (d) {
+      const dx = e.clientX - d.x0;
+      const dy = e.clientY - d.y0;
+      const t = this.tiles[d.plane];
+      if (d.mode === "navigate" && hit && hit.plane === d.plane) this.navigateTo(hit);
+      else if (d.mode === "window") {
+        const scale = Math.max(1, d.window0[0]) / 300;
+        this.window = [Math.max(1, d.window0[0] + dx * scale), d.window0[1] - dy * scale];
+        if (!this.windowFrame) {
+          this.windowFrame = requestAnimationFrame(() => { this.windowFrame = null; this.redrawWindow(); });
+        }
+      } else if (d.mode === "pan") {
+        t.pan = [d.pan0[0] + dx, d.pan0[1] + dy];
+        t.draw(this.window);
+        this.decorateAll();
+      } else if (d.mode === "ruler") {
+        const r = t.box.getBoundingClientRect();
+        const end = t.texelAt(e.clientX - r.left, e.clientY - r.top);
+        d.ruler = this.makeRuler(d.plane, d.start, end);
+        t.drawRulers([...this.rulers, d.ruler]);
+      }
+    }
+    this.drawStatus();
+  }
+
+  pointerUp(e) {
+    const d = this.drag;
+    this.drag = null;
+    if (!d) return;
+    try { this.stage.releasePointerCapture(e.pointerId); } catch { /* already released */ }
+    if (d.mode === "ruler" && d.ruler && d.ruler.mm > 0.05) {
+      this.rulers.push(d.ruler);
+      this.decorateAll();
+    } else if (d.mode === "window") {
+      this.window = this.window.map((v) => Math.round(v));
+      this.redrawWindow();
+      this.afterChange(null);
+    } else if (d.mode === "pan") {
+      this.reportSoon();
+    }
+  }
+
+  makeRuler(plane, a, b) {
+    const pl = this.tiles[plane].pl;
+    const mm = Math.hypot((b[0] - a[0]) * pl.su, (b[1] - a[1]) * pl.sv);
+    return { plane, slice: this.tiles[plane].slice, a, b, mm };
+  }
+
+  navigateTo(hit) {
+    const t = this.tiles[hit.plane];
+    const [tx, ty] = t.texelAt(hit.x, hit.y);
+    const pl = t.pl;
+    const x = Math.max(0, Math.min(pl.nu - 1, Math.floor(tx)));
+    const y = Math.max(0, Math.min(pl.nv - 1, Math.floor(ty)));
+    const v = texelToVoxel(pl, t.slice, x, y);
+    this.c[pl.u] = v[pl.u];
+    this.c[pl.v] = v[pl.v];
+    this.renderAll();
+    this.afterChange(null);
   }
 
   installParentKeys() {
     let doc;
-    let parentOrigin;
+    let offset = 0;
     try {
       doc = window.parent.document;
-      parentOrigin = window.parent.performance.timeOrigin;
+      offset = window.parent.performance.timeOrigin - performance.timeOrigin;
     } catch {
       return; // another origin: keys work after a click on the images only
     }
-    const offset = parentOrigin - performance.timeOrigin;
+    if (doc === document) return;
     const listener = (e) => {
       const frame = window.frameElement;
       if (!frame || !frame.isConnected) { doc.removeEventListener("keydown", listener, true); return; }
       const t = e.target;
       const tag = t && t.tagName;
       if (tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || (t && t.isContentEditable)) return;
-      if (t && t.closest && t.closest("[role=dialog],[role=listbox],[role=slider],[data-baseweb=popover]")) return;
+      if (t && t.closest && t.closest("[role=dialog],[role=listbox],[role=slider],[role=radiogroup],[data-baseweb=popover]")) return;
       if (this.handleKey(e, offset)) { e.preventDefault(); e.stopPropagation(); }
     };
     doc.addEventListener("keydown", listener, true);
@@ -587,23 +616,22 @@ export class ReadingView {
   /** Keys the viewer does not use (e.g. N for "next unreviewed") go to the page's own shortcuts. */
   forwardKey(e) {
     try {
-      const doc = window.parent.document;
-      doc.dispatchEvent(new window.parent.KeyboardEvent("keydown", { key: e.key, code: e.code, shiftKey: e.shiftKey, bubbles: true }));
+      if (window.parent === window) return;
+      window.parent.document.dispatchEvent(new window.parent.KeyboardEvent("keydown",
+        { key: e.key, code: e.code, shiftKey: e.shiftKey, bubbles: true }));
     } catch {
       /* another origin: nothing to forward to */
     }
   }
 
-  // --------------------------------------------------------- after change
-  afterChange(kind, event) {
+  // ---------------------------------------------------------- after change
+  afterChange(event) {
     if (event) {
-      const drawn = performance.now();
-      const record = { kind: event.kind, t0: event.timeStamp, drawn, frame: null, slice: this.voxelOfCrosshair()[2] };
+      const record = { kind: event.kind, t0: event.timeStamp, drawn: performance.now(), frame: null, slice: Math.round(this.c[2]) };
       this.stats.changes.push(record);
-      if (this.stats.changes.length > 2000) this.stats.changes.splice(0, 1000);
+      if (this.stats.changes.length > 4000) this.stats.changes.splice(0, 2000);
       requestAnimationFrame(() => requestAnimationFrame((t) => { record.frame = t; }));
     }
-    this.drawHud();
     this.reportSoon();
   }
 
@@ -615,18 +643,19 @@ export class ReadingView {
   report() {
     if (!this.spec) return;
     const have = {};
-    for (const [slot, v] of Object.entries(this.images)) have[slot] = v.id;
-    const state = this.images.volume ? {
-      zyx: [...this.voxelOfCrosshair()].reverse(),
+    if (this.volumeId) have.volume = this.volumeId;
+    for (const [slot, v] of Object.entries(this.overlays)) have[slot] = v.id;
+    const ready = this.vol && this.volumeId === this.spec.volume?.id;
+    const state = ready ? {
+      zyx: [Math.round(this.c[2]), Math.round(this.c[1]), Math.round(this.c[0])],
       window: this.window,
-      layout: this.layout === "1up" ? this.single : this.layout,
-      zoom: Number(this.nv.scene.pan2Dxyzmm[3].toFixed(3)),
+      layout: this.layout,
     } : null;
     this.seq += 1;
     this.onState({ seq: this.seq, have, need: [...this.missing], state, case: this.spec.case?.id ?? null });
   }
 
-  // ----------------------------------------------------------------- HUD
+  // --------------------------------------------------------------- status
   showMessage(text) {
     this.message.textContent = text;
     this.message.style.display = "flex";
@@ -636,75 +665,27 @@ export class ReadingView {
     this.message.style.display = "none";
   }
 
-  /** mm per CSS pixel in tile `i`, measured through NiiVue's own mapping. */
-  tileScale(tile, rect, dpr) {
-    const [l, t, w, h] = tile.leftTopWidthHeight;
-    const cx = l + w / 2;
-    const cy = t + h / 2;
-    const a = this.nv.canvasPos2frac([cx - 20 * dpr, cy]);
-    const b = this.nv.canvasPos2frac([cx + 20 * dpr, cy]);
-    if (a[0] < 0 || b[0] < 0) return null;
-    const ma = this.nv.frac2mm(a);
-    const mb = this.nv.frac2mm(b);
-    const d = Math.hypot(ma[0] - mb[0], ma[1] - mb[1], ma[2] - mb[2]);
-    return d > 0 ? 40 / d : null; // CSS px per mm
-  }
-
-  drawHud() {
-    if (!this.nv || !this.images.volume) { this.hud.replaceChildren(); this.drawStatus(); return; }
-    const dpr = this.nv.uiData.dpr || window.devicePixelRatio || 1;
-    const rect = this.canvas.getBoundingClientRect();
-    const v = this.voxelOfCrosshair();
-    const [ni, nj, nk] = this.dims();
-    const interp = new Set(this.spec.interpolated || []);
-    const items = [];
-    for (const tile of this.nv.screenSlices || []) {
-      if (tile.axCorSag > 2) continue;
-      const plane = PLANES[tile.axCorSag];
-      const [l, t, w, h] = tile.leftTopWidthHeight.map((x) => x / dpr);
-      if (w < 20 || h < 20) continue;
-      const { axis } = alignedAxis(this.affine, PLANE_WORLD_AXIS[plane]);
-      const n = [ni, nj, nk][axis];
-      const label = el("div", { class: "tile-label", style: `left:${l + 6}px;top:${t + 4}px`, "data-plane": plane },
-        `${plane[0].toUpperCase()}${plane.slice(1)}  ${v[axis] + 1}/${n}`);
-      items.push(label);
-      if (plane === "axial" && interp.has(v[2])) {
-        items.push(el("div", { class: "badge interp", style: `left:${l + 6}px;top:${t + 26}px`, "data-interpolated": String(v[2]) },
-          `INTERPOLATED slice ${v[2]} — not acquired`));
-      }
-      const pxPerMm = this.tileScale(tile, rect, dpr);
-      if (pxPerMm) {
-        const mm = niceLength(pxPerMm, Math.min(130, w / 4));
-        const len = mm * pxPerMm;
-        items.push(el("div", { class: "scalebar", style: `left:${l + w - len - 14}px;top:${t + h - 26}px;width:${len}px`, "data-mm": String(mm) },
-          el("span", {}, `${mm} mm`)));
-      }
-    }
-    this.hud.replaceChildren(...items);
-    this.drawStatus();
-  }
-
   drawStatus() {
-    if (!this.images.volume) { this.status.textContent = ""; return; }
-    const v = this.voxelOfCrosshair();
+    if (!this.vol) { this.status.textContent = ""; return; }
     const parts = [];
-    if (this.mouse) {
-      const rect = this.canvas.getBoundingClientRect();
-      const dpr = this.nv.uiData.dpr || window.devicePixelRatio || 1;
-      const frac = this.nv.canvasPos2frac([(this.mouse[0] - rect.left) * dpr, (this.mouse[1] - rect.top) * dpr]);
-      if (frac[0] >= 0) {
-        const mm = this.nv.frac2mm(frac);
-        const p = apply4(this.inv, [mm[0], mm[1], mm[2]]).map((x) => Math.round(x));
-        const hu = this.raw.value(p[0], p[1], p[2]);
-        parts.push(`<b class="hu" data-hu="${hu}">${fmt(hu)} HU</b> at (${fmt(-mm[0], 1)}, ${fmt(-mm[1], 1)}, ${fmt(mm[2], 1)}) mm`);
+    const hit = this.mouse && this.tileAt(this.mouse[0], this.mouse[1]);
+    if (hit) {
+      const t = this.tiles[hit.plane];
+      const [tx, ty] = t.texelAt(hit.x, hit.y);
+      const pl = t.pl;
+      if (tx >= 0 && ty >= 0 && tx < pl.nu && ty < pl.nv) {
+        const v = texelToVoxel(pl, t.slice, Math.floor(tx), Math.floor(ty));
+        const hu = this.vol.value(v[0], v[1], v[2]);
+        const w = this.vol.toWorld(v);
+        parts.push(`<b class="hu" data-hu="${hu}">${fmt(hu)} HU</b> at (${fmt(-w[0], 1)}, ${fmt(-w[1], 1)}, ${fmt(w[2], 1)}) mm`);
       }
     }
-    const c = this.nv.frac2mm(this.nv.scene.crosshairPos);
-    parts.push(`crosshair slice ${v[2]} · (${fmt(-c[0], 1)}, ${fmt(-c[1], 1)}, ${fmt(c[2], 1)}) mm LPS`);
+    const c = this.c.map((v) => Math.round(v));
+    const w = this.vol.toWorld(c);
+    parts.push(`slice z ${c[2]} · crosshair (${fmt(-w[0], 1)}, ${fmt(-w[1], 1)}, ${fmt(w[2], 1)}) mm LPS`);
     if (this.window) parts.push(`W${fmt(this.window[0])} L${fmt(this.window[1])}`);
-    parts.push(`zoom ${this.nv.scene.pan2Dxyzmm[3].toFixed(2)}×`);
-    parts.push(`<span class="hint">${TOOLS[this.tool].hint} · right drag: W/L · middle or Ctrl+drag: pan · Shift+drag: ruler · wheel/↑↓: slices</span>`);
+    parts.push(`<span class="hint">${TOOLS[this.tool].hint} · right drag: W/L · middle or Ctrl+drag: pan · Shift+drag: ruler · wheel or ↑↓: slices · Ctrl+wheel: zoom</span>`);
     this.status.innerHTML = parts.join(" · ");
-    document.body.dataset.slice = String(v[2]);
+    document.body.dataset.slice = String(c[2]);
   }
 }
