@@ -174,3 +174,127 @@ def truncate(path: Path, keep_fraction: float = 0.7) -> Path:
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: int(len(data) * keep_fraction)])
     return Path(path)
+
+
+# ------------------------------------------------------------------------------- quirks of real scanners
+def strip_series_uid(paths: Sequence[Path]) -> None:
+    """Remove SeriesInstanceUID from every file (as some anonymisers do)."""
+    edit_files(paths, lambda ds, k: delattr(ds, "SeriesInstanceUID"))
+
+
+def csa2_header(tags: dict[str, tuple[str, list]]) -> bytes:
+    """A Siemens CSA2 ('SV10') header holding ``tags``: name -> (VR, values), as nibabel and dcm2niix read it."""
+    import struct
+
+    out = bytearray(b"SV10\x04\x03\x02\x01" + struct.pack("<2I", len(tags), 77))
+    for name, (vr, values) in tags.items():
+        out += name.encode().ljust(64, b"\0") + struct.pack("<i", len(values)) + vr.encode().ljust(4, b"\0")
+        out += struct.pack("<3i", 0, len(values), 205)
+        for value in values:
+            data = (f"{value:.8f}" if isinstance(value, float) else str(value)).encode() + b"\0"
+            out += struct.pack("<4i", len(data), len(data), 77, len(data)) + data + b"\0" * (-len(data) % 4)
+    return bytes(out)
+
+
+def write_mosaic(
+    path: Path,
+    volume: Volume,
+    *,
+    csa: bool = True,
+    normal_sign: float | None = None,
+    acquisition: int = 1,
+    series_uid: str = "1.2.826.0.1.3680043.8.498.700",
+    patient_id: str = "TEST-PATIENT",
+) -> Path:
+    """One Siemens mosaic file of ``volume`` (slice k on tile k), geometry as a Siemens EPI writes it.
+
+    ``normal_sign`` overrides the sign of the CSA SliceNormalVector relative to the true slice direction
+    (to build a deliberately wrong file); ``csa=False`` leaves the CSA header out.
+    """
+    n, tr, tc = volume.shape
+    grid = int(np.ceil(np.sqrt(n)))
+    stored = np.zeros((grid * tr, grid * tc), dtype=np.uint16)
+    values = np.asarray(volume.array)
+    offset = int(-min(0, values.min()))
+    for k in range(n):
+        r, c = divmod(k, grid)
+        stored[r * tr : (r + 1) * tr, c * tc : (c + 1) * tc] = values[k] + offset
+    row, col, step = volume.direction[:, 2], volume.direction[:, 1], volume.direction[:, 0]
+    row_mm, col_mm = volume.spacing[1], volume.spacing[2]
+    corner = np.asarray(volume.origin) - ((grid * tc - tc) / 2 * col_mm * row + (grid * tr - tr) / 2 * row_mm * col)
+    # (tiles fill the lightbox exactly here, so the nominal and the integer tile sizes agree)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = uids.MRImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = f"{series_uid}.{acquisition}"
+    ds.file_meta.TransferSyntaxUID = uids.ImplicitVRLittleEndian
+    ds.SOPClassUID = uids.MRImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.701", series_uid
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.702"
+    ds.PatientID, ds.Modality, ds.Manufacturer, ds.SeriesNumber = patient_id, "MR", "SIEMENS", 5
+    ds.InstanceNumber = ds.AcquisitionNumber = acquisition
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
+    ds.StudyDate, ds.SeriesDescription = "20240101", "ep2d_bold"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = [f"{row_mm:.6f}", f"{col_mm:.6f}"]
+    ds.SliceThickness = ds.SpacingBetweenSlices = f"{volume.spacing[0]:.6f}"
+    ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*row, *col)]
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in corner]
+    ds.RescaleSlope, ds.RescaleIntercept = "1", str(-offset)
+    ds.add_new(0x00190010, "LO", "SIEMENS MR HEADER")
+    ds.add_new(0x0019100A, "US", n)
+    if csa:
+        normal = step if normal_sign is None else normal_sign * np.cross(row, col)
+        ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+        header = csa2_header({
+            "NumberOfImagesInMosaic": ("US", [n]),
+            "SliceNormalVector": ("FD", [float(v) for v in normal]),
+        })  # fmt: skip
+        ds.add_new(0x00291010, "OB", header)
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_enhanced_4d(
+    path: Path,
+    volumes: Sequence[Volume],
+    *,
+    kind: str = "temporal",
+    frame_types: Sequence[Sequence[str]] | None = None,
+    patient_id: str = "TEST-PATIENT",
+) -> Path:
+    """One Enhanced CT file holding several volumes on the same grid, frames interleaved by position.
+
+    ``kind='temporal'``: frames told apart by FrameContentSequence TemporalPositionIndex (a 4D series);
+    ``kind='frame_type'``: by CTImageFrameTypeSequence FrameType (e.g. an image and a B0-like map).
+    """
+    from medsuite.io.dicom_write import write_enhanced
+
+    n = volumes[0].shape[0]
+    stacked = np.concatenate([np.asarray(v.array) for v in volumes])
+    big = volumes[0].with_array(stacked)
+    write_enhanced(big, path, patient_id=patient_id)
+    ds = pydicom.dcmread(path)
+    types = frame_types or [["ORIGINAL", "PRIMARY", "AXIAL", "NONE"], ["DERIVED", "PRIMARY", "AXIAL", "MAP"]]
+    frames = list(ds.PerFrameFunctionalGroupsSequence)
+    for f, item in enumerate(frames):
+        v, k = divmod(f, n)
+        position = np.asarray(volumes[0].origin) + volumes[0].direction[:, 0] * volumes[0].spacing[0] * k
+        item.PlanePositionSequence[0].ImagePositionPatient = [f"{x:.6f}" for x in position]
+        content = item.FrameContentSequence[0]
+        content.InStackPositionNumber = k + 1
+        if kind == "temporal":
+            content.TemporalPositionIndex = v + 1
+        else:
+            frame_type = Dataset()
+            frame_type.FrameType = list(types[v])
+            item.CTImageFrameTypeSequence = pydicom.sequence.Sequence([frame_type])
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)

@@ -16,8 +16,8 @@ from pydicom.sequence import Sequence
 
 from medsuite.io.decode import pixel_element_length
 from medsuite.io.dicom import open_header, scan_file
-from medsuite.io.header import header_from_dataset, header_from_raw, syntax_of
 from medsuite.io.errors import PixelDataError
+from medsuite.io.header import header_from_dataset, header_from_raw, syntax_of
 from medsuite.io.rawheader import read_raw_header
 from medsuite.io.reader import read_series
 

@@ -46,7 +46,42 @@ _EXPORTS = {
     "remove_stale_temps": "medsuite.io.atomic",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CacheError",
+    "Code",
+    "DicomError",
+    "DicomHeaderError",
+    "MissingDecoderError",
+    "MixedSeriesError",
+    "NotDicomError",
+    "NotRegularFileError",
+    "PixelDataError",
+    "Problem",
+    "SERIES_COLUMNS",
+    "ScanResult",
+    "SeriesGeometryError",
+    "Volume",
+    "VolumeCache",
+    "atomic_dir",
+    "atomic_open",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "read_image",
+    "read_pixels",
+    "read_series",
+    "read_series_volumes",
+    "read_volume",
+    "remove_stale_temps",
+    "scan_folder",
+    "select_stack",
+    "stack_of_file",
+    "write_enhanced",
+    "write_nifti",
+    "write_nifti_4d",
+    "write_series",
+]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use

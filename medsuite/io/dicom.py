@@ -366,9 +366,12 @@ def build_scan(items: Iterable[FileHeader | Skip]) -> ScanResult:
         extra = [p for f in sorted(folders) for p in neighbours.get(f, [])]
         rows.append(stack_row(stack_id, stack, extra))
     series = pd.DataFrame(rows, columns=SERIES_COLUMNS)
-    if not series.empty:
-        series = series.sort_values(["study_uid", "series_number", "series_uid"], kind="stable", na_position="last")
-        series = series.reset_index(drop=True)
+    if not series.empty:  # series by study, number and UID; each series' stacks stay together, main first
+        first = series.groupby("series_uid", sort=False).head(1).set_index("series_uid")
+        key = first[["study_uid", "series_number"]].reindex(series["series_uid"]).reset_index(drop=True)
+        series = series.assign(_study=key["study_uid"].to_numpy(), _number=key["series_number"].to_numpy())
+        series = series.sort_values(["_study", "_number", "series_uid"], kind="stable", na_position="last")
+        series = series.drop(columns=["_study", "_number"]).reset_index(drop=True)
     table = pd.DataFrame([(p, r, c.value) for p, c, r in skipped], columns=SKIPPED_COLUMNS)
     return ScanResult(series=series, skipped=table)
 

@@ -49,7 +49,7 @@ def _kind(mode: int) -> str:
         return "a socket"
     if stat.S_ISDIR(mode):
         return "a folder"
-    return "not a regular file"
+    return "a special file"
 
 
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
@@ -90,7 +90,7 @@ def _entry(entry: os.DirEntry, out: Walk, folders: list[str]) -> None:
                 (path, Code.NOT_REGULAR_FILE, "symbolic link to a folder: not entered (pass it as an input to scan it)")
             )
         else:
-            out.skipped.append((path, Code.NOT_REGULAR_FILE, f"symbolic link to {_kind(mode)}: not read"))
+            out.skipped.append((path, Code.NOT_REGULAR_FILE, f"symbolic link to {_kind(mode)}, not a regular file: not read"))
         return
     try:
         if entry.is_dir(follow_symlinks=False):
@@ -98,7 +98,8 @@ def _entry(entry: os.DirEntry, out: Walk, folders: list[str]) -> None:
         elif entry.is_file(follow_symlinks=False):
             out.files.append(path)
         else:
-            out.skipped.append((path, Code.NOT_REGULAR_FILE, f"{_kind(entry.stat(follow_symlinks=False).st_mode)}: not read"))
+            kind = _kind(entry.stat(follow_symlinks=False).st_mode)
+            out.skipped.append((path, Code.NOT_REGULAR_FILE, f"{kind}, not a regular file: not read"))
     except OSError as exc:
         out.skipped.append((path, Code.UNREADABLE, f"cannot access it: {exc.strerror or exc}"))
 
@@ -144,7 +145,7 @@ def walk(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> Wa
         elif stat.S_ISDIR(mode):
             _walk_folder(root, out)
         else:
-            out.skipped.append((root, Code.NOT_REGULAR_FILE, f"{_kind(mode)}: not read"))
+            out.skipped.append((root, Code.NOT_REGULAR_FILE, f"{_kind(mode)}, not a regular file: not read"))
     return out
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from medsuite.io.errors import DicomError, MixedSeriesError, NotDicomError
 from medsuite.io.files import is_regular_file
-from medsuite.io.problems import Code
+from medsuite.io.problems import Code, first_fatal
 from medsuite.io.sitk_io import is_image_file, read_image
 from medsuite.io.volume import Volume
 
@@ -166,7 +166,7 @@ def select_stack(
             raise DicomError(f"{where}stack {stack} not found; stacks present: {known}")
         row = rows.iloc[0]
         if row["status"] == "error":
-            raise DicomError(f"{where}stack {stack} cannot be read: {row['problems']}", code=_first_code(row))
+            raise DicomError(f"{where}stack {stack} cannot be read: {row['problems']}", code=first_fatal_code(row))
         return row
     if series_uid is not None:
         rows = table[table["series_uid"] == series_uid]
@@ -178,7 +178,7 @@ def select_stack(
     readable = rows[rows["status"] != "error"]
     if len(readable) == 0:
         problems = "; ".join(f"{r.stack_id}: {r.problems}" for r in rows.itertuples())
-        raise DicomError(f"{where}no readable image stack ({problems})", code=_first_code(rows.iloc[0]))
+        raise DicomError(f"{where}no readable image stack ({problems})", code=first_fatal_code(rows.iloc[0]))
     if len(readable) == 1:
         return readable.iloc[0]
     size = "n_instances" if "n_instances" in readable.columns else None
@@ -197,18 +197,9 @@ def select_stack(
     return first
 
 
-def _first_code(row: pd.Series) -> Code | None:
-    codes = row.get("codes") if hasattr(row, "get") else None
-    from medsuite.io.problems import FATAL
-
-    for value in codes if isinstance(codes, (list, tuple)) else ():
-        try:
-            code = Code(value)
-        except ValueError:
-            continue
-        if code in FATAL:
-            return code
-    return None
+def first_fatal_code(row: pd.Series) -> Code | None:
+    """The first fatal `Code` of a series-table row's ``codes`` (None when it has none)."""
+    return first_fatal(row.get("codes") if hasattr(row, "get") else None)
 
 
 def _describe(row: pd.Series) -> str:

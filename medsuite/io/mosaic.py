@@ -17,7 +17,9 @@ Without the CSA slice normal or the slice count the file is refused with an erro
 from __future__ import annotations
 
 import math
+import re
 import struct
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +40,9 @@ def csa_image_header(fields: _Fields) -> dict[str, Any] | None:
     values = fields.private(0x0029, _CSA_CREATOR, 0x10)
     if not values or not isinstance(values[0], (bytes, bytearray)):
         return None
-    from nibabel.nicom import csareader
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel.nicom announces itself as experimental on import
+        from nibabel.nicom import csareader
 
     try:
         return csareader.read(bytes(values[0]))
@@ -80,13 +84,37 @@ def mosaic_layout(fields: _Fields, h: FileHeader) -> MosaicInfo:
 
     if h.n_frames != 1:
         raise ValueError(f"a mosaic with NumberOfFrames {h.n_frames} (expected 1)")
-    n = _count(fields, csa_image_header(fields))
+    csa = csa_image_header(fields)
+    n = _count(fields, csa)
     if n is None:
         raise ValueError("NumberOfImagesInMosaic is missing (no CSA image header or (0019,xx0A))")
     grid = math.ceil(math.sqrt(n)) if n > 0 else 0
     if n < 1 or grid == 0 or h.rows < grid or h.cols < grid:
         raise ValueError(f"NumberOfImagesInMosaic {n} does not fit a {h.rows}x{h.cols} image")
-    return MosaicInfo(n=n, grid=grid, tile_rows=h.rows // grid, tile_cols=h.cols // grid)
+    if h.rows % grid or h.cols % grid:
+        raise ValueError(
+            f"a {h.rows}x{h.cols} image is not a whole number of tiles for NumberOfImagesInMosaic {n} on a "
+            f"{grid}x{grid} lightbox (resized or cropped after acquisition?)"
+        )
+    info = MosaicInfo(n=n, grid=grid, tile_rows=h.rows // grid, tile_cols=h.cols // grid)
+    matrix = _acquisition_matrix(csa)
+    if matrix is not None and sorted(matrix) != sorted((info.tile_rows, info.tile_cols)):
+        raise ValueError(
+            f"tiles of {info.tile_rows}x{info.tile_cols} on a {grid}x{grid} lightbox disagree with the acquisition "
+            f"matrix {matrix[0]}x{matrix[1]} (AcquisitionMatrixText): the image was resized after acquisition"
+        )
+    return info
+
+
+def _acquisition_matrix(csa: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The in-plane matrix from the CSA AcquisitionMatrixText ('128p*128' -> (128, 128)), when readable."""
+    items = _csa_values(csa, "AcquisitionMatrixText")
+    if not items:
+        return None
+    parts = re.findall(r"\d+", str(items[0]))
+    if len(parts) != 2:
+        return None
+    return int(parts[0]), int(parts[1])
 
 
 def tile_positions(h: FileHeader, position: tuple[float, float, float], fields: _Fields) -> list:
@@ -107,7 +135,9 @@ def tile_positions(h: FileHeader, position: tuple[float, float, float], fields: 
     if step is None or not step > 0:
         raise ValueError("no SpacingBetweenSlices or SliceThickness, so the slice spacing is unknown")
     row_mm, col_mm = h.pixel_spacing  # between rows (along col), between columns (along row)
-    shift = (h.cols - info.tile_cols) / 2 * col_mm * row + (h.rows - info.tile_rows) / 2 * row_mm * col
+    # The lightbox is taken as grid x (size / grid) tiles even when size / grid is not whole (as nibabel and
+    # dcm2niix do: Siemens positions the nominal lightbox).
+    shift = (h.cols - h.cols / info.grid) / 2 * col_mm * row + (h.rows - h.rows / info.grid) / 2 * row_mm * col
     first = np.asarray(position, dtype=np.float64) + shift
     return [tuple(float(v) for v in first + k * step * normal) for k in range(info.n)]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["FATAL", "SKIP_CODES", "Code", "Problem", "codes_of"]
+__all__ = ["FATAL", "SKIP_CODES", "Code", "Problem", "codes_of", "first_fatal"]
 
 
 class Code(StrEnum):
@@ -40,7 +40,6 @@ class Code(StrEnum):
     DUPLICATE_POSITIONS = "duplicate_positions"  # different slices at one position, nothing separates them
     NOT_COLLINEAR = "not_collinear"  # slice origins not on a line
     MIXED_PIXEL_SPACING = "mixed_pixel_spacing"
-    BROKEN_MEMBER = "broken_member"  # a broken file of this series could not be placed in a stack
     # --- warnings: the stack is read, and the reader says what it did
     NO_SERIES_UID = "no_series_uid"  # grouped by the documented fallback key
     DUPLICATE_FILES = "duplicate_files"  # same SOPInstanceUID twice: one kept
@@ -62,7 +61,7 @@ FATAL: frozenset[Code] = frozenset(
     {
         Code.TRUNCATED, Code.NO_PIXEL_DATA, Code.PIXEL_LENGTH, Code.INVALID_HEADER, Code.UNSUPPORTED,
         Code.MISSING_POSITION, Code.MISSING_ORIENTATION, Code.MISSING_PIXEL_SPACING, Code.BAD_ORIENTATION,
-        Code.DUPLICATE_POSITIONS, Code.NOT_COLLINEAR, Code.MIXED_PIXEL_SPACING, Code.BROKEN_MEMBER,
+        Code.DUPLICATE_POSITIONS, Code.NOT_COLLINEAR, Code.MIXED_PIXEL_SPACING,
     }
 )  # fmt: skip
 
@@ -96,3 +95,15 @@ def codes_of(problems: list[Problem]) -> list[str]:
     for p in problems:
         seen.setdefault(p.code.value, None)
     return list(seen)
+
+
+def first_fatal(codes: object) -> Code | None:
+    """The first fatal `Code` among code values (a series-table row's ``codes``), or None."""
+    for value in codes if isinstance(codes, (list, tuple)) else ():
+        try:
+            code = Code(value)
+        except ValueError:
+            continue
+        if code in FATAL:
+            return code
+    return None

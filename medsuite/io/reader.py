@@ -50,7 +50,7 @@ from medsuite.io.orientation import (
     analyse_positions,
     plane_axes,
 )
-from medsuite.io.problems import Code
+from medsuite.io.problems import Code, first_fatal
 from medsuite.io.stacks import Plane, Stack, group_stacks
 from medsuite.io.volume import Volume
 
@@ -231,7 +231,11 @@ def _resolve(source: Any, stack: str | None) -> _Source:
         if isinstance(frames, (list, tuple)) and len(frames) == len(files):
             selected = {f: (None if fr is None else [int(i) for i in fr]) for f, fr in zip(files, frames, strict=True)}
         stack_id = stack or (str(source.get("stack_id")) if source.get("stack_id") else None)
-        return _Source(files, selected, stack_id, _label(source.get("series_uid") or "", files))
+        label = _label(source.get("series_uid") or "", files)
+        if source.get("status") == "error":  # the scan's verdict stands (a broken file may not be in `files`)
+            code = first_fatal(source.get("codes")) or Code.UNSUPPORTED
+            raise error_for(code, f"stack {stack_id or ''} ({label}) cannot be read: {source.get('problems')}")
+        return _Source(files, selected, stack_id, label)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.is_dir():
@@ -298,7 +302,7 @@ def _select_stack(instances: list[_Instance], source: _Source) -> tuple[str, Sta
 
 
 def _raise_if_fatal(stack: Stack, label: str) -> None:
-    for h in stack.headers:
+    for h in [*stack.broken, *stack.headers]:
         fatal = [p for p in h.problems if p.fatal]
         if fatal:
             raise error_for(fatal[0].code, f"{h.path}: {'; '.join(p.message for p in fatal)} (in {label})")

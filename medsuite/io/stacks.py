@@ -52,6 +52,7 @@ class Stack:
     planes: list[Plane]
     volumes: list[list[Plane]] | None = None
     problems: list[Problem] = field(default_factory=list)
+    broken: list[FileHeader] = field(default_factory=list)  # damaged files that belong here (not in planes)
 
     @property
     def headers(self) -> list[FileHeader]:
@@ -231,8 +232,33 @@ def _partition_key(plane: Plane) -> tuple:
 
 
 def _broken(h: FileHeader) -> bool:
-    """A file too damaged to place in a stack (no size or orientation): it flags every stack of its series."""
-    return h.fatal and (h.rows <= 0 or h.cols <= 0 or (h.orientation is None and h.orientations is None))
+    """A file with a fatal problem of its own (truncated, invalid values ...): it flags the stack it belongs to."""
+    return h.fatal
+
+
+def _attach_broken(series_uid: str, stacks: list[Stack], broken: list[FileHeader]) -> list[Stack]:
+    """Put each broken file's problems on the stack it belongs to, so that stack cannot be read without it.
+
+    The stack is the largest one with the file's orientation (its size may be what is broken); a file of
+    unknown orientation flags every stack of the series; one whose orientation matches none is a stack
+    of its own (e.g. a broken localizer).
+    """
+    for h in broken:
+        fatal = [p for p in h.problems if p.fatal]
+        message = f"{Path(h.path).name} (a file of this series) is broken: {'; '.join(p.message for p in fatal)}"
+        problem = Problem(fatal[0].code, message)
+        iop = _rounded(h.orientation)
+        if iop is None or not stacks:
+            targets = stacks
+        else:
+            targets = [s for s in stacks if _rounded(s.planes[0][0].orientation_of(s.planes[0][1])) == iop][:1]
+        if targets:
+            for stack in targets:
+                stack.problems.append(problem)
+                stack.broken.append(h)
+        else:
+            stacks.append(Stack(series_uid, [(h, i) for i in range(max(1, min(h.n_planes, len(h.positions) or 1)))]))
+    return stacks
 
 
 def _series_stacks(
@@ -247,16 +273,17 @@ def _series_stacks(
             kept[h.sop_uid or h.path] = h
     headers = list(kept.values())
     broken = [h for h in headers if _broken(h)]
-    usable = [h for h in headers if not _broken(h)] or broken
+    usable = [h for h in headers if not _broken(h)]
     partitions: dict[tuple, list[Plane]] = defaultdict(list)
     for h in usable:
         chosen = select.get(h.path)
         for i in range(h.n_planes) if chosen is None else [i for i in chosen if 0 <= i < h.n_planes]:
             partitions[_partition_key((h, i))].append((h, i))
-    if not partitions:
+    if usable and not partitions:
         raise ValueError("none of the selected frames exist in its files")
     stacks = [s for planes in partitions.values() for s in _resolve(series_uid, planes)]
-    stacks.sort(key=lambda s: (s.is_localizer, -len(s.planes)))
+    stacks.sort(key=lambda s: (s.is_localizer, -len(s.planes), _image_type(s.planes[0]).upper().startswith("DERIVED")))
+    stacks = _attach_broken(series_uid, stacks, broken)
     main = stacks[0]
     if dropped:
         shown = ", ".join(Path(p).name for p in dropped[:3]) + (" ..." if len(dropped) > 3 else "")
@@ -278,9 +305,6 @@ def _series_stacks(
             stack.problems.append(Problem(Code.LOCALIZER, "localizer (scout) image(s)"))
         elif k > 0 and _rounded(h.orientation_of(i)) != main_orientation and len(stack.planes) <= 2:
             stack.problems.append(Problem(Code.ORIENTATION_DIFFERS, "orientation differs from the rest of the series (localizer?)"))
-        for b in broken if usable is not broken else ():
-            reasons = "; ".join(p.message for p in b.problems if p.fatal)
-            stack.problems.append(Problem(Code.BROKEN_MEMBER, f"{Path(b.path).name} (a file of this series) is broken: {reasons}"))
     return stacks
 
 
