@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -297,7 +296,9 @@ def scan_headers(
     if executor == "thread":
         pool: Any = ThreadPoolExecutor(workers)
     else:
-        pool = ProcessPoolExecutor(workers, mp_context=get_context("forkserver"))
+        from medsuite.io.workers import worker_pool
+
+        pool = worker_pool(workers, context="forkserver")  # workers die with this process (no orphans)
     with pool:
         return [item for chunk in pool.map(_scan_chunk, chunks) for item in chunk]
 

@@ -3,14 +3,14 @@
 One checkpoint is one ``.safetensors`` file: tensors for the model, the optimiser state and the RNG
 states; the non-tensor parts (optimiser hyper-parameters, scaler, python/numpy RNG, loop position,
 recorder history, callback states) as JSON in the file's metadata under the key ``medsuite``. Files are
-written under a temporary name and moved into place with `os.replace`, so a run killed at any moment
-leaves either the previous checkpoint or the new one, never a torn file.
+written under a temporary name and moved into place with `os.replace` (`medsuite.io.atomic`), so a run
+killed at any moment leaves either the previous checkpoint or the new one, never a torn file, and the
+temporary it may leave is removed by the next save.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +49,9 @@ class Checkpoint:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    from medsuite.io.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     seen: set[tuple[int, int]] = set()
     clean: dict[str, torch.Tensor] = {}
     for k, t in tensors.items():
@@ -60,14 +60,8 @@ def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         # safetensors refuses tensors sharing memory (tied weights, views): give duplicates their own copy.
         clean[k] = t.clone().contiguous() if key in seen else t.contiguous()
         seen.add(key)
-    try:
+    with atomic_path(path) as tmp:  # a killed save's temporary is removed by the next one
         save_file(clean, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -2,7 +2,7 @@
 
 Format: ``{"format": 1, "users": {"name": {"salt": hex, "hash": hex, "n": 16384, "r": 8, "p": 1,
 "created_at": iso}}}``. Each user has their own random 16-byte salt; verification is constant-time. Writes are
-atomic (temp file then ``os.replace``) and the file is created readable by its owner only.
+atomic (`medsuite.io.atomic`) and the file is created readable by its owner only.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import re
 import secrets
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from medsuite.io.atomic import atomic_write_json
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -61,18 +61,7 @@ def set_password(path: str | Path, name: str, password: str) -> None:
     salt = secrets.token_bytes(16)
     users[name] = {"salt": salt.hex(), "hash": _hash(password, salt, **SCRYPT).hex(), **SCRYPT,
                    "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump({"format": 1, "users": users}, fh, indent=1, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, {"format": 1, "users": users}, indent=1, sort_keys=True, mode=0o600)
 
 
 def verify_password(users: dict[str, dict[str, Any]], name: str, password: str) -> bool:

@@ -12,13 +12,10 @@ some with shuffled extension-less file names), ``nodules.csv`` (nodule table wit
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from medsuite.data.lidc import BENIGN, MALIGNANT, LidcDatabase, lidc_nodules
+from medsuite.io.atomic import atomic_dir, atomic_path, atomic_write_json, remove_stale_temps, temp_path_for
+from medsuite.io.workers import worker_pool
 
 MANUFACTURERS = (("GE MEDICAL SYSTEMS", 0.5, 14.0), ("SIEMENS", 0.25, 12.0), ("TOSHIBA", 0.13, 16.0),
                  ("Philips", 0.12, 13.0))  # name, share, noise (HU at 2.5 mm, average habitus)
@@ -70,14 +69,8 @@ def _uid(*parts: object) -> str:
 
 
 def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pick_scans(db: LidcDatabase, patients: int, max_nodules: int, rng: np.random.Generator) -> list[tuple[dict, pd.DataFrame]]:
@@ -227,16 +220,9 @@ def make_patient(spec: PatientSpec) -> tuple[list[dict[str, Any]], dict[str, Any
                                          "study_date": spec.study_date, "window_center": -600.0,
                                          "window_width": 1500.0, "description": "DEMO CHEST CT (synthetic)"})
     final = Path(spec.out_dir) / "dicom" / spec.patient_id
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{spec.patient_id}-", dir=final.parent))
-    try:
+    with atomic_dir(final, overwrite=True) as tmp:  # whole series or nothing; a killed run's leftovers go
         write_series(volume, tmp, patient_id=spec.patient_id, study_uid=study_uid, series_uid=series_uid,
                      transfer_syntax=spec.transfer_syntax, shuffle_names=spec.shuffle_names, seed=spec.seed)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for r in rows:
         r["series_uid"] = series_uid
     series = {
@@ -275,20 +261,27 @@ def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, worker
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise DemoError(f"{out}: folder exists and is not empty; choose another or pass overwrite=True")
+            raise DemoError(f"{out}: folder exists and is not empty; choose another folder, or replace the demo "
+                            "cohort in it with --overwrite (overwrite=True in Python)")
         if not (out / "cohort.json").is_file():
             raise DemoError(f"{out}: refusing to overwrite a folder that is not a demo cohort (no cohort.json)")
-        shutil.rmtree(out / "dicom", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # marked incomplete first: a run killed from here on leaves a folder that --overwrite replaces and that
+    # is never mistaken for a finished cohort (the tables and the final cohort.json come last)
+    atomic_write_json(out / "cohort.json", {"complete": False, "seed": seed, "requested_patients": patients}, indent=1)
+    for name in ("nodules.csv", "series.csv"):
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "dicom", ignore_errors=True)
     (out / "dicom").mkdir(parents=True, exist_ok=True)
     specs = plan_cohort(out, patients, seed, size=size, max_nodules=max_nodules, slab_mm=slab_mm,
                         rle_share=rle_share, shuffle_share=shuffle_share, db_path=db_path)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    with _indexed_copy(specs[0].db_path) as fast_db:
+    with _indexed_copy(specs[0].db_path, out) as fast_db:
         jobs = [replace(s, db_path=fast_db) for s in specs]
         if workers == 1 or len(jobs) == 1:
             results = list(_progress(map(make_patient, jobs), len(jobs), progress))
         else:
-            with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            with worker_pool(min(workers, len(jobs)), context="spawn") as pool:  # workers die with us
                 results = list(_progress(pool.map(make_patient, jobs), len(jobs), progress))
     nodules = pd.DataFrame([r for rows, _ in results for r in rows])
     front = ["series_uid", "patient_id", "x_mm", "y_mm", "z_mm", "diameter_mm", "label", "nodule_id",
@@ -298,28 +291,30 @@ def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, worker
     _atomic_csv(nodules, out / "nodules.csv")
     _atomic_csv(series, out / "series.csv")
     summary = {
-        "seed": seed, "patients": patients, "size": size, "max_nodules": max_nodules,
+        "complete": True, "seed": seed, "patients": patients, "size": size, "max_nodules": max_nodules,
         "nodules": len(nodules), "by_split": nodules["split"].value_counts().to_dict(),
         "malignant": int((nodules["label"] == MALIGNANT).sum()), "label_rule": "median",
         "lidc_database": Path(specs[0].db_path).name,
         "specs": [{k: v for k, v in asdict(s).items() if k in ("patient_id", "manufacturer", "transfer_syntax",
                                                                "shuffle_names", "split")} for s in specs],
     }
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(tmp, out / "cohort.json")
+    atomic_write_json(out / "cohort.json", summary, indent=1)
     nodules.attrs["source"] = str(out / "nodules.csv")
     return nodules
 
 
 @contextmanager
-def _indexed_copy(db_path: str) -> Iterator[str]:
+def _indexed_copy(db_path: str, out: Path) -> Iterator[str]:
     """A temporary copy of the LIDC database with indexes on the columns a patient's outlines are looked
     up by (contours by annotation, slice positions by scan): the shipped file has none, so each look-up
-    scanned the tables (~30 ms CPU an outline). Falls back to ``db_path`` if the copy cannot be made."""
-    with tempfile.TemporaryDirectory(prefix="medsuite-lidc-") as tmp:
-        copy = Path(tmp) / Path(db_path).name
+    scanned the tables (~30 ms CPU an outline). Falls back to ``db_path`` if the copy cannot be made.
+
+    The copy (26 MB) lives in ``out`` under a `medsuite.io.atomic` temporary name, so the copy of a run
+    killed with SIGKILL is removed by the next run instead of staying in /tmp."""
+    target = out / "lidc-indexed.sqlite"
+    remove_stale_temps(target)
+    copy = temp_path_for(target)
+    try:
         try:
             src = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
             dst = sqlite3.connect(copy)
@@ -335,6 +330,8 @@ def _indexed_copy(db_path: str) -> Iterator[str]:
             yield db_path
             return
         yield str(copy)
+    finally:
+        copy.unlink(missing_ok=True)
 
 
 def _progress(iterable: Any, total: int, enabled: bool) -> Any:

@@ -10,7 +10,6 @@ the pool is rebuilt and the series that were in flight are retried one at a time
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import queue
 import threading
 from collections import deque
@@ -19,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
+from medsuite.io.workers import worker_pool
 from medsuite.pipelines.scoring.stages import (
     Prepared,
     SeriesResult,
@@ -64,8 +64,8 @@ class _Feeder(threading.Thread):
         self.prepare_fn = prepare_fn
 
     def _pool(self) -> ProcessPoolExecutor:
-        # spawn: the parent holds torch and threads, which must not be forked
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+        # spawn: the parent holds torch and threads, which must not be forked; workers die with this process
+        return worker_pool(self.workers, context="spawn")
 
     def run(self) -> None:
         pool: ProcessPoolExecutor | None = None  # started on the first series: no processes for an empty run

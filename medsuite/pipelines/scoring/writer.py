@@ -1,7 +1,8 @@
 """Where results go: SQLite rows (one transaction per series) and the Parquet/CSV exports made from them.
 
 The database is the source of truth; ``scores.parquet`` and ``scores.csv`` are rewritten from it
-atomically (temp file, then ``os.replace``), so a reader never sees a half-written file.
+atomically (`medsuite.io.atomic`: temp file, then ``os.replace``), so a reader never sees a half-written file
+and an export killed half-way leaves nothing that the next one does not remove.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from medsuite.io.atomic import atomic_path
 from medsuite.pipelines.scoring.stages import SeriesResult
 from medsuite.records import store
 
@@ -177,14 +178,8 @@ class ScoreStore:
 
 
 def _atomic(target: Path, write: Any) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    """``write(temp path)`` then rename onto ``target`` (`medsuite.io.atomic`: a killed writer's temporary
+    is removed by the next export)."""
+    with atomic_path(target) as tmp:
         write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target
