@@ -146,3 +146,37 @@ def test_grid_pixel_spacing_measures_mm():
     grid = make_block().grid_world(vol, vol.center_world)
     assert grid_pixel_spacing(grid, 2) == pytest.approx((1.0, 1.0))
     assert grid_pixel_spacing(grid, 3)[0] == pytest.approx(2.5)
+
+
+def test_attributions_of_a_tta_predictor_follow_each_flipped_copy_back_to_the_input():
+    from interpret_fixtures import REGION, SIZE
+
+    from medsuite.learn.predict import FLIPS, Predictor, PredictorSettings
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, SIZE, SIZE)).astype(np.float32)
+    model = MaskedNet()
+    plain = Predictor.plain(model, ["benign", "malignant"])
+    tta = Predictor(model, PredictorSettings(("benign", "malignant"), "malignant", FLIPS))
+    rows, cols = REGION
+
+    def mirrored(s: slice) -> slice:
+        return slice(SIZE - s.stop, SIZE - s.start)
+
+    regions = {(): (rows, cols), (-1,): (rows, mirrored(cols)), (-2,): (mirrored(rows), cols),
+               (-2, -1): (mirrored(rows), mirrored(cols))}
+
+    def contrast(values, where):  # mean |attribution| there over the mean everywhere
+        g = np.abs(values).sum(0)
+        return g[where].mean() / g.mean()
+
+    for method in ("gradcam", "ig"):
+        kw = {"baseline": np.zeros_like(x)} if method == "ig" else {}
+        a_plain = attribute(method, plain.module, x, sample_layout(x.shape, x.shape), (1.0, 1.0), target=1, **kw)
+        a_tta = attribute(method, tta.module, x, sample_layout(x.shape, x.shape), (1.0, 1.0), target=1, **kw)
+        # the masked model only sees REGION; the copy flipped on axes f sees REGION's mirror along f, and its
+        # map must be flipped back there: every mirror lights up with TTA, none without
+        for flip, where in regions.items():
+            assert contrast(a_tta.values, where) > 1.3, (method, flip)
+            if flip:
+                assert contrast(a_plain.values, where) < 1.0, (method, flip)

@@ -19,6 +19,7 @@ from medsuite.interpret.sanity import (
     spearman,
     write_sanity_report,
 )
+from medsuite.learn.predict import Predictor
 
 
 def edge_detector(model, case, target):
@@ -39,10 +40,11 @@ def cases():
 
 def test_randomization_passes_for_ig_and_fails_for_a_weight_blind_method(cases):
     model = SmallCNN()
-    ig = randomization_test(model, cases, "ig", options={"ig": {"n_steps": 8}})
+    predictor = Predictor.plain(model, ["benign", "malignant"])
+    ig = randomization_test(predictor, cases, "ig", options={"ig": {"n_steps": 8}})
     assert ig.passed and ig.layers[0] == "head" and len(ig.layers) == len(parametrised_layers(model))
     assert ig.spearman_abs[-1] < 0.5
-    blind = randomization_test(model, cases, edge_detector)
+    blind = randomization_test(predictor, cases, edge_detector)
     assert not blind.passed and "FAILS" in blind.verdict
     assert blind.spearman_abs == pytest.approx([1.0] * len(blind.layers))
 
@@ -60,7 +62,8 @@ def test_randomization_never_touches_the_trained_model():
 
 
 def test_deletion_beats_random_order_for_a_faithful_method(cases):
-    res = deletion_insertion(MaskedNet(), cases, "ig", n_steps=10, options={"ig": {"n_steps": 8}})
+    res = deletion_insertion(Predictor.plain(MaskedNet(), ["benign", "malignant"]), cases, "ig", n_steps=10,
+                             options={"ig": {"n_steps": 8}})
     assert len(res.deletion) == 11 and res.deletion[0] == pytest.approx(res.insertion[-1])
     assert res.deletion_auc < res.random_deletion_auc
     assert res.insertion_auc > res.random_insertion_auc
@@ -68,9 +71,11 @@ def test_deletion_beats_random_order_for_a_faithful_method(cases):
 
 
 def test_report_files(cases, tmp_path):
-    model = SmallCNN()
+    model = Predictor.plain(SmallCNN(), ["benign", "malignant"])
     r = [randomization_test(model, cases[:1], "gradcam"), randomization_test(model, cases[:1], edge_detector)]
     f = [deletion_insertion(model, cases[:1], "gradcam", n_steps=5)]
+    with pytest.raises(TypeError, match="sanity checks run on a medsuite.learn.predict.Predictor"):
+        randomization_test(SmallCNN(), cases[:1], "gradcam")
     paths = write_sanity_report(tmp_path / "rep", r, f, context={"model": "small"})
     assert {p.name for p in paths.values()} == {"sanity.json", "sanity.html", "randomization.png", "faithfulness.png"}
     data = json.loads(paths["json"].read_text())

@@ -161,13 +161,37 @@ def test_the_differentiable_module_is_the_same_chain(model):
     x = _samples(3)
     cal = Calibration("temperature", 1.5)
     pred = Predictor(model, PredictorSettings(("benign", "malignant"), "malignant", FLIPS, cal))
+    iso = Predictor(model, PredictorSettings(("benign", "malignant"), "malignant", FLIPS,
+                                             Calibration("isotonic", x=(0.0, 0.4, 0.6, 1.0), y=(0.0, 0.3, 0.7, 1.0))))
+    np.testing.assert_allclose(torch.sigmoid(iso.module(torch.from_numpy(x))).detach().numpy(), iso.predict_proba(x),
+                               atol=1e-6)
     mod = pred.module
     t = torch.from_numpy(x).requires_grad_(True)
     out = mod(t)
-    np.testing.assert_allclose(torch.softmax(out, 1).detach().numpy(), pred.predict_proba(x), atol=1e-6)
+    np.testing.assert_allclose(torch.sigmoid(out).detach().numpy(), pred.predict_proba(x), atol=1e-6)
+    np.testing.assert_allclose(out[:, 1].detach().numpy(), -out[:, 0].detach().numpy(), atol=1e-5)
     out[:, 1].sum().backward()
     assert t.grad is not None and float(t.grad.abs().sum()) > 0
     assert mod.gradcam_layer is model.gradcam_layer and mod.tta == FLIPS
+
+
+def test_the_module_keeps_its_gradient_where_the_probability_rounds_to_one():
+    class Big(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(30.0))
+
+        def forward(self, x):
+            m = x.flatten(1).mean(1) * self.w
+            return torch.stack([-m, m], 1)
+
+    pred = Predictor(Big(), PredictorSettings(("n", "p"), "p", FLIPS[:2], Calibration("temperature", 1.2)))
+    x = torch.ones(2, 1, 4, 4, requires_grad=True)
+    assert pred.predict_proba(x.detach().numpy())[0, 1] == 1.0  # float rounding: saturated
+    z = pred.module(x)
+    assert float(z[0, 1].detach()) == pytest.approx(2 * 30.0 / 1.2, rel=1e-4)  # log-odds still exact
+    z[:, 1].sum().backward()
+    assert float(x.grad.abs().sum()) > 0
 
 
 def test_embed_and_loader_and_model_mode(model):

@@ -121,3 +121,24 @@ def test_making_a_learner_leaves_global_rngs_alone_and_fitting_writes_nothing_by
     assert list(tmp_path.iterdir()) == []  # no checkpoints under the current directory
     with pytest.raises(ValueError, match="needs a run folder"):
         a.save("x")
+
+
+def test_explain_scores_and_explains_through_the_bundles_predictor(trained):
+    from medsuite.interpret.explain import explain
+    from medsuite.io.load import read_volume
+
+    root, _, path = trained
+    bundle = load_bundle(path)
+    predictor = Predictor.from_bundle(bundle)
+    row = pd.read_csv(root / "nodules.csv").iloc[0]
+    volume = read_volume(root / row["patient_id"])
+    center = (row["x_mm"], row["y_mm"], row["z_mm"])
+    res = explain(bundle, volume, ["ig"], center_xyz=center, n_steps=16)
+    expected = predictor.predict_proba(bundle.block.sample(volume, np.asarray(center))[None])[0]
+    np.testing.assert_allclose(res.probabilities, expected, atol=1e-6)
+    assert res.summary["prediction"]["label"] == predictor.decide(expected[None])[0]
+    assert res.target == predictor.decide_index(expected[None])[0]
+    assert res.summary["predictor"]["tta_flips"] == [list(f) for f in FLIPS]
+    assert res.summary["predictor"]["calibration"] == "temperature"
+    # IG is complete for the explained output: log P(target) of the chain, end minus baseline
+    assert res.attributions["ig"].params["convergence_delta"] < 0.05

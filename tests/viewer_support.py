@@ -20,7 +20,8 @@ def make_bundle_with_index(path: Path) -> Path:
     from medsuite.learn.models import build_model
     from medsuite.learn.predict import Predictor
 
-    plain = S.make_bundle(path.with_name(path.name + "-plain"), "nodule")
+    # seed 2: an untrained model whose Grad-CAM of the decided class is not all negative (ReLU would blank it)
+    plain = S.make_bundle(path.with_name(path.name + "-plain"), "nodule", seed=2)
     b = load_bundle(plain)
     block = SliceStack(k=3, size=16, spacing_mm=2.0, pixel_mm=1.0, window="lung")
     samples, ids, labels = [], [], []

@@ -1,8 +1,11 @@
 """Captum attributions for one model input: Integrated Gradients, Occlusion (windows in mm), LayerGradCam.
 
-Every method returns an `Attribution` whose ``values`` have the shape of the block's sample (no batch
-axis), so `medsuite.interpret.mapping` can carry them back to world coordinates through
-``block.grid_world``. The model is run in eval mode (restored afterwards) and refused when it holds an
+``model`` is the module Captum wraps: in medsuite the bundle predictor's differentiable chain
+(`medsuite.learn.predict.Predictor.module`: the same TTA and calibration scoring runs, returning the log of
+the scored probabilities), so an explanation explains what is scored; any ``nn.Module`` returning class
+scores works too. Every method returns an `Attribution` whose ``values`` have the shape of the block's
+sample (no batch axis), so `medsuite.interpret.mapping` can carry them back to world coordinates through
+``block.grid_world``. The module is run in eval mode (restored afterwards) and refused when it holds an
 in-place activation, which silently corrupts Captum's hooks (Captum issue #156).
 """
 
@@ -155,18 +158,15 @@ def _as_batch(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.float().unsqueeze(0)
 
 
-def predict(model: nn.Module, x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Softmax probabilities ``(n_classes,)`` of one sample."""
+def _resolve_target(model: nn.Module, x: np.ndarray | torch.Tensor, target: int | None) -> int:
+    """``target``, or the class with the highest output when None (callers that score, such as `explain`,
+    pass the predictor's decision)."""
     import torch
 
-    with eval_mode(model), torch.no_grad():
-        return torch.softmax(model(_as_batch(x)), dim=1)[0].numpy().astype(np.float64)
-
-
-def _resolve_target(model: nn.Module, x: np.ndarray | torch.Tensor, target: int | None) -> int:
     if target is not None:
         return int(target)
-    return int(np.argmax(predict(model, x)))
+    with eval_mode(model), torch.no_grad():
+        return int(model(_as_batch(x)).argmax(dim=1)[0])
 
 
 def blurred_baseline(x: np.ndarray, layout: SampleLayout, sigma_px: float | tuple[float, ...] = 4.0) -> np.ndarray:
@@ -271,8 +271,10 @@ def grad_cam(model: nn.Module, x: np.ndarray, *, target: int | None = None, laye
     """LayerGradCam on ``model.gradcam_layer``, upsampled (bi/trilinear) to the input; native grid reported.
 
     The class-activation map lives on the layer's coarse grid; the upsampled map is smooth but carries no
-    more detail than ``params['native_shape']``, which the overlays state.
+    more detail than ``params['native_shape']``, which the overlays state. For a predictor chain with
+    test-time flips (``model.tta``) the map of each flipped copy is flipped back and the copies averaged.
     """
+    import torch
     from captum.attr import LayerAttribution, LayerGradCam
 
     layer = layer if layer is not None else getattr(model, "gradcam_layer", None)
@@ -290,9 +292,13 @@ def grad_cam(model: nn.Module, x: np.ndarray, *, target: int | None = None, laye
     mode = "bilinear" if n_sp == 2 else "trilinear"
     up = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-n_sp:]), interpolate_mode=mode)
     lead = x.shape[: x.ndim - n_sp - 1]
-    if up.shape[0] != math.prod(lead):
-        raise ValueError(f"GradCAM produced {up.shape[0]} maps for an input with leading axes {lead}")
-    values = up.reshape(*lead, 1, *x.shape[-n_sp:]).numpy()
+    flips = tuple(getattr(model, "tta", None) or ((),))  # a predictor chain stacks its flipped copies flip-major
+    if up.shape[0] != len(flips) * math.prod(lead):
+        raise ValueError(f"GradCAM produced {up.shape[0]} maps for an input with leading axes {lead}"
+                         + (f" and {len(flips)} test-time flips" if len(flips) > 1 else ""))
+    maps = up.reshape(len(flips), *lead, 1, *x.shape[-n_sp:])
+    # each flipped copy's map is flipped back onto the input's grid, then the copies are averaged
+    values = torch.stack([torch.flip(maps[i], f) if f else maps[i] for i, f in enumerate(flips)]).mean(0).numpy()
     values = np.broadcast_to(values, x.shape).astype(np.float32)
     factor = [round(i / n, 2) for i, n in zip(x.shape[-n_sp:], native, strict=True)]
     return Attribution("gradcam", values, target,

@@ -25,7 +25,6 @@ from medsuite.interpret.attributions import (
     block_layout,
     blurred_baseline,
     grid_pixel_spacing,
-    predict,
 )
 from medsuite.interpret.mapping import (
     grid_peak,
@@ -34,7 +33,9 @@ from medsuite.interpret.mapping import (
     slice_importance,
     splat_to_volume,
 )
+from medsuite.io.atomic import atomic_path, atomic_write_text
 from medsuite.io.volume import Volume
+from medsuite.learn.predict import Predictor
 
 AIR_HU = -1024.0
 DISPLAY_WINDOW = (-1000.0, 400.0)  # lung window for the grey background of overlays
@@ -106,8 +107,13 @@ def explain(
     occlusion_mm: float = 8.0,
     focus_radius_mm: float = 10.0,
     series_uid: str | None = None,
+    predictor: Predictor | None = None,
 ) -> Explanation:
     """Explain one case with a loaded bundle (``.model``, ``.block``, ``.labels``, ``.task``).
+
+    The case is scored by the bundle's predictor (``predictor``, default ``Predictor.from_bundle(bundle)``:
+    the TTA, calibration and threshold scoring uses) and the attributions explain that chain's output for
+    ``target`` (default: the predictor's decision, i.e. the label scoring reports).
 
     ``case`` is a `Volume` or a path for `medsuite.io.load.read_volume`. A nodule model needs
     ``center_xyz`` (world LPS mm). With ``out_dir`` it writes ``summary.json``, ``overlay_<method>.png``
@@ -122,13 +128,16 @@ def explain(
     if task == "nodule" and center_xyz is None:
         raise ValueError("this is a nodule model: give the nodule's world position (x, y, z mm), e.g. --nodule x,y,z")
     center = None if task == "series" else center_xyz
-    model, block = bundle.model, bundle.block
+    predictor = predictor if predictor is not None else Predictor.from_bundle(bundle)
+    block = bundle.block
     prep = prepare_case(block, volume, center, baseline=baseline)
-    probs = predict(model, prep.x)
-    target = int(np.argmax(probs)) if target is None else int(target)
-    labels = list(getattr(bundle, "labels", None) or range(len(probs)))
+    probs = predictor.predict_proba(prep.x[None])[0]
+    decided = int(predictor.decide_index(probs[None])[0])
+    target = decided if target is None else int(target)
+    labels = predictor.labels
     if not 0 <= target < len(probs):
         raise ValueError(f"target class {target} out of range for a model with {len(probs)} outputs")
+    model = predictor.module
     options = {"ig": {"n_steps": n_steps, "noise_tunnel": noise_tunnel}, "occlusion": {"window_mm": occlusion_mm}}
     attrs: dict[str, Attribution] = {}
     vols: dict[str, Volume] = {}
@@ -150,18 +159,28 @@ def explain(
         "input_block": block.spec() if hasattr(block, "spec") else None,
         "center_xyz_mm": None if prep.center_xyz is None else [round(float(v), 2) for v in prep.center_xyz],
         "probabilities": {str(lab): round(float(p), 5) for lab, p in zip(labels, probs, strict=False)},
+        "prediction": {"label": predictor.labels[decided], "probability": round(float(predictor.score_of(probs[None])[0]), 5),
+                       "threshold": predictor.threshold, "positive": predictor.positive},
+        "predictor": _predictor_summary(predictor),
         "target": {"index": target, "label": str(labels[target])},
+        "explained_output": f"log-odds of the predictor's probability of class '{labels[target]}' (the chain scoring runs)",
         "baseline": baseline,
         "methods": per_method,
         "caveat": SALIENCY_CAVEAT,
         "planes_note": "Overlays show the scan's array planes (axial/coronal/sagittal for an axially acquired scan).",
     }
     if task == "series":
-        summary["attention"] = _attention(model, prep.x)
+        summary["attention"] = _attention(predictor.model, prep.x)
     result = Explanation([float(p) for p in probs], target, attrs, vols, summary)
     if out_dir is not None:
         result.files = write_outputs(Path(out_dir), result, volume, prep)
     return result
+
+
+def _predictor_summary(predictor: Predictor) -> dict[str, Any]:
+    s = predictor.settings
+    return {"tta_flips": [list(f) for f in s.tta], "calibration": None if s.calibration is None else s.calibration.method,
+            "threshold_rule": None if s.operating_point is None else s.operating_point.rule}
 
 
 def _read(path: str | os.PathLike[str], series_uid: str | None) -> Volume:
@@ -210,9 +229,8 @@ def _attention(model: Any, x: np.ndarray) -> list[float] | None:
 
 # ----------------------------------------------------------------------------- outputs
 def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
 def write_outputs(out: Path, result: Explanation, volume: Volume, prep: Prepared) -> dict[str, Path]:
@@ -229,10 +247,7 @@ def write_outputs(out: Path, result: Explanation, volume: Volume, prep: Prepared
         if result.summary["task"] == "series":
             files[f"slices_{method}"] = render_slices(out / f"slices_{method}.png", method, result.summary)
     summary = dict(result.summary, files={k: p.name for k, p in files.items()})
-    tmp = out / f".summary.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "summary.json")
-    files["summary"] = out / "summary.json"
+    files["summary"] = atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return files
 
 
@@ -321,8 +336,10 @@ def run_sanity(
                          baseline=baseline)
         prepared.append(SanityCase(str(case_id), p.x, p.baseline, p.layout, p.pixel_spacing_mm))
     options = {"ig": {"n_steps": n_steps}, "occlusion": {"window_mm": occlusion_mm}}
-    rand = [randomization_test(bundle.model, prepared, m, mode=mode, max_layers=max_layers, options=options) for m in methods]
-    faith = [deletion_insertion(bundle.model, prepared, m, n_steps=curve_steps, options=options) for m in methods]
+    predictor = Predictor.from_bundle(bundle)
+    rand = [randomization_test(predictor, prepared, m, mode=mode, max_layers=max_layers, options=options) for m in methods]
+    faith = [deletion_insertion(predictor, prepared, m, n_steps=curve_steps, options=options) for m in methods]
     context = {"model": getattr(bundle, "name", type(bundle.model).__name__), "cases": len(prepared),
-               "baseline": baseline, "ig_steps": n_steps, "randomization": mode}
+               "baseline": baseline, "ig_steps": n_steps, "randomization": mode,
+               "predictor": _predictor_summary(predictor)}
     return write_sanity_report(out_dir, rand, faith, context=context)

@@ -1,4 +1,6 @@
-"""Sanity checks for attribution methods.
+"""Sanity checks for attribution methods, run on the bundle's predictor (`medsuite.learn.predict.Predictor`:
+the TTA and calibration chain scoring uses; its ``module`` is what the methods attribute, its probabilities
+are what the curves follow, and the targets are its decisions).
 
 - Model-parameter randomization (Adebayo et al., NeurIPS 2018): re-initialise the weights layer by layer
   (cascading from the output, or one layer at a time) and compare the attributions with the trained
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,10 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medsuite.interpret.attributions import SampleLayout, attribute, eval_mode
+from medsuite.interpret.attributions import SampleLayout, attribute
+from medsuite.io.atomic import atomic_path, atomic_write_bytes
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from medsuite.learn.predict import Predictor
 
 
 @dataclass
@@ -125,8 +129,22 @@ class RandomizationResult:
     verdict: str
 
 
+def _targets(predictor: Predictor, cases: Sequence[SanityCase]) -> list[int]:
+    """The predictor's decision for each case (the class scoring reports)."""
+    probs = predictor.predict_proba(np.stack([c.x for c in cases]))
+    return [int(t) for t in predictor.decide_index(probs)]
+
+
+def _check_predictor(predictor: Any) -> None:
+    from medsuite.learn.predict import Predictor
+
+    if not isinstance(predictor, Predictor):
+        raise TypeError(f"sanity checks run on a medsuite.learn.predict.Predictor, got {type(predictor).__name__} "
+                        "(Predictor.from_bundle(bundle), or Predictor.plain(model, labels))")
+
+
 def randomization_test(
-    model: nn.Module,
+    predictor: Predictor,
     cases: Sequence[SanityCase],
     method: Method,
     *,
@@ -141,21 +159,21 @@ def randomization_test(
 
     The method passes when, with the model fully randomized (cascading: the last step; independent: the
     median over layers), the rank correlation of |attribution| with the trained model's falls below ``threshold``.
-    Targets stay the trained model's predicted classes.
+    Targets stay the trained predictor's decisions; the randomized copies keep its TTA and calibration.
     """
-    import torch
-
+    _check_predictor(predictor)
     options = options or {}
     label = name or (method if isinstance(method, str) else getattr(method, "__name__", "custom"))
     if not cases:
         raise ValueError("randomization_test needs at least one case")
-    with eval_mode(model), torch.no_grad():
-        targets = [int(model(torch.as_tensor(c.x)[None]).argmax(1)) for c in cases]
-    reference = [_attribution_grid(method, model, c, t, options) for c, t in zip(cases, targets, strict=True)]
+    targets = _targets(predictor, cases)
+    module = predictor.module
+    reference = [_attribution_grid(method, module, c, t, options) for c, t in zip(cases, targets, strict=True)]
     layers, s_abs, s_signed = [], [], []
-    for layer, randomized in randomized_models(model, mode, seed=seed, max_layers=max_layers):
+    for layer, randomized in randomized_models(predictor.model, mode, seed=seed, max_layers=max_layers):
         randomized.eval()
-        maps = [_attribution_grid(method, randomized, c, t, options) for c, t in zip(cases, targets, strict=True)]
+        chain = predictor.with_model(randomized).module
+        maps = [_attribution_grid(method, chain, c, t, options) for c, t in zip(cases, targets, strict=True)]
         layers.append(layer)
         s_abs.append(float(np.mean([spearman(np.abs(r), np.abs(m)) for r, m in zip(reference, maps, strict=True)])))
         s_signed.append(float(np.mean([spearman(r, m) for r, m in zip(reference, maps, strict=True)])))
@@ -182,10 +200,8 @@ class FaithfulnessResult:
     per_case: list[dict] = field(default_factory=list)
 
 
-def _curves(model: nn.Module, case: SanityCase, order: np.ndarray, target: int, fractions: np.ndarray,
-            batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
+def _curves(predictor: Predictor, case: SanityCase, order: np.ndarray, target: int, fractions: np.ndarray,
+            ) -> tuple[np.ndarray, np.ndarray]:
     n = order.size
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n)
@@ -195,17 +211,12 @@ def _curves(model: nn.Module, case: SanityCase, order: np.ndarray, target: int, 
         m = case.layout.expand(rank < int(round(f * n)))
         deleted.append(np.where(m, case.baseline, case.x))
         inserted.append(np.where(m, case.x, case.baseline))
-    batch = np.stack(deleted + inserted).astype(np.float32)
-    probs = []
-    with eval_mode(model), torch.no_grad():
-        for i in range(0, len(batch), batch_size):
-            probs.append(torch.softmax(model(torch.as_tensor(batch[i: i + batch_size])), 1)[:, target].numpy())
-    p = np.concatenate(probs)
+    p = predictor.predict_proba(np.stack(deleted + inserted).astype(np.float32))[:, target]
     return p[: len(fractions)], p[len(fractions):]
 
 
 def deletion_insertion(
-    model: nn.Module,
+    predictor: Predictor,
     cases: Sequence[SanityCase],
     method: Method,
     *,
@@ -218,22 +229,24 @@ def deletion_insertion(
     """Deletion/insertion curves of one method: pixels ranked by attribution (descending), ``n_steps`` fractions.
 
     Deleted pixels take the case's baseline value; insertion starts from the baseline. The target is the
-    model's predicted class. AUC is the trapezoid area over the removed/revealed fraction in [0, 1].
+    predictor's decision and the curves follow its probability of that class (``batch_size`` samples a
+    forward pass). AUC is the trapezoid area over the removed/revealed fraction in [0, 1].
     """
-    import torch
+    from medsuite.learn.predict import Predictor
 
+    _check_predictor(predictor)
     options = options or {}
     label = name or (method if isinstance(method, str) else getattr(method, "__name__", "custom"))
     fractions = np.linspace(0.0, 1.0, n_steps + 1)
     rng = np.random.default_rng(seed)
+    batched = Predictor(predictor.model, predictor.settings, precision=predictor.precision, batch_size=batch_size)
+    module = predictor.module
     dels, ins, rdels, rins, per_case = [], [], [], [], []
-    for case in cases:
-        with eval_mode(model), torch.no_grad():
-            target = int(model(torch.as_tensor(case.x)[None]).argmax(1))
-        grid = _attribution_grid(method, model, case, target, options)
+    for case, target in zip(cases, _targets(predictor, cases), strict=True):
+        grid = _attribution_grid(method, module, case, target, options)
         order = np.argsort(-grid.ravel(), kind="stable")
-        d, i = _curves(model, case, order, target, fractions, batch_size)
-        rd, ri = _curves(model, case, rng.permutation(grid.size), target, fractions, batch_size)
+        d, i = _curves(batched, case, order, target, fractions)
+        rd, ri = _curves(batched, case, rng.permutation(grid.size), target, fractions)
         dels.append(d), ins.append(i), rdels.append(rd), rins.append(ri)
         per_case.append({"case_id": case.case_id, "target": target, "deletion_auc": float(np.trapezoid(d, fractions)),
                          "insertion_auc": float(np.trapezoid(i, fractions))})
@@ -244,16 +257,9 @@ def deletion_insertion(
 
 
 # ----------------------------------------------------------------------------- report
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _save_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
 def write_sanity_report(
@@ -307,7 +313,7 @@ def write_sanity_report(
         "notes": ["Deletion AUC: lower is better; insertion AUC: higher is better; compare with the random order.",
                   "A method that FAILS randomization shows image structure, not what this model learned."],
     }
-    _atomic_write_bytes(out / "sanity.json", json.dumps(summary, indent=1).encode())
+    atomic_write_bytes(out / "sanity.json", json.dumps(summary, indent=1).encode())
     paths["json"] = out / "sanity.json"
     rows_r = "".join(f"<tr><td>{r.method}</td><td>{r.mode}</td><td>{r.spearman_abs[-1]:.3f}</td>"
                      f"<td class={'ok' if r.passed else 'bad'}>{r.verdict}</td></tr>" for r in randomization)
@@ -324,6 +330,6 @@ table{{border-collapse:collapse}}.ok{{color:#060}}.bad{{color:#a00;font-weight:b
 {'<img src="faithfulness.png" width="860">' if faithfulness else ''}
 <p>Deletion AUC: lower is better. Insertion AUC: higher is better. Saliency shows where the model looked, not a lesion
 segmentation (Arun et al., Radiology: AI 2021).</p></body></html>"""
-    _atomic_write_bytes(out / "sanity.html", html.encode())
+    atomic_write_bytes(out / "sanity.html", html.encode())
     paths["html"] = out / "sanity.html"
     return paths

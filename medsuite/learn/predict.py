@@ -476,9 +476,15 @@ class Predictor:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_bundle(cls, bundle: Any, *, precision: str = "fp32", batch_size: int = 32) -> Predictor:
-        """The predictor a loaded bundle (`medsuite.learn.bundle.load_bundle`) defines, on its model's device."""
+        """The predictor a loaded bundle (`medsuite.learn.bundle.load_bundle`) defines, on its model's device.
+
+        Any object with ``.model`` and ``.meta`` works; one without ``.meta`` but with ``.labels`` (and
+        ``.threshold``) is read as a bundle written before the predictor section (see `from_bundle_meta`)."""
+        meta = getattr(bundle, "meta", None)
+        if meta is None:
+            meta = {"labels": list(bundle.labels), "threshold": getattr(bundle, "threshold", None)}
         try:
-            settings = PredictorSettings.from_bundle_meta(bundle.meta)
+            settings = PredictorSettings.from_bundle_meta(meta)
         except PredictorError as exc:
             raise PredictorError(f"{getattr(bundle, 'path', 'bundle')}: bundle.json {exc}") from None
         return cls(bundle.model, settings, precision=precision, batch_size=batch_size)
@@ -552,8 +558,8 @@ class Predictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._amp)
 
-    def tta_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean softmax over the TTA flips of a batch (differentiable; flips run as one batch)."""
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for every TTA view of a batch, flip-major ``(F * B, C)`` float32 (one forward)."""
         flips = self.settings.tta
         if flips == NO_TTA:
             views = x
@@ -567,16 +573,42 @@ class Predictor:
         if logits.ndim != 2 or logits.shape[1] != len(self.settings.labels):
             raise PredictorError(f"the model returned shape {tuple(logits.shape)}; expected (batch, "
                                  f"{len(self.settings.labels)}) logits for labels {list(self.settings.labels)}")
-        probs = torch.softmax(logits.float(), dim=1)
-        return probs.reshape(len(flips), x.shape[0], -1).mean(0) if flips != NO_TTA else probs
+        return logits.float()
+
+    def tta_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean softmax over the TTA flips of a batch (differentiable; flips run as one batch)."""
+        probs = torch.softmax(self._logits(x), dim=1)
+        n = len(self.settings.tta)
+        return probs.reshape(n, x.shape[0], -1).mean(0) if n > 1 else probs
 
     def calibrate_tensor(self, raw: torch.Tensor) -> torch.Tensor:
         return _apply_calibration(raw, self.settings.calibration, self.settings.positive_index)
 
+    def log_odds(self, x: torch.Tensor) -> torch.Tensor:
+        """``log(p_k / (1 - p_k))`` of the calibrated TTA probabilities, per class ``(B, C)``, differentiable.
+
+        The same chain as `tta_probs` + `calibrate_tensor`, computed in log space so that it keeps its
+        gradient where a probability rounds to 1 (``sigmoid`` of it is the probability). Isotonic
+        calibration maps probabilities, so it saturates where they do.
+        """
+        n = len(self.settings.tta)
+        logp = torch.log_softmax(self._logits(x), dim=1)
+        if n > 1:
+            logp = torch.logsumexp(logp.reshape(n, x.shape[0], -1), dim=0) - math.log(n)
+        cal = self.settings.calibration
+        if cal is not None and cal.method == "temperature":
+            logp = torch.log_softmax(logp / float(cal.temperature), dim=1)
+        elif cal is not None:
+            logp = torch.log(_apply_calibration(logp.exp(), cal, self.settings.positive_index).clamp_min(_TINY))
+        c = logp.shape[1]
+        others = logp.unsqueeze(1).expand(-1, c, -1).masked_fill(torch.eye(c, dtype=torch.bool, device=logp.device), -math.inf)
+        return logp - torch.logsumexp(others, dim=2)
+
     @property
     def module(self) -> nn.Module:
-        """The chain as a differentiable ``nn.Module`` returning log(calibrated probabilities) (B, C):
-        ``softmax`` of its output is what `predict_proba` returns, and Captum attributes exactly that."""
+        """The chain as a differentiable ``nn.Module`` returning the per-class log-odds of the calibrated
+        TTA probabilities (`log_odds`): ``sigmoid`` of its output is what `predict_proba` returns, its arg-max
+        is the arg-max class, and Captum attributes exactly that."""
         return PredictorModule(self)
 
     # ------------------------------------------------------------------ numpy API
@@ -662,7 +694,8 @@ class Predictor:
 
 
 class PredictorModule(nn.Module):
-    """A predictor's chain as an ``nn.Module``: the log of the calibrated TTA probabilities (B, C).
+    """A predictor's chain as an ``nn.Module``: the per-class log-odds of the calibrated TTA probabilities
+    (`Predictor.log_odds`, shape (B, C); ``sigmoid`` gives the probabilities).
 
     ``tta`` (the flips) and ``gradcam_layer`` (the model's) tell LayerGradCam how the flipped copies of the
     input are stacked in that layer's batch: flip-major, ``len(tta)`` blocks of the input batch.
@@ -683,5 +716,4 @@ class PredictorModule(nn.Module):
         return self.model.embed(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = self.predictor.calibrate_tensor(self.predictor.tta_probs(x))
-        return torch.log(probs.clamp_min(_TINY))
+        return self.predictor.log_odds(x)

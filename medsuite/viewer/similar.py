@@ -57,7 +57,7 @@ def section(cfg: Any, pred: dict[str, Any], bpath: str | None, bundle: Any, volu
         k = st.segmented_control("How many", K_CHOICES, default=10, key="sim_k") or 10
         center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
         res = neighbours(str(bpath), int(pred["prediction_id"]), int(k), bundle, index, volume, center)
-        positive = str(bundle.labels[-1])
+        positive = _positive(bundle)
         st.markdown(f"**{summary([c['label'] for c in res['cases']], positive, res['base_rate'])}**")
         cards = [_card(res["query_uri"], ["<b>this case</b>", html.escape(res["query_caption"])], "#3d8fd1", 120)]
         for c in res["cases"]:
@@ -72,14 +72,14 @@ def section(cfg: Any, pred: dict[str, Any], bpath: str | None, bundle: Any, volu
 def neighbours(bundle_path: str, prediction_id: int, k: int, _bundle: Any, _index: Any, _volume: Any,
                center: tuple[float, float, float] | None) -> dict[str, Any]:
     """Top-``k`` reference cases of this prediction (cached per bundle, prediction and k)."""
-    import torch
+    from medsuite.learn.predict import Predictor
 
+    predictor = Predictor.from_bundle(_bundle)
     x = np.asarray(_bundle.block.sample(_volume, None if center is None else np.asarray(center)), dtype=np.float32)
-    with torch.no_grad():
-        emb = _bundle.model.embed(torch.as_tensor(x)[None]).float().numpy()
+    emb = predictor.embed(x[None])  # the embedding the bundle's case index was built with
     rows, sims = _index.query_rows(emb, k)
     labels = [_label(_index.labels[int(r)], _bundle.labels) for r in range(len(_index))]
-    positive = str(_bundle.labels[-1])
+    positive = _positive(_bundle)
     base = sum(v == positive for v in labels) / len(labels) if labels else None
     cases = []
     for rank, (r, s) in enumerate(zip(rows[0], sims[0], strict=True), start=1):
@@ -92,6 +92,13 @@ def neighbours(bundle_path: str, prediction_id: int, k: int, _bundle: Any, _inde
     return {"cases": cases, "base_rate": base, "query_uri": png_data_uri(thumbnail(x)),
             "query_caption": f"score {float(0):.2f}" if False else "query",
             "note": "Similarity is the cosine of the model's features."}
+
+
+def _positive(bundle: Any) -> str:
+    """The bundle's positive class as its predictor names it (multi-class: the last label)."""
+    from medsuite.learn.predict import Predictor
+
+    return str(Predictor.from_bundle(bundle).positive or bundle.labels[-1])
 
 
 def _label(value: Any, labels: Sequence[str]) -> str:
