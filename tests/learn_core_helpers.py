@@ -32,9 +32,10 @@ class TinyNet(nn.Module):
     """Linear-BN-ReLU-(Dropout)-Linear with ``embed``."""
 
     def __init__(self, n_in: int = 8, hidden: int = 16, n_classes: int = 2, dropout: float = 0.0,
-                 norm: bool = True) -> None:
+                 norm: bool = True, pre_norm_bias: bool = True) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.BatchNorm1d(hidden) if norm else nn.Identity(),
+        self.body = nn.Sequential(nn.Linear(n_in, hidden, bias=pre_norm_bias or not norm),
+                                  nn.BatchNorm1d(hidden) if norm else nn.Identity(),
                                   nn.ReLU(), nn.Dropout(dropout))
         self.head = nn.Linear(hidden, n_classes)
 
@@ -60,8 +61,9 @@ class TinyCNN(nn.Module):
 
 
 def ddp_worker(run_dir: str) -> dict:
-    """Trained under `medsuite.learn.distributed.launch`: 2 epochs one-cycle, per-rank batch 8,
-    no shuffling (so the global batch equals a single-process batch of 16). Returns rank 0's view."""
+    """Trained under `medsuite.learn.distributed.launch` (2 processes): lr_find, then 2 epochs one-cycle,
+    per-rank batch 8 with shuffling and batch norm, so the global batch is a single-process batch of 16.
+    Returns rank 0's view, and every rank's lr_find result."""
     from medsuite.learn import distributed as D
     from medsuite.learn.basic_metrics import accuracy, roc_auc
     from medsuite.learn.callbacks.logging import CSVLogger
@@ -69,15 +71,19 @@ def ddp_worker(run_dir: str) -> dict:
 
     torch.set_num_threads(1)
     set_seed(0)
-    dls = tiny_dls(n_train=64, n_valid=30, bs=8, shuffle=False)
-    learn = Learner(dls, TinyNet(norm=False), path=run_dir, seed=0, progress=False,
-                    metrics=[accuracy, roc_auc], cbs=[CSVLogger()])
+    dls = tiny_dls(n_train=64, n_valid=30, bs=8, shuffle=True)
+    model = TinyNet(norm=True, pre_norm_bias=False)  # see test_ddp_two_processes_match_single_process
+    learn = Learner(dls, model, path=run_dir, seed=0, progress=False, metrics=[accuracy, roc_auc],
+                    cbs=[CSVLogger()])
     assert D.world_size() == 2 and learn.is_main == (D.rank() == 0)
+    found = learn.lr_find(num_it=12)
     learn.fit_one_cycle(2, 1e-2)
+    assert learn.model is model and type(model.body[1]) is torch.nn.BatchNorm1d  # the user's classes back
     preds = learn.get_preds()
     return {"last": learn.recorder.last, "probs": preds.probs, "targets": preds.targets,
             "weights": {k: v.clone() for k, v in learn.model.state_dict().items()},
-            "n_batches": len(learn.recorder.losses)}
+            "n_batches": len(learn.recorder.losses),
+            "lr_find": D.gather_objects((found.losses.tolist(), found.valley, found.steep, found.minimum))}
 
 
 def resume_main(argv: list[str]) -> None:

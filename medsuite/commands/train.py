@@ -22,9 +22,11 @@ def command(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from medsuite.learn.distributed import distrib_ctx
     from medsuite.pipelines.train import run_training
 
-    result = run_training(cfg, resume=resume, bundle_path=bundle)
+    with distrib_ctx():  # under torchrun: one process group for the run (DDP = one process), left at the end
+        result = run_training(cfg, resume=resume, bundle_path=bundle)
     if result.report is None:  # a rank other than 0 of a distributed run
         return
     auc = result.metrics["report"]["roc_auc"]

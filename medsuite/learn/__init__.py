@@ -11,6 +11,7 @@ _EXPORTS = {
     "Prediction": "medsuite.learn.learner",
     "Predictions": "medsuite.learn.learner",
     "set_seed": "medsuite.learn.learner",
+    "distrib_ctx": "medsuite.learn.distributed",
     "LRFindResult": "medsuite.learn.lr_find",
     "lr_find": "medsuite.learn.lr_find",
     "ARCHITECTURES": "medsuite.learn.models",
@@ -83,6 +84,7 @@ __all__ = [
     "brier_score",
     "build_model",
     "classification_report",
+    "distrib_ctx",
     "expected_calibration_error",
     "export_bundle",
     "init_from_bundle",
@@ -117,6 +119,7 @@ if TYPE_CHECKING:
         SaveBest,
         TensorBoardLogger,
     )
+    from medsuite.learn.distributed import distrib_ctx
     from medsuite.learn.learner import Learner, Prediction, Predictions, set_seed
     from medsuite.learn.lr_find import LRFindResult, lr_find
     from medsuite.learn.metrics import (

@@ -1,14 +1,21 @@
-"""Helpers for DistributedDataParallel training: process-group state, pad-free validation shards,
+"""Helpers for DistributedDataParallel training: the explicit distributed context (`distrib_ctx`),
+process-group state, batch norm over the global batch (`SyncBatchNorm`), pad-free validation shards,
 gathering predictions, and `launch` to run a function on N local processes.
 
-Convention: every rank trains on its own `DistributedSampler` shard; validation gives each rank a
-disjoint contiguous shard (no padding, so no duplicated items) and concatenates the gathered results in
-rank order, which restores the original loader order; metrics then equal the single-process ones.
-Only rank 0 writes files.
+Convention ("DDP = one process"): W ranks with a per-rank batch B train like one process with batch
+W x B. Every epoch's order is the single-process permutation dealt out round-robin (rank r takes items
+r, r + W, ...), so the union of the ranks' batch t is the single process's batch t; gradients are
+averaged over ranks (DDP) and batch-norm statistics are those of the whole global batch (`SyncBatchNorm`),
+so the weights match a single process within float rounding. Validation gives each rank a disjoint
+contiguous shard (no padding, so no duplicated items) and concatenates the gathered results in rank
+order, which restores the original loader order; metrics then equal the single-process ones. Only rank
+0 writes files. Nothing here runs when a module is imported or a `Learner` is built: a process joins a
+group only inside `distrib_ctx` (or `launch`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Callable, Iterator, Sized
@@ -16,16 +23,25 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.utils.data import Sampler
 
 __all__ = [
     "ShardSampler",
+    "SyncBatchNorm",
+    "all_reduce_mean",
+    "broadcast_object",
+    "check_launch",
+    "convert_sync_batchnorm",
+    "distrib_ctx",
     "gather_objects",
+    "init_from_env",
     "is_distributed",
     "is_main_process",
     "launch",
     "local_rank",
     "rank",
+    "revert_sync_batchnorm",
     "world_size",
 ]
 
@@ -53,10 +69,11 @@ def is_main_process() -> bool:
 
 
 def init_from_env(backend: str | None = None) -> bool:
-    """Initialise the process group from torchrun's environment (WORLD_SIZE > 1); returns whether
-    distributed. Does nothing when already initialised or when WORLD_SIZE is absent or 1."""
+    """Join the process group that torchrun's environment describes (WORLD_SIZE > 1); returns whether this
+    call created it. Does nothing when a group exists already or WORLD_SIZE is absent or 1. Prefer
+    `distrib_ctx`, which also leaves the group afterwards."""
     if dist.is_available() and dist.is_initialized():
-        return is_distributed()
+        return False
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -64,6 +81,33 @@ def init_from_env(backend: str | None = None) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return True
+
+
+@contextlib.contextmanager
+def distrib_ctx(backend: str | None = None) -> Iterator[bool]:
+    """The explicit distributed context (fastai's ``distrib_ctx`` idea): under torchrun, join the process
+    group for the block (NCCL on this rank's GPU, gloo on CPU) and leave it afterwards; elsewhere do
+    nothing. Yields whether the block runs distributed.
+
+        with distrib_ctx():
+            learn = Learner(dls, model, path="runs/x")
+            learn.fit_one_cycle(10, learn.lr_find().valley)
+    """
+    created = init_from_env(backend)
+    try:
+        yield is_distributed()
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def check_launch() -> None:
+    """Refuse to train when torchrun started several processes but none joined a process group: each
+    would train alone on all the data and write the same files."""
+    n = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if n > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"this process is one of {n} started by torchrun (WORLD_SIZE={n}) but has not joined "
+                           "their process group: train inside `with medsuite.learn.distributed.distrib_ctx():`")
 
 
 class ShardSampler(Sampler[int]):
@@ -108,6 +152,126 @@ def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> l
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
+    """The mean of ``value`` over ranks (``value`` itself when not distributed)."""
+    return all_reduce_sum([float(value)], device)[0] / world_size()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+# ------------------------------------------------------------------------------ batch norm over ranks
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: d(sum of the ranks' losses)/d(input)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch (every rank's items), on any
+    device and backend (`torch.nn.SyncBatchNorm` needs a GPU). Outside a multi-process group, or in eval
+    mode, it is plain batch norm; its parameters and buffers are those of the layer it replaced."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        shape = [1, c] + [1] * (x.dim() - 2)
+        xf = x.float()  # statistics in fp32 under autocast too
+        totals = _SumOverRanks.apply(torch.cat([xf.sum(dims), xf.new_full((1,), x.numel() // max(c, 1))]))
+        count = totals[-1]
+        mean = totals[:-1] / count
+        centred = xf - mean.view(shape)
+        sq = _SumOverRanks.apply((centred * centred).sum(dims))  # two passes: no cancellation
+        var = sq / count
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
+                unbiased = sq.detach() / (count - 1).clamp(min=1)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        return y.to(x.dtype)
+
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _swap_norm(module: nn.Module, make: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    new = make(module)
+    if new is not None:
+        return new
+    for name, child in module.named_children():
+        swapped = _swap_norm(child, make)
+        if swapped is not child:
+            module.add_module(name, swapped)
+    return module
+
+
+def _moved(old: nn.modules.batchnorm._BatchNorm, new: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """``new`` sharing ``old``'s parameters and buffers (the optimiser keeps working on the same tensors)."""
+    if old.affine:
+        new.weight, new.bias = old.weight, old.bias
+    if old.track_running_stats:
+        new.running_mean, new.running_var = old.running_mean, old.running_var
+        new.num_batches_tracked = old.num_batches_tracked
+    new.train(old.training)
+    return new
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Replace every BatchNorm1d/2d/3d of ``model`` (in place; the top module is returned) by a batch norm
+    over the global batch: `torch.nn.SyncBatchNorm` on CUDA, `SyncBatchNorm` elsewhere. Parameters and
+    buffers are shared, not copied. `revert_sync_batchnorm` undoes it."""
+    cuda = torch.device(device).type == "cuda"
+
+    def make(m: nn.Module) -> nn.Module | None:
+        if type(m) not in _BN_TYPES:
+            return None
+        cls = nn.SyncBatchNorm if cuda else SyncBatchNorm
+        new = cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
+        new.reverts_to = type(m)
+        return _moved(m, new)
+
+    return _swap_norm(model, make)
+
+
+def revert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Undo `convert_sync_batchnorm`: the original batch-norm classes, same parameters and buffers."""
+    def make(m: nn.Module) -> nn.Module | None:
+        cls = getattr(m, "reverts_to", None)
+        if cls is None or not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return None
+        return _moved(m, cls(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats))
+
+    return _swap_norm(model, make)
 
 
 def _free_port() -> int:

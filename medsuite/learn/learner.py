@@ -176,7 +176,7 @@ class Learner:
         if path is None and (checkpoint or checkpoint_every):
             raise ValueError("checkpoints need a run folder: Learner(..., path='runs/name')")
         self.dls, self.lr, self.wd = dls, float(lr), float(wd)
-        D.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the process group; otherwise nothing
+        D.check_launch()  # under torchrun, the caller joins the process group (`distrib_ctx`), not the learner
         self.device = _resolve_device(device)
         self.amp_dtype, needs_scaler = _resolve_amp(amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if needs_scaler else None
@@ -222,6 +222,7 @@ class Learner:
         self.last_valid: dict[str, float] = {}
         self.fit_history: list[dict[str, Any]] = []
         self._fwd_model: nn.Module | None = None
+        self._sync_bn = False
         self._n_fits = 0
         self._in_lr_find = False
         self._table: dict[str, list[tuple[Callback, Callable[[], None]]]] = {}
@@ -360,16 +361,27 @@ class Learner:
             torch.backends.cudnn.benchmark = prev_bench
 
     def _forward_model(self) -> nn.Module:
+        """The training forward: under DDP the model with batch norm over the global batch, wrapped in
+        `DistributedDataParallel` (undone at the end of each fit); optionally compiled."""
         if self._fwd_model is None:
             model: nn.Module = self.model
             if D.is_distributed():
                 from torch.nn.parallel import DistributedDataParallel as DDP
 
+                self.model = model = D.convert_sync_batchnorm(model, self.device)
+                self._sync_bn = True
                 model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             if self.compile:
                 model = torch.compile(model, **(self.compile if isinstance(self.compile, dict) else {}))
             self._fwd_model = model
         return self._fwd_model
+
+    def _release_forward_model(self) -> None:
+        """After a DDP fit: the user's model gets its own batch-norm classes back (same tensors)."""
+        if self._sync_bn:
+            self.model = D.revert_sync_batchnorm(self.model)
+            self._sync_bn = False
+            self._fwd_model = None
 
     # ---- the loop -----------------------------------------------------------------------------
     def _with_events(self, f: Callable[[], Any], name: str, exc: type[Exception]) -> None:
@@ -647,6 +659,7 @@ class Learner:
              resume: bool, lr_find: bool = False) -> None:
         if n_epoch < 1:
             raise ValueError(f"n_epoch must be >= 1, got {n_epoch}")
+        D.check_launch()
         ckpt = self._load_resume(config) if resume and not lr_find else None
         if self.opt is None:
             self.create_opt()
@@ -687,6 +700,7 @@ class Learner:
             self._in_lr_find = False
             self._rebuild_table()
             self.training = False
+            self._release_forward_model()
             if not lr_find:
                 self._n_fits += 1
 

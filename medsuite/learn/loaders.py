@@ -5,8 +5,11 @@ whose order is a pure function of ``(seed, epoch)`` and which can skip the items
 run resumed mid-epoch sees exactly the batches the uninterrupted run would have seen. When the dataset
 takes seeded keys (``dataset.item_seeds`` is true: ``ds[(index, seed)]``) every item also gets its own
 augmentation seed, a pure function of ``(seed, epoch, index, position)`` (`item_seed`), so random
-augmentation drawn in DataLoader *worker processes* replays exactly on resume too. Under DDP the train
-sampler becomes a `DistributedSampler` and the validation sampler a pad-free `ShardSampler`.
+augmentation drawn in DataLoader *worker processes* replays exactly on resume too. Under DDP the
+`EpochSampler` deals the single-process order out round-robin (rank r of W takes positions r, r + W, ...,
+padded to a multiple of W), so W ranks with batch B see, step by step, the single process's batches of
+W x B, and every item keeps its single-process augmentation seed; the validation sampler is a pad-free
+`ShardSampler`.
 """
 
 from __future__ import annotations
@@ -53,11 +56,19 @@ class EpochSampler(Sampler[Any]):
     permutation seeded with ``(seed, epoch)``, a sequential one (``shuffle = False``) by ``range(n)``; a
     sampler with ``set_epoch`` (DistributedSampler, `ClassBalancedSampler`) gets the epoch; any other
     sampler is iterated as is. `set_skip` drops the first items (already trained on). With
-    ``item_seeds`` it yields ``(index, item_seed(seed, epoch, index, position))`` pairs."""
+    ``item_seeds`` it yields ``(index, item_seed(seed, epoch, index, position))`` pairs.
 
-    def __init__(self, base: Sampler, seed: int, item_seeds: bool = False) -> None:
+    With ``world_size > 1`` this is rank ``rank``'s share of that order: positions ``rank, rank + W, ...``
+    of it (padded by repeating its start to a multiple of W, so every rank has as many items), item
+    seeds from the positions in the whole order."""
+
+    def __init__(self, base: Sampler, seed: int, item_seeds: bool = False, rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"EpochSampler: rank {rank} outside [0, {world_size})")
         self.base, self.seed, self.epoch, self.skip = base, int(seed), 0, 0
         self.item_seeds = bool(item_seeds)
+        self.rank, self.world_size = int(rank), int(world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -89,15 +100,26 @@ class EpochSampler(Sampler[Any]):
             base.set_epoch(self.epoch)
         return (_index(k) for k in base)
 
+    def _positions(self) -> Iterator[tuple[int, int]]:
+        """(position in the whole order, dataset index) of this rank's items."""
+        if self.world_size == 1:
+            return enumerate(self._order())
+        order = list(self._order())
+        if order:
+            order += order[: (-len(order)) % self.world_size]
+        return ((pos, order[pos]) for pos in range(self.rank, len(order), self.world_size))
+
     def __iter__(self) -> Iterator[Any]:
-        order: Iterator[Any] = self._order()
+        positions = self._positions()
         if self.item_seeds:
             epoch = self.epoch
-            order = ((i, item_seed(self.seed, epoch, i, pos)) for pos, i in enumerate(order))
+            order: Iterator[Any] = ((i, item_seed(self.seed, epoch, i, pos)) for pos, i in positions)
+        else:
+            order = (i for _, i in positions)
         return itertools.islice(order, self.skip, None)
 
     def __len__(self) -> int:
-        return max(0, len(self.base) - self.skip)
+        return max(0, -(-len(self.base) // self.world_size) - self.skip)
 
 
 def rebuild_loader(dl: DataLoader, sampler: Sampler, generator: torch.Generator | None = None) -> DataLoader:
@@ -148,8 +170,9 @@ def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank
     generators' epoch-start states). A subclass must offer ``with_sampler`` for DDP or a sampler callback;
     one that offers it is always rebuilt, so its order and (``dataset.item_seeds``) its items'
     augmentation seeds are pure functions of ``(seed, epoch, ...)``: exact resume with worker processes.
-    ``sampler`` replaces ``dl``'s sampler (e.g. class-balanced); under DDP a shuffling or sequential
-    sampler becomes a `DistributedSampler` seeded with ``seed``."""
+    ``sampler`` replaces ``dl``'s sampler (e.g. class-balanced). Under DDP each rank takes its round-robin
+    share of the single-process order (`EpochSampler`), except from a sampler that has ``set_epoch`` (a
+    `DistributedSampler`, `ClassBalancedSampler`), which shards by itself."""
     own_order = not callable(getattr(dl, "with_sampler", None)) and type(dl) is not DataLoader
     own_order = own_order and world_size == 1 and sampler is None
     if own_order or not _rebuildable(dl):  # a subclass keeps its own order unless DDP or a sampler needs another
@@ -160,10 +183,9 @@ def train_loader(dl: DataLoader, seed: int, sampler: Sampler | None = None, rank
                 "DataLoader over a map-style dataset, or a loader with a with_sampler(sampler) method")
         return dl, None
     base = sampler if sampler is not None else dl.sampler
-    if world_size > 1 and not isinstance(base, DistributedSampler) and not hasattr(base, "set_epoch"):
-        base = DistributedSampler(dl.dataset, num_replicas=world_size, rank=rank,
-                                  shuffle=isinstance(base, RandomSampler) or bool(shuffles(base)), seed=seed, drop_last=False)
-    epoch_sampler = EpochSampler(base, seed, item_seeds=bool(getattr(dl.dataset, "item_seeds", False)))
+    shards_itself = isinstance(base, DistributedSampler) or hasattr(base, "set_epoch")
+    epoch_sampler = EpochSampler(base, seed, item_seeds=bool(getattr(dl.dataset, "item_seeds", False)),
+                                 rank=0 if shards_itself else rank, world_size=1 if shards_itself else world_size)
     g = torch.Generator()
     g.manual_seed(seed)  # worker seeds come from here, not from the global RNG
     return _rebuild(dl, epoch_sampler, generator=g), epoch_sampler

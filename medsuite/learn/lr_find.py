@@ -1,7 +1,10 @@
 """Learning-rate finder: an exponential lr sweep with fastai's three suggestions.
 
 The weights, optimiser state, RNG states and history are copied in memory before the sweep and put
-back afterwards (no temporary file that concurrent runs could share or overwrite).
+back afterwards (no temporary file that concurrent runs could share or overwrite). Under DDP there is one
+sweep for the whole process group, the one a single process would run at the global batch: the ranks
+step together and record the loss averaged over ranks (every rank sees the same curve and stops at the
+same step), and every rank returns rank 0's result.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medsuite.learn import distributed as D
 from medsuite.learn.callbacks.core import Callback, CancelFitException, CancelValidateException
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,7 +111,8 @@ class LRFinder(Callback):
         self._lr = lr
 
     def after_batch(self) -> None:
-        loss = float(self.learn.loss)
+        # the global batch's loss: the mean of the ranks' batch means (equal batch sizes under DDP)
+        loss = D.all_reduce_mean(float(self.learn.loss), self.learn.device)
         i = len(self.lrs)
         self._avg = self.beta * self._avg + (1 - self.beta) * loss
         smooth = self._avg / (1 - self.beta ** (i + 1))
@@ -138,7 +143,8 @@ def lr_find(learn: Learner, start_lr: float = 1e-7, end_lr: float = 10.0, num_it
     snap = learn.snapshot()
     finder = LRFinder(start_lr, end_lr, num_it, stop_div)
     try:
-        n_epoch = math.ceil(num_it / n_batches)
+        # enough epochs for num_it steps (a rank has about 1/W of the batches; the finder stops at num_it)
+        n_epoch = math.ceil(num_it / max(1, n_batches // D.world_size()))
         learn._fit(n_epoch, {"kind": "lr_find"}, start_lr, None, [finder], resume=False, lr_find=True)
     finally:
         learn.restore_snapshot(snap)
@@ -152,6 +158,7 @@ def lr_find(learn: Learner, start_lr: float = 1e-7, end_lr: float = 10.0, num_it
     s_lrs, s_losses = lrs[lo:hi], losses[lo:hi]
     keep = np.isfinite(s_losses)
     s_lrs, s_losses = s_lrs[keep], s_losses[keep]
-    return LRFindResult(lrs=lrs, losses=losses, raw_losses=raw, valley=valley(s_lrs, s_losses)[0],
-                        steep=steep(s_lrs, s_losses)[0], minimum=minimum(s_lrs, s_losses)[0],
-                        diverged=finder.diverged)
+    result = LRFindResult(lrs=lrs, losses=losses, raw_losses=raw, valley=valley(s_lrs, s_losses)[0],
+                          steep=steep(s_lrs, s_losses)[0], minimum=minimum(s_lrs, s_losses)[0],
+                          diverged=finder.diverged)
+    return D.broadcast_object(result)  # one result for the process group: rank 0's

@@ -119,8 +119,9 @@ def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: st
 
 
 def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path | None = None) -> TrainResult:
-    """Train, export and evaluate one pipeline configuration; every artefact lands in ``cfg.out``."""
-    D.init_from_env()  # under torchrun: DDP over the launched processes
+    """Train, export and evaluate one pipeline configuration; every artefact lands in ``cfg.out``.
+
+    Under torchrun, call it inside `medsuite.learn.distributed.distrib_ctx` (as `medsuite train` does)."""
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     if D.is_main_process():
