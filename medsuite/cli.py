@@ -1,13 +1,34 @@
 """The `medsuite` command. Each sub-command lives in `medsuite.commands.<name>` as a function `command`;
-heavy libraries are imported inside those functions so that `medsuite --help` stays fast."""
+those modules import only Typer at module level (heavy libraries inside the function), so that
+`medsuite --help`, `--version` and argument errors answer without loading torch or pandas.
+
+Every sub-command runs inside `guarded`: a user never sees a Python traceback. An input problem
+(``ValueError``/``OSError``, which is what medsuite's own errors derive from) prints ``error: <message>``
+and exits with the command's usage code; anything else is a bug and exits 70; both write the traceback to
+a log file whose path is printed. ``Ctrl+C`` exits 130.
+"""
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import import_module
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-# (sub-command, module under medsuite.commands, one-line purpose shown by --help)
+__all__ = ["COMMANDS", "EPILOG", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "SHORT_HELP", "USAGE_EXIT", "app", "guarded",
+           "log_dir", "main"]
+
+EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: an unexpected error inside medsuite (a bug): see the log
+EXIT_INTERRUPTED = 130  # Ctrl+C, as shells report SIGINT
+
+# (sub-command, module under medsuite.commands, purpose shown by its --help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("inspect", "inspect", "List the image stacks in DICOM folders (size, spacing, orientation, problems) and skipped files."),
     ("convert", "convert", "Convert a DICOM series (folder or file) or NRRD/MHA to NIfTI with correct geometry."),
@@ -19,17 +40,107 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("view", "view", "Start the clinician viewer (Streamlit) on a scoring database; loopback unless logins are configured."),
     ("demo-data", "demo_data", "Generate the offline demo cohort: synthetic chest CT series with real LIDC-IDRI nodules."),
 )
+# the one-line listing of `medsuite --help`
+SHORT_HELP = {
+    "inspect": "List the image stacks in DICOM folders.", "convert": "Convert DICOM, NRRD or MHA to NIfTI.",
+    "demo": "Run the whole demo offline, start to finish.", "train": "Train a model from a YAML config.",
+    "evaluate": "Evaluate a bundle on a labelled table.", "score": "Batch-score series with a bundle; resumable.",
+    "explain": "Explain a case, or sanity-check attributions.", "view": "Start the clinician viewer on a scoring database.",
+    "demo-data": "Generate the offline demo cohort.",
+}
+# exit code of a bad input, where it is not 2 (docs/scoring.md: 3; docs/converting.md: 1)
+USAGE_EXIT = {"score": 3, "convert": 1}
+
+EPILOG = ("Exit codes: 0 done; 1 some items failed (convert, inspect, score); 2 bad input or configuration "
+          "(score: 2 nothing scored, 3 bad input); 70 an unexpected error, a bug (the log path is printed); "
+          "130 interrupted.")
+
+
+def log_dir() -> Path:
+    """Where error reports go: ``$MEDSUITE_LOG_DIR``, else the user's log folder (platformdirs)."""
+    env = os.environ.get("MEDSUITE_LOG_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_log_path("medsuite", appauthor=False)
+
+
+def _write_log(command: str, exc: BaseException) -> Path | None:
+    """The traceback and the command line in a new log file; None if no log folder is writable."""
+    from medsuite.io.atomic import atomic_write_text
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = log_dir() / f"{command}-{stamp}-{os.getpid()}.log"
+    text = (f"medsuite {_version()} {command}\nargv: {sys.argv!r}\npython {sys.version.split()[0]}\n\n"
+            + "".join(traceback.format_exception(exc)))
+    try:
+        return atomic_write_text(path, text)
+    except OSError:
+        return None
+
+
+def _version() -> str:
+    from medsuite import __version__
+
+    return __version__
+
+
+def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2) -> Callable[..., Any]:
+    """``function`` with a top-level handler: one line instead of a traceback, documented exit codes."""
+
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        import click
+
+        try:
+            return function(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # typer.Exit, usage errors: already what the user should see
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as exc:  # the last line of defence: never a traceback on the terminal
+            log = _write_log(command, exc)
+            where = f" (details: {log})" if log else ""
+            if isinstance(exc, ValueError | OSError):
+                typer.echo(f"error: {exc}{where}", err=True)
+                raise typer.Exit(usage_code) from None
+            typer.echo(f"error: unexpected {type(exc).__name__} in 'medsuite {command}': {exc}. This is a bug; please "
+                       f"report it with the traceback{' in ' + str(log) if log else ''}", err=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return run
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"medsuite {_version()}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="medsuite",
     help="Medical imaging suite: read DICOM correctly, train 2.5D models, explain, score in batch, review.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    epilog=EPILOG,
 )
 
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="Print the medsuite version and exit.")] = False,
+) -> None:
+    """Options of `medsuite` itself (the sub-commands have their own)."""
+
+
 for _name, _module, _help in COMMANDS:
-    app.command(_name, help=_help)(import_module(f"medsuite.commands.{_module}").command)
+    _function = import_module(f"medsuite.commands.{_module}").command
+    app.command(_name, help=_help, short_help=SHORT_HELP[_name])(
+        guarded(_function, command=_name, usage_code=USAGE_EXIT.get(_name, 2)))
 # command groups: (name, module under medsuite.commands holding a Typer `app`, one-line purpose)
 GROUPS: tuple[tuple[str, str, str], ...] = (
     ("audit", "audit", "Verify (or anchor) the tamper-evident audit trail of a scoring database."),
@@ -39,4 +150,5 @@ for _name, _module, _help in GROUPS:
 
 
 def main() -> None:
-    app()
+    """Console-script entry point."""
+    app(prog_name="medsuite")

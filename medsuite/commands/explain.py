@@ -39,27 +39,24 @@ def _parse_methods(text: str) -> list[str]:
 
 
 class _SeriesFinder:
-    """Find a series by path, or by SeriesInstanceUID inside ``--data`` (scanned once)."""
+    """Find a series by path (DICOM folder or file, or an image file: .mhd, .nrrd, .nii.gz), or by
+    SeriesInstanceUID inside ``--data`` (scanned once: DICOM headers and image file names)."""
 
     def __init__(self, data: Path | None) -> None:
         self.data = data
-        self._table: Any = None
+        self._source: Any = None
 
-    def read(self, path_or_uid: str, path: str | None = None) -> Any:
-        from medsuite.io.load import read_volume, select_stack
-        from medsuite.io.reader import read_series
+    def read(self, path_or_uid: str, path: str | Path | None = None) -> Any:
+        from medsuite.data.source import VolumeSource, read_path
 
         candidate = Path(path if path else path_or_uid)
         if candidate.exists():
-            uid = path_or_uid if path and candidate.is_dir() else None
-            return read_volume(candidate, uid)
+            return read_path(candidate, path_or_uid if path else None)
         if self.data is None:
             raise ValueError(f"{path_or_uid}: no such file or folder (to find a series by UID, give --data DIR)")
-        if self._table is None:
-            from medsuite.io.dicom import scan_folder
-
-            self._table = scan_folder([self.data]).series
-        return read_series(select_stack(self._table, path_or_uid, source=self.data))
+        if self._source is None:
+            self._source = VolumeSource(self.data)
+        return self._source.get(path_or_uid)
 
 
 def command(
@@ -69,7 +66,7 @@ def command(
     nodule: Annotated[str | None, typer.Option("--nodule", help="Nodule centre x,y,z in world LPS mm (nodule models).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("explanations"),
     sanity: Annotated[bool, typer.Option("--sanity", help="Run the randomization and deletion/insertion checks on TABLE.")] = False,
-    data: Annotated[Path | None, typer.Option("--data", help="Folder of DICOM to look series UIDs up in.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="Folder of DICOM or image files (<uid>.mhd, .nrrd, .nii.gz) to look series UIDs up in.")] = None,
     methods: Annotated[str, typer.Option("--methods", help="Comma-separated: ig,occlusion,gradcam.")] = "ig,occlusion,gradcam",
     baseline: Annotated[str, typer.Option("--baseline", help="IG baseline / occlusion fill: air, blurred or zero.")] = "air",
     steps: Annotated[int, typer.Option("--steps", help="Integrated Gradients steps.")] = 50,
@@ -82,6 +79,8 @@ def command(
 ) -> None:
     """Explain one case (PNG overlays on the original planes, attribution NIfTI, summary.json), or with
     --sanity check the attribution methods themselves (sanity.html / sanity.json / plots)."""
+    if not bundle.exists():  # before the heavy imports below, so that a typo answers at once
+        raise _fail(f"{bundle}: bundle not found")
     try:
         chosen = _parse_methods(methods)
         finder = _SeriesFinder(data)
@@ -125,10 +124,12 @@ def _cases(bundle: Any, table_path: Path, finder: _SeriesFinder, max_cases: int)
         raise ValueError(f"{table_path}: a series table needs a 'series_uid' column")
     if "split" in df.columns and (df["split"] == "test").any():
         df = df[df["split"] == "test"]
+    from medsuite.data.source import table_paths
+
+    paths = table_paths(df)  # relative paths are taken from the table's folder
     cases = []
     for _, row in df.head(max_cases).iterrows():
-        path = row["path"] if "path" in df.columns and isinstance(row["path"], str) else None
-        volume = finder.read(str(row["series_uid"]), path)
+        volume = finder.read(str(row["series_uid"]), paths.get(str(row["series_uid"])))
         center = (row["x_mm"], row["y_mm"], row["z_mm"]) if is_nodule else None
         cases.append((str(row["nodule_id"] if is_nodule else row["series_uid"]), volume, center))
     return cases

@@ -1,5 +1,9 @@
-"""`VolumeSource`: series UID -> `Volume`, from a scanned DICOM folder (through the volume cache), image
-paths, or volumes already in memory.
+"""`VolumeSource`: series UID -> `Volume`, from scanned folders (DICOM, or image files SimpleITK reads:
+MetaImage .mhd/.mha, NRRD, NIfTI), a table's ``path`` column, or volumes already in memory; read through the
+volume cache.
+
+An image file found in a folder is one series named by its file name without the suffix (LUNA16's
+``subset0/<seriesuid>.mhd``); files named otherwise are matched through a table's ``path`` column.
 
 Built for DataLoader workers: the source holds only the scan's file lists and paths. Volumes are opened
 lazily in each worker (through `VolumeCache`, whose arrays are read-only memory maps, so workers share the
@@ -16,24 +20,103 @@ from typing import Any
 
 import numpy as np
 
+from medsuite.io.sitk_io import image_suffix, is_image_file
 from medsuite.io.volume import Volume
+
+__all__ = ["SourceError", "VolumeSource", "find_image_files", "read_files", "read_path", "table_paths"]
 
 READER_VERSION = 1
 
 
-class SourceError(KeyError):
-    """A series the source cannot provide; ``str()`` gives the plain message."""
+class SourceError(KeyError, ValueError):
+    """A series the source cannot provide (a `KeyError` for lookups, a `ValueError` as bad input);
+    ``str()`` gives the plain message."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
+def find_image_files(root: str | os.PathLike[str]) -> dict[str, Path]:
+    """``{series uid: path}`` of every image file (.mhd, .mha, .nrrd, .nhdr, .nii, .nii.gz) under ``root``,
+    keyed by the file name without its suffix. Two files with one name are an error naming both."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and is_image_file(p))
+    found: dict[str, Path] = {}
+    for path in files:
+        if not is_image_file(path):
+            continue
+        uid = path.name[: -len(image_suffix(path) or "")]
+        if uid in found:
+            raise SourceError(f"{root}: two image files are named {uid!r} ({found[uid]} and {path}); "
+                              "give the table a 'path' column to say which is which")
+        found[uid] = path
+    return found
+
+
+def table_paths(table: Any, base_dir: str | os.PathLike[str] | None = None) -> dict[str, Path]:
+    """``{series_uid: path}`` from a table's ``path`` column (relative paths from ``base_dir``, else from
+    the table file's folder); rows with an empty path are left out. A series given two paths is an error."""
+    import pandas as pd
+
+    if "path" not in getattr(table, "columns", ()):
+        return {}
+    source = table.attrs.get("source")
+    base = Path(base_dir) if base_dir is not None else Path(source).parent if source else Path.cwd()
+    out: dict[str, Path] = {}
+    for uid, value in zip(table["series_uid"].astype(str), table["path"], strict=True):
+        if value is None or (isinstance(value, float) and pd.isna(value)) or not str(value).strip():
+            continue
+        path = Path(str(value)).expanduser()
+        path = path if path.is_absolute() else base / path
+        if out.setdefault(uid, path) != path:
+            raise SourceError(f"{source or 'table'}: series {uid} has two paths ({out[uid]} and {path})")
+    return out
+
+
+def read_files(files: Iterable[str | os.PathLike[str]], series_uid: str | None = None, **options: Any) -> Volume:
+    """The volume of one series given as its files: one image file (read by SimpleITK), else DICOM
+    instances (`read_series`, with ``options``). ``series_uid`` names an image file's volume."""
+    files = [Path(f) for f in files]
+    if len(files) == 1 and is_image_file(files[0]):
+        return _read_image(files[0], series_uid)
+    from medsuite.io.reader import read_series
+
+    return read_series(files, **options)
+
+
+def read_path(path: str | os.PathLike[str], series_uid: str | None = None, **options: Any) -> Volume:
+    """The volume at ``path``: an image file (named ``series_uid``), a DICOM file or folder (the series
+    ``series_uid`` in it, see `medsuite.io.load.read_volume`), or a folder of image files, one of which
+    is named ``<series_uid>.<suffix>``."""
+    from medsuite.io.load import read_volume
+
+    path = Path(path)
+    if path.is_file() and is_image_file(path):
+        return _read_image(path, series_uid)
+    if path.is_dir() and series_uid is not None:
+        images = find_image_files(path)
+        if series_uid in images:
+            return _read_image(images[series_uid], series_uid)
+    return read_volume(path, series_uid, **options)
+
+
+def _read_image(path: Path, series_uid: str | None) -> Volume:
+    from medsuite.io.load import read_volume
+
+    volume = read_volume(path)
+    if series_uid and not volume.series_uid:
+        volume = volume.with_array(volume.array, series_uid=str(series_uid))
+    return volume
+
+
 class VolumeSource:
     """Where the volumes of a table come from.
 
-    dicom_root: folder(s) scanned once (headers only) with `scan_folder`; series are read with `read_series`.
+    dicom_root: folder(s) scanned once: DICOM headers with `scan_folder` (read with `read_series`), and
+        image files (.mhd, .mha, .nrrd, .nii, .nii.gz), each one series named by its file name without suffix.
     cache_dir: a `VolumeCache` root; the first read of a series stores it, later reads memory-map it.
-    paths: ``series_uid -> file or folder`` (NIfTI/NRRD/MHA or DICOM), e.g. a series table's ``path`` column.
+    paths: ``series_uid -> file or folder`` (NIfTI/NRRD/MHA or DICOM), e.g. a table's ``path`` column
+        (`VolumeSource.for_table` reads it).
     volumes: ``series_uid -> Volume`` already in memory (copied to each DataLoader worker).
     max_open: volumes kept open per process (memory maps are cheap; in-memory reads are not).
     """
@@ -57,7 +140,7 @@ class VolumeSource:
         self.dicom_roots = [Path(p) for p in dicom_root] if dicom_root is not None else []
         for root in self.dicom_roots:
             if not root.exists():
-                raise FileNotFoundError(f"{root}: DICOM folder not found")
+                raise FileNotFoundError(f"{root}: scan folder not found")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.paths = {str(k): Path(v) for k, v in (paths or {}).items()}
         self.volumes = {str(k): v for k, v in (volumes or {}).items()}
@@ -65,7 +148,23 @@ class VolumeSource:
         self.max_open = max(1, int(max_open))
         self.scan_workers = scan_workers
         self._rows: dict[str, Any] | None = None  # series_uid -> series-table row (file list), after the scan
+        self._images: dict[str, Path] = {}  # series_uid -> image file found under the roots, after the scan
         self._open: OrderedDict[str, Volume] = OrderedDict()
+
+    @classmethod
+    def for_table(cls, table: Any, dicom_root: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+                  *, base_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> VolumeSource:
+        """The source of a nodule or series table: its ``path`` column where given (relative paths from
+        the table's folder, or ``base_dir``), else the series found under ``dicom_root``."""
+        paths = table_paths(table, base_dir)
+        if dicom_root is None and not paths:
+            raise SourceError(f"{table.attrs.get('source', 'table')}: no 'path' column and no scan folder: "
+                              "give the folder with the scans (dicom_root) or a 'path' per row")
+        missing = [p for p in paths.values() if not p.exists()]
+        if missing:
+            raise SourceError(f"{table.attrs.get('source', 'table')}: {len(missing)} path(s) of the 'path' column "
+                              f"do not exist, e.g. {missing[0]}")
+        return cls(dicom_root, paths=paths, **kwargs)
 
     # ------------------------------------------------------------------ pickling (DataLoader workers)
     def __getstate__(self) -> dict[str, Any]:
@@ -82,27 +181,33 @@ class VolumeSource:
 
     # ------------------------------------------------------------------ discovery
     def scan(self) -> VolumeSource:
-        """Scan the DICOM roots once (headers only); later calls do nothing. Returns self."""
+        """Scan the roots once (DICOM headers, image file names); later calls do nothing. Returns self."""
         if self._rows is not None or not self.dicom_roots:
             self._rows = self._rows or {}
             return self
         from medsuite.io.dicom import scan_folder
         from medsuite.io.load import select_stack
 
-        table = scan_folder(self.dicom_roots, workers=self.scan_workers).series
+        images: dict[str, Path] = {}
+        for root in self.dicom_roots:
+            for uid, path in find_image_files(root).items():
+                if images.setdefault(uid, path) != path:
+                    raise SourceError(f"two image files are named {uid!r} ({images[uid]} and {path})")
+        dicom_roots = [r for r in self.dicom_roots if not (r.is_file() and is_image_file(r))]
+        table = scan_folder(dicom_roots, workers=self.scan_workers).series if dicom_roots else None
         rows: dict[str, Any] = {}
-        if len(table):
+        if table is not None and len(table):
             readable = table[table["status"] != "error"]
             for uid in readable["series_uid"].unique():
                 rows[str(uid)] = select_stack(readable, uid, source=self.dicom_roots[0])
-        self._rows = rows
+        self._rows, self._images = rows, images
         return self
 
     @property
     def series_uids(self) -> list[str]:
         """Every series this source can provide."""
         self.scan()
-        return sorted(set(self._rows or {}) | set(self.paths) | set(self.volumes))
+        return sorted(set(self._rows or {}) | set(self._images) | set(self.paths) | set(self.volumes))
 
     def __contains__(self, series_uid: object) -> bool:
         return str(series_uid) in set(self.series_uids)
@@ -113,7 +218,8 @@ class VolumeSource:
         missing = sorted({str(u) for u in series_uids} - known)
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise SourceError(f"{self!r}: {len(missing)} series of the table not found: {shown}")
+            raise SourceError(f"{self!r}: {len(missing)} of {len(set(map(str, series_uids)))} series of the table "
+                              f"not found: {shown}")
 
     # ------------------------------------------------------------------ reading
     def get(self, series_uid: str) -> Volume:
@@ -131,12 +237,13 @@ class VolumeSource:
     def _load(self, uid: str) -> Volume:
         if uid in self.volumes:
             return self.volumes[uid]
-        if uid in self.paths:
-            path = self.paths[uid]
+        if uid not in self.paths:
+            self.scan()
+        path = self.paths.get(uid) or self._images.get(uid)
+        if path is not None:
             params = {"reader": "read_volume", "version": READER_VERSION, "path": str(path.resolve()),
                       "on_irregular": self.on_irregular, "on_tilt": self.on_tilt}
             return self._cached(uid, params, lambda: self._read_path(uid, path))
-        self.scan()
         if uid not in (self._rows or {}):
             raise SourceError(f"{self!r}: series {uid} not found")
         row = self._rows[uid]
@@ -157,13 +264,7 @@ class VolumeSource:
         return read_series(row, on_irregular=self.on_irregular, on_tilt=self.on_tilt)
 
     def _read_path(self, uid: str, path: Path) -> Volume:
-        from medsuite.io.load import read_volume
-        from medsuite.io.sitk_io import is_image_file
-
-        if path.is_file() and is_image_file(path):
-            volume = read_volume(path)
-            return volume if volume.series_uid else volume.with_array(volume.array, series_uid=uid)
-        return read_volume(path, uid, on_irregular=self.on_irregular, on_tilt=self.on_tilt)
+        return read_path(path, uid, on_irregular=self.on_irregular, on_tilt=self.on_tilt)
 
     @staticmethod
     def _with_pad(volume: Volume) -> Volume:

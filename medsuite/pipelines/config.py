@@ -1,8 +1,11 @@
 """Pipeline configuration: YAML validated at the boundary, with one clear message per mistake.
 
-An unknown key, a wrong type, a missing file or folder, or an empty table is reported as
-``<file>: <dotted.key>: <what was expected> (got <value>)``. ``--set a.b=value`` overrides parse the value
-as YAML, so numbers, booleans and lists work on the command line.
+Every key and value is checked before anything runs or is written: an unknown key, a wrong type, a missing
+file or folder, an empty table, and the values that must agree with the table (label column and labels,
+positive class, split column and its sets, the input block's arguments such as window names, where the
+scans are) are reported as ``<file>: <dotted.key>: <what was expected> (got <value>)``, one line per
+problem. ``--set a.b=value`` overrides parse the value as YAML, so numbers, booleans and lists work on the
+command line.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class SplitConfig(_Strict):
 
 class DataConfig(_Strict):
     table: Path
-    dicom_root: Path
+    dicom_root: Path | None = None  # where the scans are; not needed when the table has a 'path' column
     cache_dir: Path | None = None
     label_column: str = "label"
     positive: str = "malignant"
@@ -51,7 +54,7 @@ class BlockConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    arch: Literal["slice_cnn", "multiview_cnn", "series_encoder", "cnn3d"] = "slice_cnn"
+    arch: Literal["slice_cnn", "multiview_cnn", "series_encoder", "cnn3d"] | None = None  # None: the block's own
     kwargs: dict[str, Any] = Field(default_factory=dict)
     init_from: Path | None = None
 
@@ -175,7 +178,7 @@ def _check_inputs(cfg: PipelineConfig, source: str) -> None:
 
     if not cfg.data.table.is_file():
         raise ConfigError(f"{source}: data.table: file not found: {cfg.data.table}")
-    if not cfg.data.dicom_root.is_dir():
+    if cfg.data.dicom_root is not None and not cfg.data.dicom_root.exists():
         raise ConfigError(f"{source}: data.dicom_root: folder not found: {cfg.data.dicom_root}")
     if cfg.model.init_from is not None and not cfg.model.init_from.exists():
         raise ConfigError(f"{source}: model.init_from: bundle not found: {cfg.model.init_from}")
@@ -185,8 +188,86 @@ def _check_inputs(cfg: PipelineConfig, source: str) -> None:
         raise ConfigError(f"{source}: data.table: {exc}") from exc
     if len(table) == 0:
         raise ConfigError(f"{source}: data.table: the table {cfg.data.table} is empty")
-    if cfg.data.label_column not in table.columns:
-        raise ConfigError(f"{source}: data.label_column: column {cfg.data.label_column!r} not in {cfg.data.table}")
+    problems = table_problems(cfg, table)
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+
+
+def _columns(table: Any) -> str:
+    names = [str(c) for c in table.columns]
+    return ", ".join(names[:15]) + (f" ... ({len(names)} columns)" if len(names) > 15 else "")
+
+
+def table_problems(cfg: PipelineConfig, table: Any) -> list[str]:
+    """What in ``cfg`` disagrees with the table (one ``dotted.key: reason`` string per problem)."""
+    from medsuite.data.tables import TableError, validate_nodule_table, validate_series_table
+
+    problems: list[str] = []
+    name = cfg.data.table
+    column = cfg.data.label_column
+    if column not in table.columns:
+        problems.append(f"data.label_column: column {column!r} not in {name} (columns: {_columns(table)})")
+    else:
+        missing = table[column].isna() | (table[column].astype(str).str.strip() == "")
+        if missing.any():
+            problems.append(f"data.label_column: {int(missing.sum())} row(s) of {name} have no {column!r} "
+                            f"(e.g. row {int(table.index[missing][0])}); label or remove them")
+        labels = sorted({str(v) for v in table.loc[~missing, column]})
+        if len(labels) < 2:
+            problems.append(f"data.label_column: column {column!r} holds a single label {labels}; a classifier "
+                            "needs two or more (is it the right column?)")
+        elif cfg.data.positive not in labels:
+            problems.append(f"data.positive: {cfg.data.positive!r} is not one of the labels in {column!r}: {labels}")
+        else:
+            labelled = table.rename(columns={column: "label"}) if column != "label" else table
+            try:
+                (validate_nodule_table if cfg.task == "nodule" else validate_series_table)(labelled)
+            except TableError as exc:
+                problems.append(f"data.table: {exc}")
+            else:
+                problems += _split_problems(cfg, labelled, labels)
+    if cfg.data.dicom_root is None and "path" not in table.columns:
+        problems.append(f"data.dicom_root: required: {name} has no 'path' column, so give the folder with the scans")
+    try:
+        from medsuite.data.blocks import block_from_spec
+
+        block_from_spec(cfg.block.model_dump())
+    except (ValueError, TypeError, KeyError) as exc:
+        problems.append(f"block: {exc}")
+    return problems
+
+
+def _split_problems(cfg: PipelineConfig, table: Any, labels: list[str]) -> list[str]:
+    from medsuite.data.splitters import SPLITS, ColumnSplitter
+
+    split = cfg.data.split
+    column = split.column
+    if not column:
+        return []
+    if column not in table.columns:
+        lookalikes = [str(c) for c in table.columns
+                      if table[c].dtype == object and set(table[c].dropna().astype(str).str.strip().str.lower()) <= set(SPLITS)
+                      and table[c].notna().any()]
+        if column != "split" or lookalikes:
+            hint = f"; did you mean {lookalikes[0]!r}?" if lookalikes else (
+                "; set data.split.column to null for a random split by patient")
+            return [f"data.split.column: column {column!r} not in {cfg.data.table} (columns: {_columns(table)}){hint}"]
+        return []  # the default column is absent: a random split by patient, as documented
+    try:
+        sets = ColumnSplitter(column)(table)
+    except ValueError as exc:
+        return [f"data.split.column: {exc}"]
+    problems = []
+    for part in ("train", "valid"):
+        if len(sets[part]) == 0:
+            problems.append(f"data.split.column: no {part!r} rows in column {column!r}; the run needs train and valid")
+            continue
+        present = set(table["label"].iloc[sets[part]].astype(str))
+        lacking = [lab for lab in labels if lab not in present]
+        if lacking:
+            problems.append(f"data.split.column: the {part!r} rows hold no {lacking} item; every class must be in "
+                            f"train and in valid (valid picks the operating threshold)")
+    return problems
 
 
 def config_from_dict(raw: dict[str, Any], *, source: str = "config", base_dir: Path | None = None, check_inputs: bool = True) -> PipelineConfig:
@@ -208,7 +289,8 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config", base_dir: P
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, *, check_inputs: bool = True) -> PipelineConfig:
-    """Read a YAML config, apply ``key=value`` overrides, and validate it (relative paths: from the working folder)."""
+    """Read a YAML config, apply ``key=value`` overrides, and validate it against its table (relative
+    paths: from the working folder). The scans themselves are checked by `run_training`, before it writes."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")

@@ -94,6 +94,6 @@ def run_demo(out: str | Path = "demo_out", *, patients: int = DEFAULT_PATIENTS, 
     nodules = ensure_cohort(cohort, patients, seed, workers)
     cfg = config_from_dict(demo_config(out, overrides), source="demo configuration")
     bundle = out / "malignancy.bundle"
-    result = run_training(cfg, bundle_path=bundle)
+    result = run_training(cfg, bundle_path=bundle, force=True)  # the demo folder is the demo's own: a re-run replaces its run
     code = score_held_out(out, bundle, cohort, nodules, workers)
     return DemoResult(cohort, bundle, result.report, out / "scores", result.metrics, code)

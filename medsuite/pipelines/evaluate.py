@@ -41,11 +41,13 @@ def _dataset(bundle: Any, table: pd.DataFrame, source: VolumeSource) -> BlockDat
 
 
 def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.PathLike[str], *,
-                    dicom_root: str | os.PathLike[str], out: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-                    n_boot: int = 1000, device: str = "cpu", precision: str = "fp32",
-                    batch_size: int = 32) -> tuple[Path, dict[str, Any]]:
+                    dicom_root: str | os.PathLike[str] | None = None, out: str | os.PathLike[str],
+                    cache_dir: str | os.PathLike[str] | None = None, n_boot: int = 1000, device: str = "cpu",
+                    precision: str = "fp32", batch_size: int = 32) -> tuple[Path, dict[str, Any]]:
     """Score every row of a labelled table with the bundle's predictor; write report.html, metrics.json and
-    scores.parquet / scores.csv in ``out`` (volumes are cached in ``out/cache`` unless ``cache_dir``)."""
+    scores.parquet / scores.csv in ``out`` (volumes are cached in ``out/cache`` unless ``cache_dir``).
+    The scans come from the table's ``path`` column where it has one, else from ``dicom_root`` (DICOM or
+    image files named ``<series_uid>.mhd``/``.nrrd``/``.nii.gz``); a series found in neither is an error."""
     import torch
 
     bundle = load_bundle(bundle_path, device=device)
@@ -53,9 +55,10 @@ def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.Pa
     raw = read_table(table_path)
     table = validate_nodule_table(raw) if bundle.task == "nodule" else validate_series_table(raw)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    source = VolumeSource(dicom_root, cache_dir=cache_dir or out / "cache")
+    source = VolumeSource.for_table(table, dicom_root, cache_dir=cache_dir or out / "cache")
+    source.check(table["series_uid"])
     dataset = _dataset(bundle, table, source)
+    out.mkdir(parents=True, exist_ok=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     evaluation = evaluate_predictor(predictor, loader, table, split="evaluation", task=bundle.task, n_boot=n_boot,
                                     index=CaseIndex.from_bundle(bundle))

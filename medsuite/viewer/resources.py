@@ -56,9 +56,9 @@ def volume(db: str, cache_root: str, series_uid: str) -> Volume:
     source = Path(row["source"])
 
     def load() -> Volume:
-        from medsuite.io.load import read_volume
+        from medsuite.data.source import read_path  # a DICOM folder, or an image file (.mhd, .nrrd, .nii.gz)
 
-        return read_volume(source, series_uid)
+        return read_path(source, series_uid)
 
     from medsuite.io.cache import VolumeCache
 

@@ -36,21 +36,34 @@ def format_epoch_table(rows: list[dict[str, Any]], header: bool = True) -> str:
 
 
 class ProgressCallback(Callback):
-    """tqdm bar per training/validation phase (rank 0 only), then the epoch's row of the table."""
+    """tqdm bar per training/validation phase (rank 0 only), then the epoch's row of the table.
+
+    ``bars``: None (default) draws the bars only when their stream is a terminal, so a log file or a pipe
+    gets the epoch rows without a carriage-return update per batch; True/False forces them on or off."""
 
     order = 60  # after the other after_batch/after_epoch work
     during_lr_find = False  # the sweep is short and its epoch rows are meaningless
 
-    def __init__(self, stream: TextIO | None = None, refresh_every: int = 10) -> None:
+    def __init__(self, stream: TextIO | None = None, refresh_every: int = 10, bars: bool | None = None) -> None:
         self.stream, self.refresh_every = stream, max(1, int(refresh_every))
+        self.bars = bars
         self.bar = None
         self._header_done = False
+
+    def _bars_wanted(self) -> bool:
+        if self.bars is not None:
+            return self.bars
+        stream = self.stream or sys.stderr
+        try:
+            return bool(stream.isatty())
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            return False
 
     def before_fit(self) -> None:
         self._header_done = False
 
     def _open(self, total: int, desc: str, initial: int = 0) -> None:
-        if not self.learn.is_main:
+        if not self.learn.is_main or not self._bars_wanted():
             return
         from tqdm.auto import tqdm
 

@@ -10,11 +10,14 @@ bundle (its ``eligibility`` entry, or safe CT defaults) and the user may overrid
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from medsuite.io.sitk_io import is_image_file
 
 TABLE_SUFFIXES = (".csv", ".parquet")
 DEFAULT_EXCLUDED_IMAGE_TYPES = ("LOCALIZER", "DERIVED", "SECONDARY")
@@ -45,6 +48,10 @@ class Rules:
         """The plain-words reason this series table row is not eligible, or None if it is."""
         modality = str(row.get("modality") or "").upper()
         if self.modality and modality not in self.modality:
+            files = row.get("files")
+            if not modality and files is not None and len(files) == 1 and is_image_file(str(files[0])):
+                return (f"modality unknown, not in {list(self.modality)} (image files do not record it: give a "
+                        "'modality' column in an input table, or --rule modality=any)")
             return f"modality {modality or 'unknown'} not in {list(self.modality)}"
         excluded = sorted(set(image_type_tokens(row.get("image_type"))) & set(self.exclude_image_type))
         if excluded:
@@ -155,11 +162,14 @@ class Discovery:
 
 @dataclass(frozen=True)
 class Inputs:
-    """What to scan: paths, and the series / stacks a series table restricts them to (None: all)."""
+    """What to scan: paths, and the series / stacks a series table restricts them to (None: all); image
+    files (MetaImage, NRRD, NIfTI: one series each, not DICOM-scanned) and what input tables say of them."""
 
     paths: list[Path]
     series: frozenset[str] | None = None
     stacks: frozenset[str] | None = None
+    images: tuple[Path, ...] = ()
+    image_names: dict[Path, dict[str, str]] = field(default_factory=dict)
 
 
 def _paths_from_table(path: Path) -> tuple[list[Path], set[str] | None, set[str] | None]:
@@ -201,7 +211,12 @@ def read_inputs(inputs: list[str | Path]) -> Inputs:
                 stacks = (stacks or set()) | stack_ids
         else:
             paths.append(p)
-    return Inputs(paths, None if series is None else frozenset(series), None if stacks is None else frozenset(stacks))
+    from medsuite.pipelines.scoring import images
+
+    paths = list(dict.fromkeys(paths))  # a nodule table lists a series once per nodule
+    image_files, _ = images.split_image_inputs(paths)
+    return Inputs(paths, None if series is None else frozenset(series), None if stacks is None else frozenset(stacks),
+                  tuple(image_files), images.table_image_names(inputs) if image_files else {})
 
 
 def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], set[str] | None]:
@@ -215,7 +230,13 @@ def list_files(inputs: Inputs) -> tuple[list[str], list[tuple]]:
     from medsuite.io.files import walk
 
     found = walk([str(p) for p in inputs.paths])
-    return found.files, list(found.skipped)
+    if not inputs.images:
+        return found.files, list(found.skipped)
+    from medsuite.pipelines.scoring.images import image_parts
+
+    parts = image_parts(inputs.images)  # image files and their .raw: `assemble` adds them, not the DICOM scan
+    return ([f for f in found.files if os.path.abspath(f) not in parts],
+            [s for s in found.skipped if os.path.abspath(str(s[0])) not in parts])
 
 
 def scan_chunk(files: list[str]) -> list[Any]:
@@ -231,6 +252,11 @@ def assemble(items: list[Any], inputs: Inputs) -> Discovery:
 
     result = build_scan(items)
     series = result.series.copy()
+    if inputs.images:
+        from medsuite.pipelines.scoring.images import image_series_table
+
+        extra = image_series_table(list(inputs.images), inputs.image_names, list(series.columns))
+        series = pd.concat([series, extra], ignore_index=True) if len(series) else extra
     if inputs.series is not None:
         series = series[series["series_uid"].astype(str).isin(inputs.series)]
     if inputs.stacks is not None:

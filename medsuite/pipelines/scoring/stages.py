@@ -135,10 +135,10 @@ def prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] |
 
 
 def _prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] | None, out: Prepared) -> None:
-    from medsuite.io.reader import read_series
+    from medsuite.data.source import read_files  # DICOM instances, or one MetaImage/NRRD/NIfTI file
 
     try:
-        volume = read_series(list(item.files), **(read_options or {}))
+        volume = read_files(item.files, item.series_uid, **(read_options or {}))
     except Exception as exc:  # a corrupt series must not stop the run: it becomes an error row
         out.error = ("read", _describe(exc))
         return

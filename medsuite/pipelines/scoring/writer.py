@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from medsuite.io.atomic import atomic_path
+from medsuite.io.sitk_io import is_image_file
 from medsuite.pipelines.scoring.stages import SeriesResult
 from medsuite.records import store
 
@@ -43,6 +44,8 @@ def _source(row: dict[str, Any]) -> str | None:
     files = row.get("files")
     if files is None or len(files) == 0:
         return _meta(row, "path")
+    if len(files) == 1 and is_image_file(str(files[0])):
+        return str(files[0])  # an image file (.mhd, .nrrd, .nii.gz) is the whole series
     return str(Path(os.path.commonpath([str(f) for f in files])) if len(files) > 1 else Path(str(files[0])).parent)
 
 
