@@ -104,13 +104,23 @@ def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2) 
             log = _write_log(command, exc)
             where = f" (details: {log})" if log else ""
             if isinstance(exc, ValueError | OSError):
-                typer.echo(f"error: {exc}{where}", err=True)
+                typer.echo(f"error: {_message(exc)}{where}", err=True)
                 raise typer.Exit(usage_code) from None
-            typer.echo(f"error: unexpected {type(exc).__name__} in 'medsuite {command}': {exc}. This is a bug; please "
+            typer.echo(f"error: unexpected {type(exc).__name__} in 'medsuite {command}': {_message(exc)}. This is a bug; please "
                        f"report it with the traceback{' in ' + str(log) if log else ''}", err=True)
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return run
+
+
+def _message(exc: BaseException) -> str:
+    """The exception's message without a traceback that some carry inside it (an error re-raised from a
+    DataLoader worker quotes the worker's whole traceback): then its last line, the original error."""
+    text = str(exc).strip()
+    if "Traceback (most recent call last)" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else type(exc).__name__
+    return text
 
 
 def _show_version(value: bool) -> None:

@@ -86,7 +86,7 @@ def test_a_split_column_whose_sets_lack_a_class_is_refused(cohort: Path, tmp_pat
     table.to_csv(path, index=False)
     result = train(cohort, tmp_path / "run", table=path)
     assert result.exit_code == 2
-    assert "the 'valid' rows hold no ['malignant'] item" in result.output
+    assert "data.split.column: column 'split' leaves no ['malignant'] item in 'valid'" in result.output
 
 
 def test_series_missing_from_the_scans_are_counted_and_nothing_is_written(cohort: Path, tmp_path: Path) -> None:
@@ -168,7 +168,11 @@ def test_guarded_commands_never_show_a_traceback(tmp_path: Path, monkeypatch: py
     def interrupted() -> None:
         raise KeyboardInterrupt
 
-    for name, fn in (("bug", bug), ("bad", bad_input), ("stop", interrupted)):
+    def in_worker() -> None:  # how torch re-raises an error of a DataLoader worker: its traceback in the message
+        raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1, in f\nValueError: scans/a: no DICOM image series found")
+
+    for name, fn in (("bug", bug), ("bad", bad_input), ("stop", interrupted), ("worker", in_worker)):
         demo.command(name)(guarded(fn, command=name, usage_code=3))
     runner = CliRunner()
     crash = runner.invoke(demo, ["bug"])
@@ -180,6 +184,9 @@ def test_guarded_commands_never_show_a_traceback(tmp_path: Path, monkeypatch: py
     assert bad.exit_code == 3
     assert bad.output.startswith("error: table.csv: column 'x_mm' must be numeric (details: ")
     assert runner.invoke(demo, ["stop"]).exit_code == EXIT_INTERRUPTED
+    worker = runner.invoke(demo, ["worker"])
+    assert worker.output.startswith("error: ValueError: scans/a: no DICOM image series found (details: ")
+    assert "Traceback" not in worker.output and worker.output.count("\n") == 1
 
 
 def test_version_and_shell_completion() -> None:

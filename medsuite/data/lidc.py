@@ -11,6 +11,16 @@ Measurements (per reader outline, then averaged over the nodule's readers):
   ``x, y`` and world ``z`` (the contours' ImagePositionPatient z);
 - ``diameter_mm``: greatest in-plane diameter of the outline (pylidc's ``Annotation.diameter``);
 - ``volume_mm3`` / ``sphere_diameter_mm``: shoelace area x slice spacing, and its equivalent sphere.
+
+Readers' malignancy ratings are kept one column a reader, ``malignancy_r1`` ... ``malignancy_r4`` (NaN where
+fewer readers outlined the nodule). LIDC readers are anonymous and the database does not say who drew an
+outline, so r1..r4 are slots (in annotation order), not the same radiologist across nodules.
+
+World coordinates: the database holds pixel positions in each scan's image. With the user's scans
+(``geometry``: their DICOM, or image headers such as LUNA16's .mhd) x/y become world LPS mm and only the
+nodules of the series found there are kept; without them ``x_mm``/``y_mm`` are left empty (``xy_frame``
+``'image_corner'``, pixel positions in ``x_px``/``y_px``), and the nodule-table check refuses such rows,
+so a pixel position can never be used as a world coordinate.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ RATING_COLUMNS = (
 
 
 BENIGN, MALIGNANT, EXCLUDED = "benign", "malignant", "excluded"  # label names in the nodule table
+MAX_READERS = 4  # LIDC's four radiologists: malignancy_r1 ... malignancy_r4
+READER_COLUMNS = tuple(f"malignancy_r{i}" for i in range(1, MAX_READERS + 1))
 
 class LidcError(ValueError):
     """A missing or malformed LIDC database, or a bad request to it; the message names the file or id."""
@@ -330,8 +342,8 @@ def dicom_geometry(series: pd.DataFrame | str | Path) -> dict[str, tuple[np.ndar
     out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for row in series.itertuples(index=False):
         files = list(row.files)
-        if not files:
-            continue
+        if not files or str(getattr(row, "stack_id", row.series_uid)) != str(row.series_uid):
+            continue  # a further stack of the series (a localizer, another size): the main stack places it
         ds = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=[
             "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"])
         try:
@@ -344,17 +356,55 @@ def dicom_geometry(series: pd.DataFrame | str | Path) -> dict[str, tuple[np.ndar
     return out
 
 
+def series_folders(series: pd.DataFrame) -> dict[str, Path]:
+    """``{series uid: folder}`` of each series' main stack in a `scan_folder` series table (the folder
+    that holds its files: TCIA's ``LIDC-IDRI-0001/<study>/<series>``)."""
+    import os
+
+    out: dict[str, Path] = {}
+    for row in series.itertuples(index=False):
+        files = [str(f) for f in row.files]
+        if files and str(getattr(row, "stack_id", row.series_uid)) == str(row.series_uid):
+            out[str(row.series_uid)] = Path(os.path.commonpath([str(Path(f).parent) for f in files]))
+    return out
+
+
+def image_geometry(paths: Mapping[str, str | Path]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """`dicom_geometry`'s mapping from image files (``{series uid: .mhd/.nrrd/.nii path}``, headers only):
+    LUNA16's .mhd keep the DICOM origin (first slice's ImagePositionPatient), axes and pixel spacing."""
+    import SimpleITK as sitk
+
+    out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for uid, path in paths.items():
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise LidcError(f"{path}: cannot read the image header ({str(exc).strip().splitlines()[-1]})") from exc
+        if reader.GetDimension() != 3:
+            raise LidcError(f"{path}: expected a 3D image, got {reader.GetDimension()}D")
+        direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
+        spacing = np.asarray(reader.GetSpacing(), dtype=float)
+        out[str(uid)] = (np.asarray(reader.GetOrigin(), dtype=float), direction[:, :2].T.copy(),
+                         np.array([spacing[1], spacing[0]]))
+    return out
+
+
 # ------------------------------------------------------------------------------------------ nodule table
 def lidc_nodules(db: LidcDatabase | str | Path | None = None, *, rule: str | LabelRule = "median",
                  geometry: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | pd.DataFrame | str | Path | None = None,
-                 scan_ids: Iterable[int] | None = None, keep_excluded: bool = False) -> pd.DataFrame:
+                 scan_ids: Iterable[int] | None = None, keep_excluded: bool = False,
+                 keep_unmatched: bool = False) -> pd.DataFrame:
     """The LIDC-IDRI nodule table: one row a clustered nodule with consensus position, size and ratings.
 
-    ``geometry``: the user's DICOM (a series table, a folder, or `dicom_geometry`'s mapping); nodules of
-    scans found there (matched by SeriesInstanceUID) get world LPS ``x_mm, y_mm``; the others get
-    ``pixel x pixel_spacing`` from the image corner, and column ``xy_frame`` says which
-    (``'patient'`` or ``'image_corner'``). ``z_mm`` is always the world z. Nodules excluded by ``rule``
-    are dropped unless ``keep_excluded`` (their ``label`` is then ``"excluded"``)."""
+    ``geometry``: the user's scans (a DICOM series table or folder, or `dicom_geometry` / `image_geometry`'s
+    mapping). Scans are matched by SeriesInstanceUID; their nodules get world LPS ``x_mm, y_mm``
+    (``xy_frame = 'patient'``) and, unless ``keep_unmatched``, the nodules of scans not found there are
+    left out. Nodules without geometry keep empty ``x_mm, y_mm`` (``xy_frame = 'image_corner'``; their
+    pixel position is in ``x_px, y_px``). ``z_mm`` is always the world z. ``table.attrs["match"]`` counts
+    what matched. Nodules excluded by ``rule`` are dropped unless ``keep_excluded`` (their ``label`` is
+    then ``"excluded"``)."""
     own = not isinstance(db, LidcDatabase)
     database = LidcDatabase(db) if own else db
     try:
@@ -377,7 +427,12 @@ def lidc_nodules(db: LidcDatabase | str | Path | None = None, *, rule: str | Lab
     table.attrs["label_rule"] = label_rule.name
     if not keep_excluded:
         table = table[table["label"] != EXCLUDED].reset_index(drop=True)
-    return _apply_geometry(table, geometry)
+    table = _apply_geometry(table, geometry, scans)
+    if geometry is not None and not keep_unmatched:
+        attrs = table.attrs
+        table = table[table["xy_frame"] == "patient"].reset_index(drop=True)
+        table.attrs = attrs
+    return table
 
 
 def consensus_nodules(anns: pd.DataFrame, cons: pd.DataFrame, scans: pd.DataFrame) -> pd.DataFrame:
@@ -398,6 +453,9 @@ def consensus_nodules(anns: pd.DataFrame, cons: pd.DataFrame, scans: pd.DataFram
            "malignancy_mean": ("malignancy", "mean"), "malignancy_median": ("malignancy", "median")}
     agg.update({c: (c, "median") for c in RATING_COLUMNS if c != "malignancy"})
     table = grouped.agg(**agg).reset_index()
+    ratings = grouped["malignancy"].agg(list).to_numpy()  # annotation order within the nodule
+    for i, column in enumerate(READER_COLUMNS):
+        table[column] = [float(r[i]) if i < len(r) else np.nan for r in ratings]
     table["annotation_ids"] = grouped["annotation_id"].agg(lambda a: ",".join(str(v) for v in a)).to_numpy()
     table["malignancy"] = table["malignancy_mean"]
     table = table.merge(scans[["scan_id", "series_uid", "study_uid", "patient_id", "pixel_spacing",
@@ -408,12 +466,13 @@ def consensus_nodules(anns: pd.DataFrame, cons: pd.DataFrame, scans: pd.DataFram
     return table[front + [c for c in table.columns if c not in front]]
 
 
-def _apply_geometry(table: pd.DataFrame, geometry: Any) -> pd.DataFrame:
-    if geometry is not None and not isinstance(geometry, Mapping):
+def _apply_geometry(table: pd.DataFrame, geometry: Any, scans: pd.DataFrame) -> pd.DataFrame:
+    given = geometry is not None
+    if given and not isinstance(geometry, Mapping):
         geometry = dicom_geometry(geometry)
     geometry = geometry or {}
-    x = table["x_px"] * table["pixel_spacing"]
-    y = table["y_px"] * table["pixel_spacing"]
+    x = pd.Series(np.nan, index=table.index)
+    y = pd.Series(np.nan, index=table.index)
     frame = pd.Series("image_corner", index=table.index)
     for i, row in table.iterrows():
         g = geometry.get(str(row["series_uid"]))
@@ -428,7 +487,30 @@ def _apply_geometry(table: pd.DataFrame, geometry: Any) -> pd.DataFrame:
     out.insert(4, "x_mm", x.astype(float))
     out.insert(5, "y_mm", y.astype(float))
     out["xy_frame"] = frame
+    if given:
+        wanted = set(scans["series_uid"].astype(str))
+        found = wanted & {str(k) for k in geometry}
+        nodules = out["series_uid"].astype(str).isin(found)
+        out.attrs["match"] = {
+            "series_in_database": len(wanted), "series_found": len(found), "series_not_found": len(wanted) - len(found),
+            "other_series_given": len({str(k) for k in geometry} - wanted),
+            "nodules_found": int(nodules.sum()), "nodules_not_found": int((~nodules).sum()),
+        }
     return out
+
+
+def match_summary(table: pd.DataFrame, where: str = "your scans") -> str:
+    """One sentence from ``table.attrs["match"]``: how many LIDC series and nodules were found in ``where``."""
+    m = table.attrs.get("match")
+    if not m:
+        return (f"{len(table)} nodules with pixel x/y only (xy_frame 'image_corner'): give your scans to get "
+                "world coordinates")
+    text = (f"found {m['series_found']} of {m['series_in_database']} LIDC-IDRI series in {where} "
+            f"(matched by SeriesInstanceUID): {m['nodules_found']} nodules kept, {m['nodules_not_found']} nodules "
+            f"of the {m['series_not_found']} series not found left out")
+    if m.get("other_series_given"):
+        text += f"; {m['other_series_given']} series there are not LIDC-IDRI scans of the database"
+    return text
 
 
 # ------------------------------------------------------------------------------------------ rasterising

@@ -100,6 +100,11 @@ def read_path(path: str | os.PathLike[str], series_uid: str | None = None, **opt
     return read_volume(path, series_uid, **options)
 
 
+def _holds_files(path: Path) -> bool:
+    """A file, or a folder with at least one file somewhere below it."""
+    return path.is_file() or (path.is_dir() and any(p.is_file() for p in path.rglob("*")))
+
+
 def _read_image(path: Path, series_uid: str | None) -> Volume:
     from medsuite.io.load import read_volume
 
@@ -160,11 +165,7 @@ class VolumeSource:
         if dicom_root is None and not paths:
             raise SourceError(f"{table.attrs.get('source', 'table')}: no 'path' column and no scan folder: "
                               "give the folder with the scans (dicom_root) or a 'path' per row")
-        missing = [p for p in paths.values() if not p.exists()]
-        if missing:
-            raise SourceError(f"{table.attrs.get('source', 'table')}: {len(missing)} path(s) of the 'path' column "
-                              f"do not exist, e.g. {missing[0]}")
-        return cls(dicom_root, paths=paths, **kwargs)
+        return cls(dicom_root, paths=paths, **kwargs)  # `check` reports paths that are gone or empty
 
     # ------------------------------------------------------------------ pickling (DataLoader workers)
     def __getstate__(self) -> dict[str, Any]:
@@ -213,13 +214,14 @@ class VolumeSource:
         return str(series_uid) in set(self.series_uids)
 
     def check(self, series_uids: Iterable[str]) -> None:
-        """Raise `SourceError` listing the series (of a table) this source cannot provide."""
-        known = set(self.series_uids)
-        missing = sorted({str(u) for u in series_uids} - known)
+        """Raise `SourceError` listing the series (of a table) this source cannot provide (unknown, or
+        given a path that no longer exists or holds no file)."""
+        wanted = {str(u) for u in series_uids}
+        known = set(self.series_uids) - {u for u in wanted & set(self.paths) if not _holds_files(self.paths[u])}
+        missing = sorted(wanted - known)
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise SourceError(f"{self!r}: {len(missing)} of {len(set(map(str, series_uids)))} series of the table "
-                              f"not found: {shown}")
+            raise SourceError(f"{self!r}: {len(missing)} of {len(wanted)} series of the table not found: {shown}")
 
     # ------------------------------------------------------------------ reading
     def get(self, series_uid: str) -> Volume:

@@ -41,8 +41,25 @@ def _check(df: pd.DataFrame, required: tuple[str, ...], kind: str) -> None:
         raise TableError(f"{source}: empty values in column {nulls[0]!r} (rows {rows})")
 
 
+def _check_frame(df: pd.DataFrame) -> None:
+    """A table that says where its x/y come from (``xy_frame``, the LIDC adapter) must say world (LPS)."""
+    if "xy_frame" not in df.columns:
+        return
+    bad = df["xy_frame"].astype(str).str.strip() != "patient"
+    if bad.any():
+        source = df.attrs.get("source", "nodule table")
+        frames = sorted(set(df.loc[bad, "xy_frame"].astype(str)))
+        raise TableError(
+            f"{source}: {int(bad.sum())} row(s) (e.g. row {int(df.index[bad][0])}) have xy_frame {frames}: their x/y "
+            "are pixel positions in the image, not world coordinates. Convert them with your scans "
+            "(datasets/lidc-idri/prepare.py --dicom DIR keeps the nodules of the series you have) or drop those rows")
+
+
 def validate_nodule_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Check the nodule-table contract and return a normalised copy (string ids, float mm, a nodule_id)."""
+    """Check the nodule-table contract and return a normalised copy (string ids, float mm, a nodule_id).
+    Rows whose ``xy_frame`` (where a table has one) is not ``'patient'`` are refused: pixel x/y are never
+    used as world coordinates."""
+    _check_frame(df)
     _check(df, NODULE_REQUIRED, "nodule")
     out = df.copy()
     out["series_uid"] = out["series_uid"].astype(str)

@@ -238,35 +238,45 @@ def table_problems(cfg: PipelineConfig, table: Any) -> list[str]:
 
 
 def _split_problems(cfg: PipelineConfig, table: Any, labels: list[str]) -> list[str]:
-    from medsuite.data.splitters import SPLITS, ColumnSplitter
+    """The split the run will use (the table's column, or the seeded random split by patient), checked:
+    every class in train, in valid (it picks the operating threshold) and in test (the held-out report)."""
+    from medsuite.data.splitters import SPLITS
+    from medsuite.pipelines.nodule import splitter_for
 
     split = cfg.data.split
     column = split.column
-    if not column:
-        return []
-    if column not in table.columns:
+    if column and column not in table.columns:
         lookalikes = [str(c) for c in table.columns
-                      if table[c].dtype == object and set(table[c].dropna().astype(str).str.strip().str.lower()) <= set(SPLITS)
-                      and table[c].notna().any()]
+                      if table[c].dtype == object and table[c].notna().any()
+                      and set(table[c].dropna().astype(str).str.strip().str.lower()) <= set(SPLITS)]
         if column != "split" or lookalikes:
             hint = f"; did you mean {lookalikes[0]!r}?" if lookalikes else (
                 "; set data.split.column to null for a random split by patient")
             return [f"data.split.column: column {column!r} not in {cfg.data.table} (columns: {_columns(table)}){hint}"]
-        return []  # the default column is absent: a random split by patient, as documented
+    by_column = bool(column) and column in table.columns
+    key = "data.split.column" if by_column else "data.split"
+    how = (f"column {column!r}" if by_column else
+           f"the random split by patient (valid_pct {split.valid_pct}, test_pct {split.test_pct}, seed {split.seed})")
+    fix = ("move patients between the sets" if by_column else
+           "change data.split.seed or the percentages, or give the table a split column")
     try:
-        sets = ColumnSplitter(column)(table)
+        sets = splitter_for(table, column=column, valid_pct=split.valid_pct, test_pct=split.test_pct, seed=split.seed)(table)
     except ValueError as exc:
-        return [f"data.split.column: {exc}"]
+        return [f"{key}: {exc}"]
     problems = []
-    for part in ("train", "valid"):
-        if len(sets[part]) == 0:
-            problems.append(f"data.split.column: no {part!r} rows in column {column!r}; the run needs train and valid")
+    for part in SPLITS:
+        rows = sets.get(part, [])
+        if len(rows) == 0:
+            if part != "test":
+                problems.append(f"{key}: {how} leaves no {part!r} rows; the run needs train and valid")
             continue
-        present = set(table["label"].iloc[sets[part]].astype(str))
+        present = set(table["label"].iloc[rows].astype(str))
         lacking = [lab for lab in labels if lab not in present]
         if lacking:
-            problems.append(f"data.split.column: the {part!r} rows hold no {lacking} item; every class must be in "
-                            f"train and in valid (valid picks the operating threshold)")
+            patients = table["patient_id"].iloc[rows].nunique() if "patient_id" in table.columns else "?"
+            problems.append(f"{key}: {how} leaves no {lacking} item in {part!r} ({len(rows)} rows of {patients} "
+                            f"patients); every class must be in train, in valid (it picks the operating threshold) "
+                            f"and in test (the held-out report): {fix}")
     return problems
 
 

@@ -117,6 +117,8 @@ def image_series_table(files: list[Path], names: dict[Path, dict[str, str]], col
         given = names.get(path.resolve(), {})
         uid = given.get("series_uid") or path.name[: -len(image_suffix(path) or "")]
         row: dict[str, Any] = {c: None for c in columns}
+        row.update({c: "" for c in ("study_uid", "patient_id", "study_date", "description", "manufacturer",
+                                    "image_type") if c in row})  # not recorded in these formats
         row.update({"stack_id": uid, "series_uid": uid, "status": "ok", "problems": "", "files": [str(path)],
                     "transfer_syntax": image_suffix(path)})
         try:
