@@ -13,7 +13,14 @@ import os
 import sys
 from pathlib import Path
 
-from medsuite.data.lidc import LABEL_RULES, LidcError, dicom_geometry, lidc_nodules, match_summary, series_folders
+from medsuite.data.lidc import (
+    LABEL_RULES,
+    LidcError,
+    dicom_geometry,
+    lidc_nodules,
+    match_summary,
+    series_folders,
+)
 from medsuite.data.tables import TableError
 from medsuite.io.atomic import atomic_open
 
