@@ -98,7 +98,7 @@ def test_series_missing_from_the_scans_are_counted_and_nothing_is_written(cohort
     out = tmp_path / "run"
     result = train(cohort, out, table=path)
     assert result.exit_code == 2
-    assert "2 of 12 series of the table not found: 1.2.3.998, 1.2.3.999" in result.output
+    assert "2 series of the table not found: 1.2.3.998, 1.2.3.999 (10 of 12 found)" in result.output
     assert "Train on the series you have" in result.output
     assert not out.exists()
 

@@ -172,5 +172,6 @@ def test_lidc_missing_scans_and_pixel_coordinates_are_refused(tmp_path: Path, mo
         f.unlink()
     missing = CliRunner().invoke(app, [*config, "--set", "data.table=have.csv", "--set", "data.dicom_root=null"])
     assert missing.exit_code == 2, missing.output
-    assert "1 of 4 series of the table not found" in missing.output and "Train on the series you have" in missing.output
+    assert "1 series of the table not found" in missing.output and "(3 of 4 found)" in missing.output
+    assert "Train on the series you have" in missing.output
     assert "Traceback" not in missing.output and not (tmp_path / "run").exists()

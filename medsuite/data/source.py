@@ -213,15 +213,18 @@ class VolumeSource:
     def __contains__(self, series_uid: object) -> bool:
         return str(series_uid) in set(self.series_uids)
 
-    def check(self, series_uids: Iterable[str]) -> None:
-        """Raise `SourceError` listing the series (of a table) this source cannot provide (unknown, or
-        given a path that no longer exists or holds no file)."""
+    def check(self, series_uids: Iterable[str], *, files: bool = False) -> None:
+        """Raise `SourceError` listing the series (of a table) this source cannot provide; with ``files``,
+        also those given a path that no longer exists or holds no file (checked before a long run)."""
         wanted = {str(u) for u in series_uids}
-        known = set(self.series_uids) - {u for u in wanted & set(self.paths) if not _holds_files(self.paths[u])}
+        known = set(self.series_uids)
+        if files:
+            known -= {u for u in wanted & set(self.paths) if not _holds_files(self.paths[u])}
         missing = sorted(wanted - known)
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise SourceError(f"{self!r}: {len(missing)} of {len(wanted)} series of the table not found: {shown}")
+            raise SourceError(f"{self!r}: {len(missing)} series of the table not found: {shown} "
+                              f"({len(wanted) - len(missing)} of {len(wanted)} found)")
 
     # ------------------------------------------------------------------ reading
     def get(self, series_uid: str) -> Volume:

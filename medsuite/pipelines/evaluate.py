@@ -56,7 +56,7 @@ def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.Pa
     table = validate_nodule_table(raw) if bundle.task == "nodule" else validate_series_table(raw)
     out = Path(out)
     source = VolumeSource.for_table(table, dicom_root, cache_dir=cache_dir or out / "cache")
-    source.check(table["series_uid"])
+    source.check(table["series_uid"], files=True)
     dataset = _dataset(bundle, table, source)
     out.mkdir(parents=True, exist_ok=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)

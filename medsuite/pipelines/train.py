@@ -156,7 +156,7 @@ def preflight(cfg: PipelineConfig) -> tuple[Any, VolumeSource]:
     where = cfg.data.dicom_root if cfg.data.dicom_root is not None else "the table's 'path' column"
     try:
         source = VolumeSource.for_table(table, cfg.data.dicom_root, cache_dir=cfg.data.cache_dir or Path(cfg.out) / "cache")
-        source.check(table["series_uid"])
+        source.check(table["series_uid"], files=True)
     except SourceError as exc:
         missing = str(exc).split(": ", 1)[-1]
         raise ConfigError(
