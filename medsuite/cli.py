@@ -11,18 +11,15 @@ a log file whose path is printed. ``Ctrl+C`` exits 130.
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
 from importlib import import_module
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-__all__ = ["COMMANDS", "EPILOG", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "SHORT_HELP", "USAGE_EXIT", "app", "guarded",
+from medsuite.commands.errors import log_dir, one_line, write_error_log
+
+__all__ = ["COMMANDS", "EPILOG", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "INTERNAL_EXIT", "SHORT_HELP", "USAGE_EXIT", "app", "guarded",
            "log_dir", "main"]
 
 EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: an unexpected error inside medsuite (a bug): see the log
@@ -48,45 +45,18 @@ SHORT_HELP = {
     "explain": "Explain a case, or sanity-check attributions.", "view": "Start the clinician viewer on a scoring database.",
     "demo-data": "Generate the offline demo cohort.",
 }
-# exit code of a bad input, where it is not 2 (docs/scoring.md: 3; docs/converting.md: 1)
+# exit code of a bad input, where it is not 2 (docs/scoring.md: 3; docs/converting.md: 1), and of an
+# unexpected error, where it is not EXIT_INTERNAL (docs/scoring.md: 4)
 USAGE_EXIT = {"score": 3, "convert": 1}
+INTERNAL_EXIT = {"score": 4}
 
 EPILOG = ("Exit codes: 0 done; 1 some items failed (convert, inspect, score); 2 bad input or configuration "
-          "(score: 2 nothing scored, 3 bad input); 70 an unexpected error, a bug (the log path is printed); "
-          "130 interrupted.")
+          "(score: 2 nothing scored, 3 bad input); 70 an unexpected error, a bug (score: 4), with the path of a "
+          "log holding the details; 130 interrupted.")
 
 
-def log_dir() -> Path:
-    """Where error reports go: ``$MEDSUITE_LOG_DIR``, else the user's log folder (platformdirs)."""
-    env = os.environ.get("MEDSUITE_LOG_DIR")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_log_path("medsuite", appauthor=False)
-
-
-def _write_log(command: str, exc: BaseException) -> Path | None:
-    """The traceback and the command line in a new log file; None if no log folder is writable."""
-    from medsuite.io.atomic import atomic_write_text
-
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = log_dir() / f"{command}-{stamp}-{os.getpid()}.log"
-    text = (f"medsuite {_version()} {command}\nargv: {sys.argv!r}\npython {sys.version.split()[0]}\n\n"
-            + "".join(traceback.format_exception(exc)))
-    try:
-        return atomic_write_text(path, text)
-    except OSError:
-        return None
-
-
-def _version() -> str:
-    from medsuite import __version__
-
-    return __version__
-
-
-def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2) -> Callable[..., Any]:
+def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2,
+            internal_code: int = EXIT_INTERNAL) -> Callable[..., Any]:
     """``function`` with a top-level handler: one line instead of a traceback, documented exit codes."""
 
     @functools.wraps(function)
@@ -101,31 +71,23 @@ def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2) 
             typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:  # the last line of defence: never a traceback on the terminal
-            log = _write_log(command, exc)
+            log = write_error_log(command, exc)
             where = f" (details: {log})" if log else ""
             if isinstance(exc, ValueError | OSError):
-                typer.echo(f"error: {_message(exc)}{where}", err=True)
+                typer.echo(f"error: {one_line(exc)}{where}", err=True)
                 raise typer.Exit(usage_code) from None
-            typer.echo(f"error: unexpected {type(exc).__name__} in 'medsuite {command}': {_message(exc)}. This is a bug; please "
+            typer.echo(f"error: unexpected {type(exc).__name__} in 'medsuite {command}': {one_line(exc)}. This is a bug; please "
                        f"report it with the traceback{' in ' + str(log) if log else ''}", err=True)
-            raise typer.Exit(EXIT_INTERNAL) from None
+            raise typer.Exit(internal_code) from None
 
     return run
 
 
-def _message(exc: BaseException) -> str:
-    """The exception's message without a traceback that some carry inside it (an error re-raised from a
-    DataLoader worker quotes the worker's whole traceback): then its last line, the original error."""
-    text = str(exc).strip()
-    if "Traceback (most recent call last)" in text:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        return lines[-1] if lines else type(exc).__name__
-    return text
-
-
 def _show_version(value: bool) -> None:
     if value:
-        typer.echo(f"medsuite {_version()}")
+        from medsuite import __version__
+
+        typer.echo(f"medsuite {__version__}")
         raise typer.Exit()
 
 
@@ -150,7 +112,8 @@ def _root(
 for _name, _module, _help in COMMANDS:
     _function = import_module(f"medsuite.commands.{_module}").command
     app.command(_name, help=_help, short_help=SHORT_HELP[_name])(
-        guarded(_function, command=_name, usage_code=USAGE_EXIT.get(_name, 2)))
+        guarded(_function, command=_name, usage_code=USAGE_EXIT.get(_name, 2),
+                internal_code=INTERNAL_EXIT.get(_name, EXIT_INTERNAL)))
 # command groups: (name, module under medsuite.commands holding a Typer `app`, one-line purpose)
 GROUPS: tuple[tuple[str, str, str], ...] = (
     ("audit", "audit", "Verify (or anchor) the tamper-evident audit trail of a scoring database."),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -78,9 +77,12 @@ def command(
         typer.echo("interrupted: the run is marked failed; run the same command again to carry on", err=True)
         raise typer.Exit(130) from None
     except Exception as exc:  # a bug or a lost cluster: not "some series failed" (1), which is a result
-        typer.echo("".join(traceback.format_exception(exc)), err=True)
-        typer.echo(f"error: the run stopped: {type(exc).__name__}: {exc}\n"
-                   "(the run is marked failed; run the same command again to carry on)", err=True)
+        from medsuite.commands.errors import one_line, write_error_log
+
+        log = write_error_log("score", exc)  # the traceback goes to the log, not the terminal
+        typer.echo(f"error: the run stopped: {type(exc).__name__}: {one_line(exc)}\n"
+                   "(the run is marked failed; run the same command again to carry on"
+                   + (f"; details: {log})" if log else ")"), err=True)
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         if main:

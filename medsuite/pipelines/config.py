@@ -260,7 +260,8 @@ def _split_problems(cfg: PipelineConfig, table: Any, labels: list[str]) -> list[
     fix = ("move patients between the sets" if by_column else
            "change data.split.seed or the percentages, or give the table a split column")
     try:
-        sets = splitter_for(table, column=column, valid_pct=split.valid_pct, test_pct=split.test_pct, seed=split.seed)(table)
+        sets = splitter_for(table, column=column, valid_pct=split.valid_pct, test_pct=split.test_pct, seed=split.seed,
+                            positive=cfg.data.positive)(table)
     except ValueError as exc:
         return [f"{key}: {exc}"]
     problems = []
