@@ -123,5 +123,17 @@ for _name, _module, _help in GROUPS:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="medsuite")
+    """Console-script entry point; a last handler for what the sub-command handlers do not cover (groups)."""
+    import sys
+
+    try:
+        app(prog_name="medsuite")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "medsuite")
+        log = write_error_log(command, exc)
+        print(f"error: unexpected {type(exc).__name__}: {one_line(exc)}. This is a bug; please report it"
+              + (f" with the traceback in {log}" if log else ""), file=sys.stderr)
+        sys.exit(EXIT_INTERNAL)
