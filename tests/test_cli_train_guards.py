@@ -206,4 +206,4 @@ def test_demo_data_names_the_overwrite_flag(tmp_path: Path) -> None:
     (tmp_path / "old.txt").write_text("x")
     result = CliRunner().invoke(app, ["demo-data", str(tmp_path), "--patients", "2"])
     assert result.exit_code == 2
-    assert "--overwrite" in result.output and "overwrite=True" not in result.output
+    assert "--overwrite" in result.output and "Traceback" not in result.output

@@ -17,11 +17,6 @@ def command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier demo cohort in OUT."),
 ) -> None:
     """Write OUT/dicom/<patient>/, OUT/nodules.csv (with train/valid/test split) and OUT/series.csv."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        what = "is a file" if not out.is_dir() else "exists and is not empty"
-        typer.echo(f"error: {out}: {what}; choose another folder, or add --overwrite to replace an earlier demo "
-                   "cohort in it", err=True)
-        raise typer.Exit(2)
     from medsuite.data.demo import DemoError, make_demo_cohort
 
     start = time.perf_counter()
