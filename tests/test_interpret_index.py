@@ -98,7 +98,9 @@ def test_build_case_index_embeds_in_batches_and_knn_agreement():
     assert index.thumbnails.shape == (12, 64, 64) and index.thumbnails.dtype == np.uint8
     with torch.no_grad():
         emb = model.embed(torch.as_tensor(x)).numpy()
-    np.testing.assert_allclose(index.embeddings[3], emb[3] / np.linalg.norm(emb[3]), rtol=1e-4, atol=1e-6)
+    centred = emb - emb.mean(axis=0)  # the index compares centred features (raw post-ReLU cosines crowd near 1)
+    np.testing.assert_allclose(index.embeddings[3], centred[3] / np.linalg.norm(centred[3]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(index.centre, emb.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert knn_agreement(index, emb, y.tolist(), k=3, exclude_ids=index.case_ids) == 1.0
     assert knn_agreement(index, emb, (1 - y).tolist(), k=3, exclude_ids=index.case_ids) == 0.0
     with pytest.raises(ValueError, match="case ids"):
@@ -112,3 +114,34 @@ def test_thumbnail_is_the_central_plane():
     s[1, 1, 2:8, 2:8] = 5.0
     t = thumbnail(s, 20)
     assert t.shape == (20, 20) and t.dtype == np.uint8 and t.max() == 255 and t[0, 0] == 0
+
+
+def test_centred_similarities_spread_and_travel_with_facts_and_stacks():
+    """Post-ReLU features: raw cosines all near 1, centred ones spread; the closeness percentile is the rank of a
+    similarity among the reference cases' own nearest-neighbour similarities; info, stacks and the centre
+    survive the bundle round trip; thumbnails of windowed samples share one scale."""
+    rng = np.random.default_rng(1)
+    raw = np.abs(rng.normal(1.0, 0.15, (200, 32))).astype(np.float32)  # all positive, like pooled ReLU maps
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    assert (unit @ unit.T).min() > 0.9  # the collapse the viewer used to show ("every case 0.99 similar")
+    idx = CaseIndex(raw - raw.mean(0), [f"c{i}" for i in range(200)], ["m"] * 200, centre=raw.mean(0),
+                    info=[{"diameter_mm": float(i)} for i in range(200)],
+                    stacks=np.zeros((200, 3, 4, 4), np.uint8), meta={"stack_spacing_mm": [2.0, 0.8, 0.8]})
+    rows, sims = idx.exact_query(raw[:20], k=10)
+    assert np.all(rows[:, 0] == np.arange(20)) and np.allclose(sims[:, 0], 1.0, atol=1e-5)
+    spread = sims[:, 1:]
+    assert spread.max() < 0.9 and spread.min() < 0.5  # neighbours now differ in how similar they are
+    q = idx.nn_similarity_quantiles()
+    assert q.shape == (101,) and np.all(np.diff(q) >= 0)
+    assert idx.closeness_percentile(float(q[50])) == pytest.approx(50.0, abs=1.0)
+    assert idx.closeness_percentile(1.0) == 100.0 and idx.closeness_percentile(-1.0) == 0.0
+    back = CaseIndex.from_extra_files(idx.to_extra_files())
+    np.testing.assert_allclose(back.centre, idx.centre)
+    assert back.info[7] == {"diameter_mm": 7.0} and back.stacks.shape == (200, 3, 4, 4)
+    np.testing.assert_allclose(back.exact_query(raw[:3], 5)[1], idx.exact_query(raw[:3], 5)[1], atol=1e-6)
+    assert back.meta["nn_similarity_quantiles"] == pytest.approx(list(q))
+    # windowed samples: one fixed scale for every case (a faint case stays faint, a blank plane is not stretched)
+    faint = np.full((2, 8, 8), 0.2, np.float32)
+    faint[0, 2:6, 2:6] = 0.3
+    t = thumbnail(faint, 8, preview=lambda s: s[0], value_range=(0.0, 1.0))
+    assert t.max() == round(0.3 * 255) and t.min() == round(0.2 * 255)

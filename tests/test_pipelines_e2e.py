@@ -43,6 +43,14 @@ def test_python_api_four_lines(cohort: Path, tmp_path: Path) -> None:
     index = CaseIndex.from_bundle(bundle)
     assert index is not None and len(index) == len(dls.items("train"))
     assert set(index.labels) == {"benign", "malignant"}
+    # what the viewer shows of every reference case: a picture that is not blank (the first window's centre
+    # slice, one contrast for all), its diameter, its input patch to open, and centred features
+    assert index.meta["thumbnail_scale"] == "fixed" and index.centre is not None
+    blank = [i for i, t in enumerate(index.thumbnails) if t.std() < 4.0]
+    assert not blank, f"blank thumbnails in the index: cases {blank}"
+    diameters = dls.items("train")["diameter_mm"].tolist()
+    assert [d["diameter_mm"] for d in index.info] == pytest.approx(diameters)
+    assert index.stacks.shape == (len(index), 3, 24, 24) and index.meta["stack_spacing_mm"][0] > 0
 
 
 def test_cli_train_writes_bundle_report_and_baseline_comparison(cohort: Path, tmp_path: Path) -> None:

@@ -284,3 +284,35 @@ def test_interpolated_slices_are_marked(app, world):
     spec, sent = _view(at)
     assert spec["interpolated"] == [3, 4] and "marks" in spec["overlays"] and "marks" in sent
     assert any("2 of 12 slices were interpolated" in w.value and "3–4" in w.value for w in at.warning)
+
+
+def test_score_interval_threshold_words_and_similar_cases(app):
+    at = app(query={"case": "1"})
+    assert not at.exception
+    text = _texts(at)
+    # the score: the bundle's predictor re-run over flips and 1 mm shifts, labelled for what it is
+    m = [x for x in text.splitlines() if "Stability range" in x]
+    assert m and "4 test-time flips" in m[0] and "7 positions" in m[0] and "Not a confidence interval" in m[0]
+    low, high = (float(v) for v in m[0].split("**")[1].split(" – "))
+    p = _rows(at.db, "SELECT probability FROM predictions WHERE prediction_id = 1")[0][0]
+    assert low <= p + 1e-6 and high >= p - 1e-6 and not any("Recomputed now" in w.value for w in at.warning)
+    # the threshold in words, from the bundle's predictor settings and stored test metrics
+    assert "chosen on the validation split (40 cases) to balance sensitivity and specificity" in text
+    assert "sensitivity 0.80 and specificity 0.75" in text and "test split (50 cases): sensitivity **0.70**" in text
+    # similar cases: k of n with the base rate; cards with id, diameter, label; inline pictures only
+    assert "of 10 similar cases were malignant — base rate: 67% of all reference cases are" in text
+    cards = "".join(h.proto.body for h in at.get("html"))
+    assert "this case" in cards and cards.count("data:image/png;base64,") == 11 and "src=\"/media" not in cards
+    assert "ref0" in cards and " mm" in cards and "closer than" in cards
+    spec, _ = _view(at)
+    scan_id = spec["volume"]["id"]
+    # a click opens the neighbour (its stored input patch) in the reading view; back returns to the case
+    opens = [b for b in at.button if (b.key or "").startswith("sim_open_")]
+    assert len(opens) == 10
+    opens[0].click().run()
+    assert not at.exception
+    ref, sent = _view(at)
+    assert ref["volume"]["id"] != scan_id and ref["window"] == {"width": 255.0, "level": 127.5} and "volume" in sent
+    assert ref["volume"]["shape"] == [3, 16, 16] and any("Similar case #1" in i.value for i in at.info)
+    at.button(key="ref_back").click().run()
+    assert _view(at)[0]["volume"]["id"] == scan_id

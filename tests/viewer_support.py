@@ -18,7 +18,7 @@ def make_bundle_with_index(path: Path) -> Path:
     from medsuite.interpret.index import build_case_index
     from medsuite.learn.bundle import export_bundle, load_bundle
     from medsuite.learn.models import build_model
-    from medsuite.learn.predict import Predictor
+    from medsuite.learn.predict import FLIPS, OperatingPoint, Predictor, PredictorSettings
 
     # seed 2: an untrained model whose Grad-CAM of the decided class is not all negative (ReLU would blank it)
     plain = S.make_bundle(path.with_name(path.name + "-plain"), "nodule", seed=2)
@@ -32,13 +32,19 @@ def make_bundle_with_index(path: Path) -> Path:
         ids.append(f"ref{i:02d}")
         labels.append(int(i % 3 != 0))  # 8 malignant, 4 benign
     x = torch.as_tensor(np.stack(samples)).float()
-    index = build_case_index(Predictor.from_bundle(b), [x], ids, labels=labels)
+    index = build_case_index(Predictor.from_bundle(b), [x], ids, labels=labels, preview=block.preview,
+                             value_range=(0.0, 1.0), info=[{"diameter_mm": 4.0 + i} for i in range(12)],
+                             block_spec=block.spec(), meta={"window": "lung"})
     arch_kwargs = b.meta["arch_kwargs"]
     model = build_model("slice_cnn", **arch_kwargs)
     model.load_state_dict(b.model.state_dict())
+    settings = PredictorSettings(("benign", "malignant"), "malignant", FLIPS, None,
+                                 OperatingPoint(0.5, "youden", 0.8, 0.75, "valid", 40, 12))
+    metrics = {"test": {"n": 50, "confusion": {"threshold": 0.5, "sensitivity": 0.7, "specificity": 0.9}}}
     return export_bundle(path, model, arch="slice_cnn", arch_kwargs=arch_kwargs, block_spec=block.spec(),
-                         labels=["benign", "malignant"], threshold=0.5, task="nodule",
-                         extra_files=index.to_extra_files(), extra_meta={"version": "1.2.0"})
+                         labels=["benign", "malignant"], threshold=0.5, task="nodule", metrics=metrics,
+                         extra_files=index.to_extra_files(),
+                         extra_meta={"version": "1.2.0", "predictor": settings.to_json()})
 
 
 def make_scored_db(root: Path, n_series: int = 2) -> dict:
@@ -46,15 +52,15 @@ def make_scored_db(root: Path, n_series: int = 2) -> dict:
     the engine itself is tested by the scoring tests and takes tens of seconds to start workers)."""
     from contextlib import closing
 
-    import torch
-
     from medsuite.learn.bundle import load_bundle
+    from medsuite.learn.predict import Predictor
     from medsuite.records import store
 
     cohort = S.make_cohort(root / "cohort", n_good=n_series, extras=False)
     nodules = S.nodule_table(cohort, outside=False)
     bundle_path = make_bundle_with_index(root / "bundle")
     b = load_bundle(bundle_path)
+    predictor = Predictor.from_bundle(b)
     db = root / "out" / "medsuite.db"
     at = "2025-01-01T00:00:00.000+00:00"
     with closing(store.connect(db)) as conn:
@@ -68,8 +74,7 @@ def make_scored_db(root: Path, n_series: int = 2) -> dict:
         for _, row in nodules.iterrows():
             vol = S.make_volume(cohort["good"].index(row["series_uid"]))
             x = b.block.sample(vol, np.array([row["x_mm"], row["y_mm"], row["z_mm"]]))
-            with torch.no_grad():
-                p = float(torch.softmax(b.model(torch.as_tensor(x)[None].float()), 1)[0, 1])
+            p = float(predictor.positive_score(x[None])[0])  # what scoring records: the bundle's predictor
             conn.execute("INSERT INTO predictions(run_id, bundle_sha256, series_uid, nodule_id, x_mm, y_mm, z_mm, "
                          "diameter_mm, probability, label, threshold, created_at) VALUES ('run1', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0.5, ?)",
                          (b.sha256, row["series_uid"], row["nodule_id"], row["x_mm"], row["y_mm"], row["z_mm"],

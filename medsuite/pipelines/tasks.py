@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from medsuite.data.blocks import InputBlock, MultiView, Patch3D, SeriesSlices, SliceStack
@@ -154,10 +155,16 @@ class TaskLearner(Learner):
         ids_col = "nodule_id" if "nodule_id" in items.columns else "series_uid"
         vocab = [str(v) for v in self.dls.vocab]
         predictor = predictor or Predictor.plain(self.model, vocab, self.positive)
+        block = self.dls.block
+        windowed = all(w.width is not None for w in block.windows)  # CT windows: every sample in [0, 1]
+        facts = [c for c in ("diameter_mm",) if c in items.columns]
+        info = [{c: (None if pd.isna(v) else float(v)) for c, v in zip(facts, row, strict=True)}
+                for row in items[facts].itertuples(index=False)] if facts else None
         return build_case_index(
             predictor, plain_loader(self.dls, "train"), items[ids_col].astype(str).tolist(),
             labels=[vocab[int(t)] for t in self.dls.train.dataset.targets],
-            meta={"id_column": ids_col, "task": self.task},
+            meta={"id_column": ids_col, "task": self.task, "window": block.spec().get("window")},
+            preview=block.preview, value_range=(0.0, 1.0) if windowed else None, info=info, block_spec=block.spec(),
         )
 
     def export(self, path: str | Path, *, index: bool = True, tta: bool | Sequence[Sequence[int]] | None = False,

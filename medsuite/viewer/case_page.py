@@ -124,16 +124,18 @@ def render(cfg: Any, pid: int, identity: str | None) -> None:
     left, right = st.columns([3.3, 1], gap="small")
     # the reading view goes out first: the model (and torch) is loaded only afterwards, unless a heat map is asked for
     method = why.requested(pid)
-    loaded = _bundle(bpath) if method else None
-    heat = why.overlay(bpath, loaded[0], vol, pred, method) if loaded else None
+    ref = similar.opened(pid)
+    loaded = _bundle(bpath) if method or ref else None
+    heat = why.overlay(bpath, loaded[0], vol, pred, method) if method and loaded else None
+    reference = reference_view(bpath, ref) if ref and loaded and loaded[0] is not None else None
     with left:
-        scan_fragment(cfg, pred, vol, identity, reviewer, heat)
+        scan_fragment(cfg, pred, vol, identity, reviewer, heat, reference)
     bundle, info = loaded or _bundle(bpath)
     with right:
         why.controls(pid, bundle is not None)
         if heat is not None:
             why.legend(heat)
-        score_panel.render(pred, bundle, info, vol)
+        score_panel.render(pred, bundle, info, vol, bpath)
         st.divider()
         review_panel.render(cfg, pred, identity, info)
     similar.section(cfg, pred, bpath, bundle, vol)
@@ -208,12 +210,40 @@ def _centre(vol: Volume, pred: dict[str, Any]) -> list[int]:
     return [int(v) for v in np.clip(np.rint(c), 0, shape - 1)]
 
 
+def reference_view(bpath: str | None, ref: dict[str, Any]) -> dict[str, Any] | None:
+    """What the reading view needs to show a reference case's stored input patch (see `similar`)."""
+    index = resources.case_index(bpath)
+    if index is None or index.stacks is None or not 0 <= ref["row"] < len(index):
+        return None
+    spacing = tuple(float(v) for v in index.meta.get("stack_spacing_mm", (1.0, 1.0, 1.0)))
+    stack = np.asarray(index.stacks[ref["row"]])
+    grid = P.Grid(spacing, (0.0, 0.0, 0.0), np.eye(3)[:, ::-1].copy())
+    return dict(ref, id=_short_id("reference", bpath, ref["row"]), shape=list(stack.shape), spacing=list(spacing),
+                make=lambda: P.encode(stack, grid, description="medsuite reference patch"))
+
+
 @st.fragment
 def scan_fragment(cfg: Any, pred: dict[str, Any], vol: Volume, identity: str | None, reviewer: str,
-                  overlay: dict[str, Any] | None) -> None:
+                  overlay: dict[str, Any] | None, reference: dict[str, Any] | None = None) -> None:
     """The reading view. Its reports (the view state, every ~0.5 s of reading) re-run only this fragment: the
     URL follows the view, the lease is renewed and the session counts as active."""
     pid = int(pred["prediction_id"])
+    if reference is not None:
+        c1, c2 = st.columns([5, 1], vertical_alignment="center")
+        size = f", {reference['diameter_mm']:.1f} mm" if reference.get("diameter_mm") else ""
+        c1.info(f"Similar case #{reference['rank']}: **{reference['case_id']}** ({reference['label']}{size}) — "
+                f"the model's input patch as stored in the bundle ({reference['shape'][0]} slices "
+                f"{reference['spacing'][0]:g} mm apart, {reference['spacing'][1]:g} mm pixels, the model's window); "
+                "its full scan is not part of this database.")
+        c2.button("◀ Back to this case", key="ref_back", on_click=similar.close)
+        spec = {"case": {"title": reference["case_id"]}, "volume": {"id": reference["id"], "shape": reference["shape"],
+                "spacing": reference["spacing"]}, "window": {"width": 255.0, "level": 127.5},
+                "presets": [{"key": "1", "name": "model window", "width": 255.0, "level": 127.5}],
+                "init": {"token": f"ref-{reference['id']}", "zyx": [v // 2 for v in reference["shape"]], "layout": "3up"},
+                "nodules": [], "interpolated": [], "overlays": {}}
+        reading_view(key=VIEW_KEY, case_id=f"reference:{reference['id']}", spec=spec,
+                     payloads={"volume": (reference["id"], reference["make"])})
+        return
     value = st.session_state.get(VIEW_KEY)
     state = view_state(value, str(pid))
     if state is not None:

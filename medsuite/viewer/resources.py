@@ -121,3 +121,11 @@ def series_nodules(conn: sqlite3.Connection, series_uid: str) -> list[dict[str, 
         "(SELECT MAX(prediction_id) FROM predictions q WHERE q.series_uid = p.series_uid AND q.nodule_id = p.nodule_id) "
         "ORDER BY nodule_id", (series_uid,)).fetchall()
     return [dict(r) for r in rows]
+
+
+@st.cache_resource(show_spinner=False)
+def predictor(path: str) -> Any:
+    """The bundle's `Predictor` (TTA, calibration, threshold): the same chain scoring ran."""
+    from medsuite.learn.predict import Predictor
+
+    return Predictor.from_bundle(bundle(path))

@@ -1,12 +1,21 @@
-"""The score panel: the calibrated probability as scored, its interval, the decision, and the threshold in plain
-words (what it was chosen for and what it gives), from the bundle's predictor settings and stored metrics."""
+"""The score panel: the calibrated probability as scored, its stability interval, the decision, and the threshold
+in plain words (what it was chosen for and what it gives), from the bundle's predictor and stored metrics.
+
+The interval is not a confidence interval of a population quantity: it is the range of the bundle's own
+calibrated probability over small, clinically meaningless changes of the input — each test-time flip alone, and
+the sampling centre moved 1 mm along each axis. A wide range says the score hinges on details a reader cannot
+see; a narrow one says it does not (it says nothing about whether the model is right).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import streamlit as st
+
+SHIFT_MM = 1.0
 
 
 def _pct(v: Any) -> str:
@@ -93,7 +102,47 @@ def threshold_sentences(op: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def render(pred: dict[str, Any], bundle: Any, info: dict[str, str] | None, volume: Any) -> None:
+def stability(predictor: Any, block: Any, volume: Any, center: tuple[float, float, float] | None,
+              shift_mm: float = SHIFT_MM) -> dict[str, Any]:
+    """P(positive) of every test-time view alone (each TTA flip) at the centre and at the centre moved
+    ``shift_mm`` along x, y and z: their range, and the full (TTA, calibrated) probability at the centre."""
+    centres: list[Any] = [None] if center is None else [np.asarray(center, dtype=float)]
+    if center is not None:
+        for axis in range(3):
+            for sign in (-1.0, 1.0):
+                c = np.asarray(center, dtype=float).copy()
+                c[axis] += sign * shift_mm
+                centres.append(c)
+    samples = []
+    for c in centres:
+        try:
+            samples.append(block.sample(volume, c))
+        except ValueError:  # a shifted centre outside the scan: that position is left out
+            continue
+    x = np.stack(samples).astype(np.float32)
+    views = [predictor.with_settings(tta=(flip,)).positive_score(x) for flip in predictor.tta]
+    values = np.concatenate(views)
+    return {"low": float(values.min()), "high": float(values.max()), "n_views": int(values.size),
+            "n_flips": len(views), "n_positions": len(samples), "shift_mm": shift_mm,
+            "centre": float(predictor.positive_score(x[:1])[0])}
+
+
+@st.cache_data(max_entries=256, show_spinner="Checking how stable the score is …")
+def cached_stability(bundle_path: str, prediction_id: int, _predictor: Any, _block: Any, _volume: Any,
+                     center: tuple[float, float, float] | None) -> dict[str, Any]:
+    return stability(_predictor, _block, _volume, center)
+
+
+def interval_text(st_: Mapping[str, Any]) -> str:
+    where = (f"{st_['n_positions']} positions (the centre and ±{st_['shift_mm']:g} mm along x, y, z)"
+             if st_["n_positions"] > 1 else "the scored position")
+    flips = f"{st_['n_flips']} test-time flip{'s' if st_['n_flips'] != 1 else ''}"
+    return (f"Stability range **{st_['low']:.3f} – {st_['high']:.3f}**: each of {flips} alone at {where}, "
+            f"{st_['n_views']} views. Not a confidence interval: how much the score moves with the input.")
+
+
+def render(pred: dict[str, Any], bundle: Any, info: dict[str, str] | None, volume: Any,
+           bundle_path: str | None = None) -> None:
     """Probability (as scored) with its interval, the decision, the threshold in words, the nodule, the model."""
     meta = bundle.meta if bundle is not None else {}
     op = operating_point(meta)
@@ -101,6 +150,20 @@ def render(pred: dict[str, Any], bundle: Any, info: dict[str, str] | None, volum
     p = float(pred["probability"])
     st.metric(f"P({positive})", f"{p:.3f}", delta=f"{p - float(pred['threshold']):+.3f} vs threshold",
               delta_color="off")
+    if bundle is not None and bundle_path is not None:
+        from medsuite.viewer import resources
+
+        center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
+        try:
+            res = cached_stability(bundle_path, int(pred["prediction_id"]), resources.predictor(bundle_path),
+                                   bundle.block, volume, center)
+        except Exception as exc:  # noqa: BLE001 - the panel still shows the recorded score
+            st.caption(f"Stability range not available: {type(exc).__name__}: {exc}")
+        else:
+            st.markdown(interval_text(res))
+            if abs(res["centre"] - p) > 5e-3:
+                st.warning(f"Recomputed now, P = {res['centre']:.3f}, not the recorded {p:.3f}: the loaded model or "
+                           "the image data differ from those of the scoring run.")
     st.write(f"**Model says:** {pred['label']}")
     with st.expander("What the threshold means", expanded=False):
         for sentence in threshold_sentences(op if bundle is not None else {**op, "threshold": pred["threshold"]}):
