@@ -204,3 +204,35 @@ def test_cli_unexpected_error_exits_4_and_closes_the_run(world, tmp_path, monkey
     conn = sqlite3.connect(tmp_path / "o" / "medsuite.db")
     assert [r[0] for r in conn.execute("SELECT status FROM runs")] == ["failed"]
     conn.close()
+
+
+def test_a_run_leaves_the_callers_logging_and_warnings_alone(world, tmp_path, monkeypatch):
+    """Worker warnings are collected in the worker processes; the process that runs `score` never gets a
+    handler on its root logger nor a changed warnings filter (both process-wide, neither thread-safe)."""
+    import warnings
+
+    import sys
+
+    added, ours = [], []
+    real_add, real_catch = logging.Logger.addHandler, warnings.catch_warnings
+
+    def add(self, handler):
+        added.append(self.name)
+        return real_add(self, handler)
+
+    def caller_is_medsuite(fn):
+        def wrapper(*a, **k):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("medsuite"):
+                ours.append(fn.__name__)
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(logging.Logger, "addHandler", add)
+    for name in ("simplefilter", "filterwarnings", "catch_warnings"):
+        monkeypatch.setattr(warnings, name, caller_is_medsuite(getattr(warnings, name)))
+    assert real_catch is not warnings.catch_warnings
+    root_handlers = list(logging.getLogger().handlers)
+    summary = score(_cfg(world, tmp_path / "out", workers=1))
+    assert summary.n_scored == 3
+    assert "root" not in added and ours == []
+    assert logging.getLogger().handlers == root_handlers

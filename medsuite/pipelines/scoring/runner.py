@@ -39,7 +39,7 @@ from medsuite.pipelines.scoring.discover import (
     file_key,
     rules_from_bundle,
 )
-from medsuite.pipelines.scoring.stages import Point, SeriesResult, WorkItem, captured, spec_json
+from medsuite.pipelines.scoring.stages import Point, SeriesResult, WorkItem, run_in_worker, spec_json
 from medsuite.pipelines.scoring.writer import ScoreStore
 from medsuite.records.store import StoreError
 
@@ -283,18 +283,16 @@ def score(cfg: ScoreConfig) -> Summary:
             if cfg.engine == "ray":
                 session, ray_engine = _ray_session(cfg, bundle, bundle_path, inputs, device, actors)
                 on_ray = not cfg.ray_ship_inputs  # shipped files are only known to be here: scan them here
-            scan_notes: list[str] = []
             try:
-                with captured(scan_notes):  # header warnings name files; they are logged (scrubbed) in _run
-                    if on_ray:
-                        from medsuite.pipelines.scoring.ray_engine import discover_on_ray
+                if on_ray:  # the headers are read in Ray tasks; their notes come back with the results
+                    from medsuite.pipelines.scoring.ray_engine import discover_on_ray
 
-                        found = discover_on_ray(inputs, session, stats=session.discover_stats)
-                    else:
-                        found = discover(inputs, workers=cfg.workers)
+                    found, scan_notes = discover_on_ray(inputs, session, stats=session.discover_stats), []
+                else:  # in a worker process: header warnings name files; they are logged (scrubbed) in _run
+                    found, scan_notes = run_in_worker(discover, inputs, workers=cfg.workers)
             except DiscoveryError as exc:
                 raise UsageError(str(exc)) from exc
-            found.notes = scan_notes
+            found.notes = list(found.notes) + scan_notes
             try:
                 db = ScoreStore(cfg.db_path)
             except StoreError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -110,26 +110,54 @@ class _Collect(logging.Handler):
         self.sink.append(f"{record.name}: {record.getMessage()}")
 
 
+NOTE_LOGGERS = ("medsuite", "pydicom")  # whose WARNING records name files while reading: collected, not printed
+
+
 @contextmanager
-def captured(sink: list[str]) -> Iterator[None]:
-    """Collect warnings and log records instead of printing them from a worker: they often name files,
-    and file paths may hold patient ids; the caller decides what to show (after scrubbing)."""
+def worker_notes(sink: list[str]) -> Iterator[None]:
+    """Collect warnings and the WARNING records of `NOTE_LOGGERS` into ``sink`` instead of printing them
+    (they often name files, and file paths may hold patient ids; the caller logs them after scrubbing).
+
+    Only for a scoring worker process (a local engine's pool process, a Ray task, `run_in_worker`): the
+    warnings filter it swaps is process-wide and not thread-safe, which is harmless there because such a
+    process runs one task at a time and its reader threads finish inside the block. The process that
+    starts a run never enters it: it keeps its own logging handlers and warnings filter untouched.
+    """
     handler = _Collect(sink)
-    root = logging.getLogger()
-    root.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in NOTE_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield
         sink.extend(f"{w.category.__name__}: {w.message}" for w in caught)
     finally:
-        root.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def _noted(fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> tuple[Any, list[str]]:
+    notes: list[str] = []
+    with worker_notes(notes):
+        result = fn(*args, **kwargs)
+    return result, notes
+
+
+def run_in_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
+    """``(fn(*args, **kwargs), notes)`` computed in a fresh worker process (which dies with this one), its
+    warnings and log records collected by `worker_notes` there: this process's logging and warnings
+    configuration is never touched. ``fn`` must be importable (module level); its exceptions propagate."""
+    from medsuite.io.workers import worker_pool
+
+    with worker_pool(1, context="spawn") as pool:
+        return pool.submit(_noted, fn, args, kwargs).result()
 
 
 def prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] | None = None) -> Prepared:
     """Read one series and sample it (one sample per point, or one for the series); errors become data."""
     out = Prepared(series_uid=item.series_uid)
-    with captured(out.notes):
+    with worker_notes(out.notes):  # prepare runs in the engines' worker processes only
         _prepare(item, block_spec_json, read_options, out)
     return out
 
