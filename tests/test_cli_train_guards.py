@@ -131,6 +131,10 @@ def test_resume_needs_a_checkpoint_and_the_same_schedule(finished: tuple[Path, o
     assert "Traceback" not in changed.output
     both = train(cohort, out, "--resume", "--force")
     assert both.exit_code == 2 and "choose one" in both.output
+    # what does not change the fit (the report, the predictor) may change: the finished run is re-exported
+    again = train(cohort, out, "--resume", "report.n_boot=300")
+    assert again.exit_code == 0, again.output
+    assert "(resumed)" in (out / "train.log").read_text()
 
 
 def test_a_second_run_into_a_locked_folder_stops_at_once(finished: tuple[Path, object], cohort: Path) -> None:

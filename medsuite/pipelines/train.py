@@ -41,7 +41,7 @@ LR_BOUNDS = (1e-4, 3e-2)  # lr_find suggestions outside this range are clipped, 
 LOCK_NAME = ".medsuite-train.lock"
 LOG_NAME = "train.log"
 # keys that may differ when a run is resumed (they do not change what is trained)
-RESUMABLE_CHANGES = ("name", "report.", "data.num_workers", "data.cache_dir", "train.device")
+RESUMABLE_CHANGES = ("name", "report.", "predictor.", "data.num_workers", "data.cache_dir", "train.device")
 
 
 class RunFolderError(ValueError):
