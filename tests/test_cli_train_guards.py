@@ -211,3 +211,24 @@ def test_demo_data_names_the_overwrite_flag(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo-data", str(tmp_path), "--patients", "2"])
     assert result.exit_code == 2
     assert "--overwrite" in result.output and "Traceback" not in result.output
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
+    import io
+
+    from learn_core_helpers import TinyNet, tiny_dls
+
+    from medsuite.learn.callbacks import ProgressCallback
+    from medsuite.learn.learner import Learner
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    outputs = {}
+    for name, stream in (("log", io.StringIO()), ("tty", Terminal())):
+        Learner(tiny_dls(), TinyNet(), path=tmp_path / name, progress=False, checkpoint=False,
+                cbs=[ProgressCallback(stream=stream)]).fit(1)
+        outputs[name] = stream.getvalue()
+    assert "\r" not in outputs["log"] and "train_loss" in outputs["log"]  # the epoch row, no bar updates
+    assert "\r" in outputs["tty"] and "train_loss" in outputs["tty"]
