@@ -19,3 +19,9 @@ def _volume_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> 
     """The default volume cache (the user's cache folder) is redirected to a session temp folder, so tests
     never write to the home directory."""
     os.environ["MEDSUITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("medsuite-cache"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _error_logs_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The CLI's error logs (the user's log folder) go to a session temp folder too."""
+    os.environ["MEDSUITE_LOG_DIR"] = str(tmp_path_factory.mktemp("medsuite-logs"))
