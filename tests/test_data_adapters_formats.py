@@ -90,8 +90,16 @@ def test_series_csv(tmp_path):
     table = read_series_csv(tmp_path / "series.csv")
     assert table[["series_uid", "patient_id", "label"]].values.tolist() == [["1.2.3.1", "P1", 0], ["1.2.3.2", "P2", 1]]
     pd.DataFrame({"path": ["s1", "missing"], "label": [0, 1]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(TableError, match="bad.csv: row 1: series folder .*missing does not exist"):
+    with pytest.raises(TableError, match="bad.csv: row 1: series folder or image file .*missing does not exist"):
         read_series_csv(tmp_path / "bad.csv")
+    # an image file is a series too, named by its file name unless the CSV says otherwise
+    import SimpleITK as sitk
+
+    sitk.WriteImage(vol.to_sitk(), str(tmp_path / "1.2.3.9.nrrd"))
+    pd.DataFrame({"path": ["s1", "1.2.3.9.nrrd"], "label": [0, 1]}).to_csv(tmp_path / "mixed.csv", index=False)
+    mixed = read_series_csv(tmp_path / "mixed.csv")
+    assert mixed[["series_uid", "patient_id"]].values.tolist() == [["1.2.3.1", "P1"], ["1.2.3.9", "1.2.3.9"]]
+    assert mixed["path"].iloc[1].endswith("1.2.3.9.nrrd")
     pd.DataFrame({"folder": ["s1"]}).to_csv(tmp_path / "nolabel.csv", index=False)
     with pytest.raises(TableError, match="missing column 'path'"):
         read_series_csv(tmp_path / "nolabel.csv")

@@ -1,8 +1,9 @@
-"""A CSV of series folders and labels (series classification) → the series-label table.
+"""A CSV of series and labels (series classification) → the series-label table.
 
-Columns: the series folder (default ``path``; relative paths are resolved against the CSV's folder),
-``label``, optional ``patient_id``, ``series_uid``, ``split``. Missing UIDs / patient ids are read from
-the DICOM headers of the folder (which must then hold exactly one series).
+Columns: the series (default ``path``: a DICOM folder, or one image file .mhd/.mha/.nrrd/.nii(.gz);
+relative paths are resolved against the CSV's folder), ``label``, optional ``patient_id``, ``series_uid``,
+``split``. Missing UIDs / patient ids are read from the DICOM headers of the folder (which must then hold
+exactly one series); an image file without them is named by its file name (uid and patient alike).
 """
 
 from __future__ import annotations
@@ -50,17 +51,20 @@ def read_series_csv(path: str | Path, *, path_column: str = "path", label_column
             out[extra] = df[extra].astype(str)
     if patient_column in df.columns:
         out["patient_id"] = df[patient_column].astype(str)
+    from medsuite.io.sitk_io import image_suffix, is_image_file
+
     folders = []
     for i, p in enumerate(out["path"]):
         folder = Path(p) if Path(p).is_absolute() else path.parent / p
-        if not folder.is_dir():
-            raise TableError(f"{source}: row {i}: series folder {folder} does not exist")
+        if not (folder.is_dir() or (folder.is_file() and is_image_file(folder))):
+            raise TableError(f"{source}: row {i}: series folder or image file {folder} does not exist")
         folders.append(folder)
     out["path"] = [str(f) for f in folders]
     need_uid = "series_uid" not in out.columns
     need_pid = "patient_id" not in out.columns
     if need_uid or need_pid:
-        ids = [_header_ids(f, source, i) for i, f in enumerate(folders)]
+        ids = [(f.name[: -len(image_suffix(f) or "")],) * 2 if f.is_file() else _header_ids(f, source, i)
+               for i, f in enumerate(folders)]
         if need_uid:
             out["series_uid"] = [u for u, _ in ids]
         if need_pid:
