@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from medsuite.io.phi import Pseudonymizer
 from medsuite.pipelines.demo import ensure_cohort, run_demo
 
 TINY = {"train.epochs": 1, "train.lr": 0.003, "block.size": 24, "block.k": 3, "data.bs": 8,
@@ -22,7 +23,9 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     assert set(result.metrics["comparisons"]) == {"diameter", "radiomics_rf"}
     assert result.score_exit_code == 0
     scores = pd.read_csv(tmp_path / "scores" / "scores.csv")
-    assert sorted(scores["nodule_id"]) == sorted(test["nodule_id"])  # held-out nodules only, each once
+    # held-out nodules only, each once; their ids (which hold the patient ids) as keyed pseudonyms
+    pseudonyms = Pseudonymizer.pseudonymize_table(test)["nodule_id"]
+    assert sorted(scores["nodule_id"]) == sorted(pseudonyms) and pseudonyms.str.startswith("id-").all()
     with sqlite3.connect(tmp_path / "scores" / "medsuite.db") as db:
         assert db.execute("select count(*) from predictions").fetchone()[0] == len(test)
     # a second run reuses the cohort instead of generating it again

@@ -75,16 +75,20 @@ def test_nodule_run_scores_skips_and_records_errors(world, tmp_path, caplog, cap
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
-    # no patient identifier anywhere: outputs, database (but the folder paths in `source`), logs, progress bar
+    # no patient identifier anywhere: outputs, database (every column), logs, progress bar
     captured = capfd.readouterr()
     texts = [captured.out, captured.err, caplog.text, "\n".join(summary.lines())]
     texts += [(out / name).read_bytes().decode("latin-1") for name in ("scores.csv", "scores.parquet")]
     conn = _db(out)
     for table in ("runs", "series", "predictions", "errors"):
-        columns = [c[1] for c in conn.execute(f"PRAGMA table_info({table})") if c[1] != "source"]
-        texts += [repr(tuple(r)) for r in conn.execute(f"SELECT {', '.join(columns)} FROM {table}")]
-    read_error = conn.execute("SELECT error FROM errors WHERE stage='read'").fetchone()[0]
-    assert "rle_<patient>" in read_error  # the patient-named folder, scrubbed
+        texts += [repr(tuple(r)) for r in conn.execute(f"SELECT * FROM {table}")]
+    read_error, source = conn.execute("SELECT error, source FROM errors WHERE stage='read'").fetchone()
+    assert read_error.startswith("<path-") and source.startswith("path-")  # the patient-named folder: a pseudonym
+    sealed = conn.execute("SELECT source FROM series WHERE series_uid=?", (cohort["good"][0],)).fetchone()[0]
+    assert sealed.startswith("phi1:")  # the location the viewer opens, sealed with the key
+    from medsuite.io.phi import Pseudonymizer
+
+    assert Path(Pseudonymizer.from_key_file().unseal(sealed)).is_dir()
     conn.close()
     for text in texts:
         assert S.PATIENT_PREFIX not in text and S.PATIENT_NAME not in text and "Zzyzx" not in text

@@ -44,6 +44,7 @@ class DataConfig(_Strict):
     split: SplitConfig = SplitConfig()
     bs: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
+    include_phi: bool = False  # keep patient ids (and ids holding them) in the run's outputs; default: keyed pseudonyms
 
 
 class BlockConfig(_Strict):

@@ -72,7 +72,7 @@ def score_held_out(out: Path, bundle: Path, cohort: Path, nodules: pd.DataFrame,
     inputs = [cohort / p for p in series.loc[series["series_uid"].isin(test["series_uid"]), "path"]]
     scores = out / "scores"
     scores.mkdir(parents=True, exist_ok=True)
-    table = scores / "held_out_nodules.csv"
+    table = cohort / "held_out_nodules.csv"  # an input (patient ids inside): kept with the cohort, not the outputs
     test.to_csv(table, index=False)
     kwargs = {"workers": workers} if workers else {}
     summary = score(ScoreConfig(bundle=bundle, inputs=inputs, out=scores, nodules=table, **kwargs))

@@ -43,7 +43,7 @@ def _dataset(bundle: Any, table: pd.DataFrame, source: VolumeSource) -> BlockDat
 def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.PathLike[str], *,
                     dicom_root: str | os.PathLike[str] | None = None, out: str | os.PathLike[str],
                     cache_dir: str | os.PathLike[str] | None = None, n_boot: int = 1000, device: str = "cpu",
-                    precision: str = "fp32", batch_size: int = 32) -> tuple[Path, dict[str, Any]]:
+                    precision: str = "fp32", batch_size: int = 32, include_phi: bool = False) -> tuple[Path, dict[str, Any]]:
     """Score every row of a labelled table with the bundle's predictor; write report.html, metrics.json and
     scores.parquet / scores.csv in ``out`` (volumes are cached in ``out/cache`` unless ``cache_dir``).
     The scans come from the table's ``path`` column where it has one, else from ``dicom_root`` (DICOM or
@@ -53,6 +53,10 @@ def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.Pa
     bundle = load_bundle(bundle_path, device=device)
     predictor = Predictor.from_bundle(bundle, precision=precision, batch_size=batch_size)
     raw = read_table(table_path)
+    if not include_phi:  # as `medsuite score` does: ids holding patient ids become keyed pseudonyms
+        from medsuite.io.phi import Pseudonymizer
+
+        raw = Pseudonymizer.pseudonymize_table(raw)
     table = validate_nodule_table(raw) if bundle.task == "nodule" else validate_series_table(raw)
     out = Path(out)
     source = VolumeSource.for_table(table, dicom_root, cache_dir=cache_dir or out / "cache")

@@ -84,11 +84,18 @@ def report_from_scores(scores: pd.DataFrame, truth: pd.DataFrame, settings: Pred
     ``series_uid`` (and ``nodule_id`` for nodule bundles), at the bundle's threshold.
 
     AUC and every operating-point figure depend only on these columns, so the report of `medsuite evaluate`
-    is reproduced exactly from what scoring writes. Every truth row must have a score.
+    is reproduced exactly from what scoring writes. Every truth row must have a score. When the scores hold
+    keyed pseudonyms (ids containing a patient id, written without ``--include-phi``), the truth table's ids
+    are pseudonymised with the same key (`medsuite.io.phi`) before matching.
     """
     if not settings.binary:
         raise ValueError(f"report_from_scores: the scores table holds one probability per item, which suffices for "
                          f"a binary bundle only (this one has {len(settings.labels)} classes)")
+    if task == "nodule" and "nodule_id" in scores.columns and scores["nodule_id"].astype(str).str.match(
+            r"id-[0-9a-f]{12}$").any():
+        from medsuite.io.phi import Pseudonymizer
+
+        truth = Pseudonymizer.pseudonymize_table(truth)
     keys = ["series_uid", "nodule_id"]
     t_uids, t_nodules = _ids(truth, task)
     left = pd.DataFrame({"series_uid": t_uids, "nodule_id": t_nodules, "truth": truth["label"].astype(str).to_numpy()})

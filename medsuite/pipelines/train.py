@@ -81,6 +81,10 @@ def _table(cfg: PipelineConfig) -> Any:
     table = read_table(cfg.data.table)
     if cfg.data.label_column != "label":
         table = table.rename(columns={cfg.data.label_column: "label"})
+    if not cfg.data.include_phi:  # ids holding patient ids would reach the report, scores and the case index
+        from medsuite.io.phi import Pseudonymizer
+
+        table = Pseudonymizer.pseudonymize_table(table)
     return table
 
 

@@ -53,7 +53,12 @@ def volume(db: str, cache_root: str, series_uid: str) -> Volume:
                            (series_uid,)).fetchone()
     if row is None:
         raise ImagesUnavailable("the scoring run recorded no image source for this series")
-    source = Path(row["source"])
+    from medsuite.io.phi import PhiKeyError, Pseudonymizer
+
+    try:  # scoring seals locations (folder names may hold patient names); the key's holder opens them
+        source = Path(Pseudonymizer.from_key_file().unseal(row["source"]))
+    except PhiKeyError as exc:
+        raise ImagesUnavailable(f"the image location cannot be opened: {exc}") from None
 
     def load() -> Volume:
         from medsuite.data.source import read_path  # a DICOM folder, or an image file (.mhd, .nrrd, .nii.gz)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from medsuite.io.phi import KEY_ENV, PhiKeyError, Pseudonymizer
 from medsuite.pipelines.scoring.discover import (
     Discovery,
     DiscoveryError,
@@ -75,6 +76,7 @@ class ScoreConfig:
     ray_stall_s: float = 120.0           # no result for this long: re-submit the work in flight
     db: Path | None = None
     include_phi: bool = False
+    phi_key: Path | None = None  # the pseudonymisation key file (default: medsuite.io.phi.default_key_file)
     batch_size: int = 16
     rules: list[str] = field(default_factory=list)
     export_every_s: float = 60.0
@@ -204,13 +206,25 @@ class _DbLock:
         os.close(self.fd)
 
 
-def _scrubber(patient_ids: set[str]) -> Any:
-    """A function that replaces every known patient id in a message with '<patient>'."""
-    ids = sorted((p for p in patient_ids if p and p.lower() not in ("nan", "none")), key=len, reverse=True)
-    if not ids:
-        return lambda text: text
-    pattern = re.compile("|".join(re.escape(p) for p in ids))
-    return lambda text: pattern.sub("<patient>", str(text))
+def _pseudonymizer(cfg: ScoreConfig, found: Discovery, nodules: pd.DataFrame | None) -> Pseudonymizer:
+    """Keyed pseudonyms for this run's patient ids (headers and nodule table) and every path it reads
+    (`medsuite.io.phi`): what replaces identifiers in the outputs unless ``include_phi``."""
+    series = found.series
+    patient_ids = set(series["patient_id"].astype(str)) if "patient_id" in series.columns else set()
+    if nodules is not None:
+        patient_ids |= set(nodules["patient_id"].astype(str))
+    paths: list[str] = []
+    if "files" in series.columns:
+        for files in series["files"]:
+            paths.extend(str(f) for f in (files if files is not None else ()))
+    if len(found.skipped_files):
+        paths.extend(str(p) for p in found.skipped_files["path"])
+    try:
+        pz = Pseudonymizer.from_key_file(cfg.phi_key, patient_ids=patient_ids, roots=cfg.inputs)
+        pz.add_paths(paths, siblings=True)
+        return pz
+    except PhiKeyError as exc:
+        raise UsageError(f"{exc} (set {KEY_ENV}, or pass --include-phi to keep identifiers)") from exc
 
 
 def _work_items(decisions: list, nodules: pd.DataFrame | None) -> tuple[list[WorkItem], list[tuple]]:
@@ -344,12 +358,13 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
          db: ScoreStore, engine: _Engine, t0: float) -> Summary:
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     series = found.series
-    patient_ids = set(series["patient_id"].astype(str)) if "patient_id" in series.columns else set()
-    if nodules is not None:
-        patient_ids |= set(nodules["patient_id"].astype(str))
-    scrub = (lambda text: text) if cfg.include_phi else _scrubber(patient_ids)
-    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    args["inputs"] = [str(p) for p in cfg.inputs]
+    pz = None if cfg.include_phi else _pseudonymizer(cfg, found, nodules)
+    scrub = (lambda text: text) if pz is None else pz.text
+    db.use_pseudonyms(pz)
+    if pz is not None and nodules is not None:  # ids holding a patient id (the demo's DEMO-0001-n1) are replaced
+        nodules = pz.table(nodules, {"nodule_id": "id"})
+    args = {k: (scrub(str(v)) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    args["inputs"] = [scrub(str(p)) for p in cfg.inputs]
     args["rules_applied"] = rules.as_dict()
     decisions = decide(series, rules)
     db.start_run(run_id, bundle_name=bundle.name, bundle_sha256=bundle.sha256, bundle_path=str(cfg.bundle),

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from medsuite.io.atomic import atomic_path
+from medsuite.io.phi import Pseudonymizer
 from medsuite.io.sitk_io import is_image_file
 from medsuite.pipelines.scoring.stages import SeriesResult
 from medsuite.records import store
@@ -50,11 +51,28 @@ def _source(row: dict[str, Any]) -> str | None:
 
 
 class ScoreStore:
-    """The scoring database for one run: open, record, commit, export."""
+    """The scoring database for one run: open, record, commit, export.
+
+    With a `Pseudonymizer` (`use_pseudonyms`; the default of `medsuite score`), a series' location is
+    stored sealed (only the key's holder, e.g. the viewer, can open it) and an error's source as a path
+    pseudonym, so the database holds no folder or file name."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.conn: sqlite3.Connection = store.connect(self.path)
+        self.pz: Pseudonymizer | None = None
+
+    def use_pseudonyms(self, pz: Pseudonymizer | None) -> None:
+        """Seal locations and pseudonymise error sources from now on (None: store them as they are)."""
+        self.pz = pz
+
+    def _location(self, row: dict[str, Any]) -> str | None:
+        source = _source(row)
+        return self.pz.seal(source) if self.pz is not None else source
+
+    def _error_source(self, row: dict[str, Any]) -> str | None:
+        source = _source(row)
+        return self.pz.path(source) if self.pz is not None else source
 
     def close(self) -> None:
         self.conn.close()
@@ -97,7 +115,7 @@ class ScoreStore:
         return (
             run_id, uid, _meta(row, "study_uid"), _meta(row, "modality"), _meta(row, "description"),
             n_slices if n_slices is not None else _meta(row, "n_instances"), sz, sy, sx,
-            _meta(row, "orientation"), _source(row), status, reason,
+            _meta(row, "orientation"), self._location(row), status, reason,
         )
 
     _SERIES_SQL = (
@@ -115,7 +133,7 @@ class ScoreStore:
                 if status == "error":
                     self.conn.execute(
                         "INSERT INTO errors(run_id, series_uid, source, stage, error, created_at) VALUES (?,?,?,?,?,?)",
-                        (run_id, uid, _source(row), error_stage, reason, now()),
+                        (run_id, uid, self._error_source(row), error_stage, reason, now()),
                     )
 
     def commit_series(self, run_id: str, bundle_sha256: str, threshold: float, result: SeriesResult,
@@ -143,7 +161,7 @@ class ScoreStore:
             for stage, error in result.errors:
                 self.conn.execute(
                     "INSERT INTO errors(run_id, series_uid, source, stage, error, created_at) VALUES (?,?,?,?,?,?)",
-                    (run_id, result.series_uid, _source(row), stage, clean(error), created),
+                    (run_id, result.series_uid, self._error_source(row), stage, clean(error), created),
                 )
 
     # -------------------------------------------------------------- export
