@@ -103,7 +103,11 @@ def test_luna16_tutorial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     scores = pd.read_csv(work / "scores/scores.csv")
     assert len(scores) == len(table) and scores["probability"].between(0, 1).all()
     with sqlite3.connect(work / "scores/medsuite.db") as db:
-        sources = [r[0] for r in db.execute("SELECT source FROM series")]
+        sealed = [r[0] for r in db.execute("SELECT source FROM series")]
+    from medsuite.io.phi import Pseudonymizer
+
+    sources = [Pseudonymizer.from_key_file().unseal(s) for s in sealed]  # stored sealed: folder names are PHI
+    assert all(s.startswith("phi1:") for s in sealed)
     assert len(sources) == table["series_uid"].nunique() and all(s.endswith(".mhd") for s in sources)
     assert (work / "sanity/sanity.html").is_file()
 
@@ -148,7 +152,11 @@ def test_lidc_tutorial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert (work / "runs/lidc/report.html").is_file()
     scores = pd.read_csv(work / "scores/scores.csv")
-    assert set(scores["nodule_id"]) == set(table["nodule_id"])
+    from medsuite.io.phi import Pseudonymizer
+
+    # LIDC nodule ids hold the patient id (LIDC-IDRI-0001/...): scoring writes their keyed pseudonyms
+    assert set(scores["nodule_id"]) == set(Pseudonymizer.pseudonymize_table(table)["nodule_id"])
+    assert scores["nodule_id"].str.startswith("id-").all()
     assert (work / "evaluation/report.html").is_file() and (work / "sanity/sanity.html").is_file()
 
 

@@ -1,0 +1,70 @@
+"""`medsuite train CONFIG` with the demo's ``num_workers: 1``, SIGKILLed during epoch 3 and continued with
+``--resume``, ends bit-identical to an uninterrupted run (issue 17 item 4, as a user meets it): every tensor
+of the final checkpoint, and the bundle's weights."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from phi_trace_support import make_marked_cohort
+from process_support import env, kill9_and_check_orphans, start, temp_leftovers
+
+from medsuite.learn.checkpoint import load_checkpoint
+
+
+def _config(root, out) -> dict:
+    return {
+        "task": "nodule", "name": "m", "out": str(out),
+        "data": {"table": str(root / "nodules.csv"), "dicom_root": str(root / "dicom"),
+                 "cache_dir": str(root / "cache"), "split": {"column": "split"}, "bs": 4, "num_workers": 1},
+        "block": {"type": "SliceStack", "k": 3, "size": 16, "spacing_mm": 2.0, "pixel_mm": 0.8, "window": "lung"},
+        "model": {"arch": "slice_cnn", "kwargs": {"width": 4, "depth": 2, "subunits": 1}},
+        "train": {"epochs": 4, "lr": 0.003, "seed": 0, "device": "cpu", "amp": False},
+        "report": {"baselines": [], "n_boot": 100, "top_losses": 0},
+    }
+
+
+@pytest.mark.slow
+def test_train_killed_in_epoch_3_and_resumed_matches_the_uninterrupted_run(tmp_path):
+    root = tmp_path / "data"
+    table = make_marked_cohort(root / "dicom", patients=12)
+    table.to_csv(root / "nodules.csv", index=False)
+    configs = {}
+    for name in ("full", "killed"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text(yaml.safe_dump(_config(root, tmp_path / name)))
+    full = subprocess.run([sys.executable, "-m", "medsuite", "train", str(configs["full"]), "--quiet"],
+                          capture_output=True, text=True, env=env(), timeout=900)
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    proc = start(["-m", "medsuite", "train", str(configs["killed"]), "--quiet"])
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.safetensors"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if load_checkpoint(ckpt).meta["state"]["epoch"] == 2:  # epochs 1-2 done: now in epoch 3
+                break
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    time.sleep(1.0)  # into epoch 3: its first batches are trained, then lost
+    assert proc.poll() is None, "the run ended before it could be killed"
+    assert not kill9_and_check_orphans(proc)
+    assert load_checkpoint(ckpt).meta["state"]["epoch"] == 2
+
+    resumed = subprocess.run([sys.executable, "-m", "medsuite", "train", str(configs["killed"]), "--resume",
+                              "--quiet"], capture_output=True, text=True, env=env(), timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b = load_checkpoint(ckpt)
+    differ = [k for k in a.tensors if not torch.equal(a.tensors[k], b.tensors[k])]
+    assert sorted(a.tensors) == sorted(b.tensors) and differ == [], f"{len(differ)} of {len(a.tensors)} differ"
+    wa = (tmp_path / "full" / "m.bundle" / "model.safetensors").read_bytes()
+    wb = (tmp_path / "killed" / "m.bundle" / "model.safetensors").read_bytes()
+    assert wa == wb
+    assert temp_leftovers(tmp_path / "killed") == []
