@@ -21,8 +21,8 @@ def _config(root, out) -> dict:
     return {
         "task": "nodule", "name": "m", "out": str(out),
         "data": {"table": str(root / "nodules.csv"), "dicom_root": str(root / "dicom"),
-                 "cache_dir": str(root / "cache"), "split": {"column": "split"}, "bs": 4, "num_workers": 1},
-        "block": {"type": "SliceStack", "k": 3, "size": 16, "spacing_mm": 2.0, "pixel_mm": 0.8, "window": "lung"},
+                 "cache_dir": str(root / "cache"), "split": {"column": "split"}, "bs": 2, "num_workers": 1},
+        "block": {"type": "SliceStack", "k": 3, "size": 32, "spacing_mm": 2.0, "pixel_mm": 0.8, "window": "lung"},
         "model": {"arch": "slice_cnn", "kwargs": {"width": 4, "depth": 2, "subunits": 1}},
         "train": {"epochs": 4, "lr": 0.003, "seed": 0, "device": "cpu", "amp": False},
         "report": {"baselines": [], "n_boot": 100, "top_losses": 0},
@@ -32,7 +32,7 @@ def _config(root, out) -> dict:
 @pytest.mark.slow
 def test_train_killed_in_epoch_3_and_resumed_matches_the_uninterrupted_run(tmp_path):
     root = tmp_path / "data"
-    table = make_marked_cohort(root / "dicom", patients=12)
+    table = make_marked_cohort(root / "dicom", patients=16)
     table.to_csv(root / "nodules.csv", index=False)
     configs = {}
     for name in ("full", "killed"):
@@ -52,10 +52,10 @@ def test_train_killed_in_epoch_3_and_resumed_matches_the_uninterrupted_run(tmp_p
         except (FileNotFoundError, ValueError, KeyError):
             pass
         time.sleep(0.05)
-    time.sleep(1.0)  # into epoch 3: its first batches are trained, then lost
     assert proc.poll() is None, "the run ended before it could be killed"
-    assert not kill9_and_check_orphans(proc)
-    assert load_checkpoint(ckpt).meta["state"]["epoch"] == 2
+    assert not kill9_and_check_orphans(proc)  # in epoch 3 (or, on a fast machine, 4): its batches are lost
+    state = load_checkpoint(ckpt).meta["state"]
+    assert state["epoch"] in (2, 3) and not state["finished"]
 
     resumed = subprocess.run([sys.executable, "-m", "medsuite", "train", str(configs["killed"]), "--resume",
                               "--quiet"], capture_output=True, text=True, env=env(), timeout=900)
