@@ -19,6 +19,7 @@ _EXPORTS = {
     "knn_agreement": "medsuite.interpret.index",
     "LossTable": "medsuite.interpret.losses",
     "collect_losses": "medsuite.interpret.losses",
+    "loss_table": "medsuite.interpret.losses",
     "splat_to_volume": "medsuite.interpret.mapping",
     "slice_importance": "medsuite.interpret.mapping",
     "randomization_test": "medsuite.interpret.sanity",
@@ -32,6 +33,7 @@ __all__ = [
     "attribute",
     "build_case_index",
     "collect_losses",
+    "loss_table",
     "deletion_insertion",
     "explain",
     "grad_cam",
@@ -54,6 +56,6 @@ if TYPE_CHECKING:
     )
     from medsuite.interpret.explain import Explanation, explain
     from medsuite.interpret.index import CaseIndex, build_case_index, knn_agreement
-    from medsuite.interpret.losses import LossTable, collect_losses
+    from medsuite.interpret.losses import LossTable, collect_losses, loss_table
     from medsuite.interpret.mapping import slice_importance, splat_to_volume
     from medsuite.interpret.sanity import deletion_insertion, randomization_test

@@ -13,6 +13,7 @@ _EXPORTS = {
     "run_training": "medsuite.pipelines.train",
     "TrainResult": "medsuite.pipelines.train",
     "evaluate_bundle": "medsuite.pipelines.evaluate",
+    "report_from_scores": "medsuite.pipelines.evaluation",
     "diameter_baseline": "medsuite.pipelines.baselines",
     "radiomics_baseline": "medsuite.pipelines.baselines",
     "score": "medsuite.pipelines.scoring",
@@ -30,6 +31,7 @@ __all__ = [
     "evaluate_bundle",
     "load_config",
     "radiomics_baseline",
+    "report_from_scores",
     "run_demo",
     "run_training",
     "score",
@@ -41,5 +43,6 @@ if TYPE_CHECKING:
     from medsuite.pipelines.config import ConfigError, PipelineConfig, load_config
     from medsuite.pipelines.demo import run_demo
     from medsuite.pipelines.evaluate import evaluate_bundle
+    from medsuite.pipelines.evaluation import report_from_scores
     from medsuite.pipelines.scoring import ScoreConfig, Summary, score
     from medsuite.pipelines.train import TrainResult, run_training
