@@ -121,7 +121,16 @@ def evaluate_predictor(predictor: Predictor, batches: Iterable[Any], items: pd.D
     """Score ``items`` (``batches`` yields their ``(x, y)`` in table order, unaugmented) with the predictor, once;
     compute the metrics with bootstrap CIs from the scores table and, with the training cases' ``index``,
     the k-NN agreement of the held-out embeddings."""
-    raw, targets = predictor.predict_loader(batches, calibrated=False)
+    raws, target_parts, embeddings = [], [], []
+    for x, y in batches:  # one pass over the data: probabilities and, for the k-NN agreement, embeddings
+        x = np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=np.float32)
+        raws.append(predictor.raw_proba(x))
+        target_parts.append(np.asarray(y.cpu() if hasattr(y, "cpu") else y).astype(np.int64).reshape(-1))
+        if index is not None:
+            embeddings.append(predictor.embed(x))
+    if not raws:
+        raise ValueError("evaluate: no items to score")
+    raw, targets = np.concatenate(raws), np.concatenate(target_parts)
     probs = predictor.calibrate(raw)
     if len(probs) != len(items):
         raise ValueError(f"evaluate: {len(probs)} items scored but the table has {len(items)} rows")
@@ -138,9 +147,7 @@ def evaluate_predictor(predictor: Predictor, batches: Iterable[Any], items: pd.D
         report = classification_report(targets, probs, vocab, None, n_boot=n_boot)
     evaluation = Evaluation(split, items.reset_index(drop=True), probs, raw, targets, losses, report, scores, settings)
     if index is not None:
-        held_out = np.concatenate([predictor.embed(np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=np.float32))
-                                   for x, _ in batches])
-        evaluation.knn_agreement = float(knn_agreement(index, held_out, [vocab[t] for t in targets], k=k))
+        evaluation.knn_agreement = float(knn_agreement(index, np.concatenate(embeddings), [vocab[t] for t in targets], k=k))
     return evaluation
 
 
