@@ -140,9 +140,11 @@ def decode_dataset(ds, *, path: str | Path, transfer_syntax: str) -> np.ndarray:
         raise PixelDataError(f"{path}: no Pixel Data element")
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # decoder plugins raise many types; name the file and syntax
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - plugins raise many types; Rust ones panic (a BaseException)
         raise PixelDataError(
-            f"{path}: cannot decode {syntax_name(transfer_syntax)} pixel data: {exc}"
+            f"{path}: cannot decode {syntax_name(transfer_syntax)} pixel data: {type(exc).__name__}: {exc}"
         ) from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if getattr(ds, "SamplesPerPixel", 1) != 1:

@@ -162,7 +162,9 @@ def scan_file(path: str) -> FileHeader | Skip:
         return path, Code.UNPARSABLE, "unreadable DICOM header: sequences nested too deeply"
     except MemoryError:
         return path, Code.UNPARSABLE, "unreadable DICOM header: too large to parse in memory"
-    except Exception as exc:  # noqa: BLE001 - a broken file must never stop a scan
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a broken file must never stop a scan (even a Rust panic)
         return path, Code.UNPARSABLE, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
 
 
@@ -347,6 +349,20 @@ def _neighbour_problems(skipped: list[Skip]) -> dict[str, list[Problem]]:
     return out
 
 
+def _sorted_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Series by study, series number (missing last) and UID; each series' stacks together, main first."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["series_uid"], []).append(row)
+
+    def key(uid: str) -> tuple:
+        first = groups[uid][0]
+        number = first["series_number"]
+        return (str(first["study_uid"] or ""), number is None, number if number is not None else 0, uid)
+
+    return [row for uid in sorted(groups, key=key) for row in groups[uid]]
+
+
 def build_scan(items: Iterable[FileHeader | Skip]) -> ScanResult:
     """The series table and skipped files from `scan_file` results (any order, any chunking).
 
@@ -366,13 +382,7 @@ def build_scan(items: Iterable[FileHeader | Skip]) -> ScanResult:
         folders = {str(Path(h.path).parent) for h in stack.headers}
         extra = [p for f in sorted(folders) for p in neighbours.get(f, [])]
         rows.append(stack_row(stack_id, stack, extra))
-    series = pd.DataFrame(rows, columns=SERIES_COLUMNS)
-    if not series.empty:  # series by study, number and UID; each series' stacks stay together, main first
-        first = series.groupby("series_uid", sort=False).head(1).set_index("series_uid")
-        key = first[["study_uid", "series_number"]].reindex(series["series_uid"]).reset_index(drop=True)
-        series = series.assign(_study=key["study_uid"].to_numpy(), _number=key["series_number"].to_numpy())
-        series = series.sort_values(["_study", "_number", "series_uid"], kind="stable", na_position="last")
-        series = series.drop(columns=["_study", "_number"]).reset_index(drop=True)
+    series = pd.DataFrame(_sorted_rows(rows), columns=SERIES_COLUMNS)
     table = pd.DataFrame([(p, r, c.value) for p, c, r in skipped], columns=SKIPPED_COLUMNS)
     return ScanResult(series=series, skipped=table)
 

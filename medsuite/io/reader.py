@@ -151,7 +151,9 @@ def _decode(inst: _Instance) -> np.ndarray:
         raise NotDicomError(f"{path}: cannot read the file: {exc.strerror or exc}", code=Code.UNREADABLE) from exc
     except MemoryError as exc:
         raise PixelDataError(f"{path}: not enough memory to decode its {syntax_name(syntax)} pixel data") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises assorted errors on corrupt files
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - pydicom and its plugins raise assorted errors (Rust ones panic)
         raise PixelDataError(f"{path}: cannot decode its pixel data: {type(exc).__name__}: {exc}") from exc
 
 
