@@ -269,6 +269,8 @@ def _cli():
 
 def _preload() -> None:
     """Import everything the children use once, in the parent, so that each fork starts warm (milliseconds)."""
+    import warnings
+
     import SimpleITK  # noqa: F401
     import typer.testing  # noqa: F401
 
@@ -279,8 +281,6 @@ def _preload() -> None:
     import medsuite.io.reader  # noqa: F401
     import medsuite.io.sitk_io  # noqa: F401
     from medsuite.io.mosaic import csa_image_header  # noqa: F401 - nibabel's csareader loads on first use
-
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

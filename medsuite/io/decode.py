@@ -9,6 +9,7 @@ installed for a syntax the error names the syntax and the package that decodes i
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,6 +42,7 @@ DECODER_PACKAGES: dict[str, str] = {
 PIXEL_DATA_TAG = 0x7FE00010
 
 
+@lru_cache(maxsize=256)
 def syntax_name(transfer_syntax: str) -> str:
     """A readable name for a transfer syntax UID (the UID itself when pydicom does not know it)."""
     name = uids.UID(transfer_syntax).name

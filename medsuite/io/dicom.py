@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -112,6 +113,7 @@ def sop_class_of(ds: Dataset) -> str:
     return str(value or "")
 
 
+@lru_cache(maxsize=512)
 def non_image_reason(sop_class: str) -> str | None:
     """Why instances of this SOP class are not image slices (None for image storage classes)."""
     if not sop_class:

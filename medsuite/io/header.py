@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -555,6 +556,16 @@ def _spacing(h: FileHeader, values: list | None) -> tuple[float, float] | None:
     return spacing  # type: ignore[return-value]
 
 
+@lru_cache(maxsize=256)
+def _orientation_problem(iop: tuple[float, ...]) -> str | None:
+    """Why six numbers are not an orientation (cached: a series repeats one orientation in every file)."""
+    try:
+        plane_axes(iop, "")
+    except ValueError as exc:
+        return str(exc).lstrip(": ")
+    return None
+
+
 def _orientation(h: FileHeader, values: list | None) -> tuple[float, ...] | None:
     if not _present(values):
         return None
@@ -562,10 +573,9 @@ def _orientation(h: FileHeader, values: list | None) -> tuple[float, ...] | None
     if iop is None:
         h.add(Code.BAD_ORIENTATION, f"ImageOrientationPatient {list(values)} must be six numbers")
         return None
-    try:
-        plane_axes(iop, "")
-    except ValueError as exc:
-        h.add(Code.BAD_ORIENTATION, str(exc).lstrip(": "))
+    problem = _orientation_problem(iop)
+    if problem:
+        h.add(Code.BAD_ORIENTATION, problem)
         return None
     return iop
 
@@ -660,11 +670,10 @@ def _enhanced_geometry(ds: Dataset, h: FileHeader, per_frame: Any) -> None:
     h.orientation = valid[0] if valid else None
     if len({tuple(np.round(o, 4)) for o in valid}) > 1 or (valid and len(valid) < len(orientations)):
         h.orientations = orientations
-    for iop in {o for o in valid}:
-        try:
-            plane_axes(iop, "")
-        except ValueError as exc:
-            h.add(Code.BAD_ORIENTATION, str(exc).lstrip(": "))
+    for iop in set(valid):
+        problem = _orientation_problem(iop)
+        if problem:
+            h.add(Code.BAD_ORIENTATION, problem)
             break
     if len(set(types)) > 1:
         h.frame_types = types

@@ -268,8 +268,14 @@ def _label(series_uid: str, files: list[str]) -> str:
     return f"series {series_uid}{where}" if series_uid else f"files in {Path(files[0]).parent}" if files else "series"
 
 
-def _workers(workers: int | None) -> int:
-    return min(8, os.cpu_count() or 1) if workers is None else max(1, int(workers))
+def _workers(workers: int | None, stack: Stack) -> int:
+    """Threads for pixel reading. Default: one for uncompressed files (a read from the page cache is a memory
+    copy; on a shared machine threads lost up to 3x to GIL hand-offs), up to 8 for compressed ones (the
+    decoders release the GIL). Pass ``workers`` for network shares, where threads overlap latency."""
+    if workers is not None:
+        return max(1, int(workers))
+    compressed = any(h.pixel_offset is None for h in stack.headers)
+    return min(8, os.cpu_count() or 1) if compressed else 1
 
 
 def _describe_stacks(stacks: list[tuple[str, Stack]]) -> str:
@@ -562,14 +568,15 @@ def read_series(
     localizer planes ...). ``volume``: which volume of a 4D stack (0-based; default the first, and the
     volume's meta says so). ``on_irregular``: 'resample' (regrid along the normal at the smallest acquired
     step, or ``z_spacing`` mm) or 'error' for missing slices / uneven spacing; ``on_tilt``: 'correct' or
-    'error' for gantry tilt. ``workers`` threads read and decode files in parallel (default: up to 8).
+    'error' for gantry tilt. ``workers`` threads read and decode files in parallel (default: one for
+    uncompressed files, up to 8 for compressed ones).
     """
     stack_obj, label, instances = _open_stack(source, stack, on_irregular, on_tilt, z_spacing)
     n = stack_obj.n_volumes
     index = 0 if volume is None else int(volume)
     if not 0 <= index < n:
         raise DicomError(f"{label}: volume {volume} does not exist (the stack has {n} volume(s), 0 to {n - 1})")
-    out = _read_volume(stack_obj, index, label, instances, on_irregular, on_tilt, z_spacing, _workers(workers))
+    out = _read_volume(stack_obj, index, label, instances, on_irregular, on_tilt, z_spacing, _workers(workers, stack_obj))
     if n > 1 and volume is None:
         log.warning("%s: 4D stack of %d volumes; read the first (pass volume=N for another)", label, n)
     return out
@@ -586,7 +593,7 @@ def read_series_volumes(
 ) -> list[Volume]:
     """Every volume of a (4D) stack, in order: time points, b-values/directions, mosaic files (see `read_series`)."""
     stack_obj, label, instances = _open_stack(source, stack, on_irregular, on_tilt, z_spacing)
-    w = _workers(workers)
+    w = _workers(workers, stack_obj)
     return [
         _read_volume(stack_obj, v, label, instances, on_irregular, on_tilt, z_spacing, w)
         for v in range(stack_obj.n_volumes)
