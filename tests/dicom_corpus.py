@@ -53,14 +53,16 @@ def copy_into(path: Path, folder: Path, name: str | None = None) -> Path:
     return target
 
 
-def run_dcm2niix(source: Path, out: Path, name: str = "d2n") -> list[Path]:
-    """dcm2niix (the pip package's binary) on a folder; returns the NIfTI files it wrote (sorted)."""
+def run_dcm2niix(source: Path, out: Path, name: str = "d2n", *, check: bool = True) -> list[Path]:
+    """dcm2niix (the pip package's binary) on a folder; returns the NIfTI files it wrote (sorted).
+
+    ``check``: raise when dcm2niix exits with an error (it does for files it cannot convert)."""
     import dcm2niix
 
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [str(dcm2niix.bin), "-z", "n", "-b", "n", "-f", f"{name}_%s_%e", "-o", str(out), str(source)],
-        check=True, capture_output=True, timeout=120,
+        check=check, capture_output=True, timeout=120,
     )  # fmt: skip
     return sorted(p for p in out.glob(f"{name}*.nii") if "_ROI" not in p.name)  # not overlays as images
 

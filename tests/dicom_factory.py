@@ -284,6 +284,18 @@ def write_enhanced_4d(
     ds = pydicom.dcmread(path)
     types = frame_types or [["ORIGINAL", "PRIMARY", "AXIAL", "NONE"], ["DERIVED", "PRIMARY", "AXIAL", "MAP"]]
     frames = list(ds.PerFrameFunctionalGroupsSequence)
+    organization = "1.2.826.0.1.3680043.8.498.900"
+    ds.DimensionOrganizationSequence = pydicom.sequence.Sequence([Dataset()])
+    ds.DimensionOrganizationSequence[0].DimensionOrganizationUID = organization
+    pointers = ["StackID", "InStackPositionNumber"] + (["TemporalPositionIndex"] if kind == "temporal" else [])
+    dimensions = []
+    for keyword in pointers:
+        item = Dataset()
+        item.DimensionOrganizationUID = organization
+        item.DimensionIndexPointer = pydicom.tag.Tag(keyword)
+        item.FunctionalGroupPointer = pydicom.tag.Tag("FrameContentSequence")
+        dimensions.append(item)
+    ds.DimensionIndexSequence = pydicom.sequence.Sequence(dimensions)
     for f, item in enumerate(frames):
         v, k = divmod(f, n)
         position = np.asarray(volumes[0].origin) + volumes[0].direction[:, 0] * volumes[0].spacing[0] * k
@@ -292,7 +304,9 @@ def write_enhanced_4d(
         content.InStackPositionNumber = k + 1
         if kind == "temporal":
             content.TemporalPositionIndex = v + 1
+            content.DimensionIndexValues = [1, k + 1, v + 1]
         else:
+            content.DimensionIndexValues = [1, k + 1]
             frame_type = Dataset()
             frame_type.FrameType = list(types[v])
             item.CTImageFrameTypeSequence = pydicom.sequence.Sequence([frame_type])

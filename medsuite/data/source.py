@@ -25,7 +25,7 @@ from medsuite.io.volume import Volume
 
 __all__ = ["SourceError", "VolumeSource", "find_image_files", "read_files", "read_path", "table_paths"]
 
-READER_VERSION = 1
+READER_VERSION = 2  # bumped when medsuite.io reads differently (2: regridding step, interpolated_slices, stacks)
 
 
 class SourceError(KeyError, ValueError):
