@@ -123,6 +123,19 @@ class Node:
     def sid(self) -> int:
         return self.proc.pid  # start_new_session: the leader's pid is the session id
 
+    def processes(self, prefix: str) -> list[int]:
+        """Pids of this node's processes whose command line starts with ``prefix`` (Ray names its workers
+        ``ray::<task or actor class>``)."""
+        found = []
+        for pid in _session_pids(self.sid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if fh.read().decode(errors="replace").startswith(prefix):
+                        found.append(pid)
+            except OSError:
+                continue
+        return found
+
     def kill(self) -> None:
         """What losing the machine looks like: every process of the node killed at once."""
         for pid in _session_pids(self.sid):
@@ -195,23 +208,23 @@ class LoopbackCluster:
                 time.sleep(0.2)
         raise RuntimeError(f"the Ray head did not listen on {self.address} within {timeout_s} s")
 
-    def wait_nodes(self, n: int, timeout_s: float = 90.0) -> list[str]:
-        """Wait until ``n`` nodes are alive (asked from a short driver process); returns their ids."""
+    def wait_nodes(self, n: int, timeout_s: float = 90.0) -> dict[str, float]:
+        """Wait until ``n`` nodes are alive (asked from a short driver process); returns {node id: CPUs}."""
         code = ("import ray, sys, time\n"
                 f"ray.init(address='{self.address}', log_to_driver=False, logging_level='ERROR')\n"
                 f"deadline = time.monotonic() + {timeout_s}\n"
                 "while True:\n"
-                "    alive = [x['NodeID'] for x in ray.nodes() if x['Alive']]\n"
+                "    alive = [f\"{x['NodeID']}={x['Resources'].get('CPU', 0)}\" for x in ray.nodes() if x['Alive']]\n"
                 f"    if len(alive) >= {n} or time.monotonic() > deadline: break\n"
                 "    time.sleep(0.2)\n"
                 "print(' '.join(alive))\n")
         out = subprocess.run([sys.executable, "-c", code], env=ray_env(), capture_output=True, text=True,
                              timeout=timeout_s + 60, cwd=self.root)
-        alive = out.stdout.split()
+        alive = dict(item.split("=") for item in out.stdout.split())
         if len(alive) < n:
             logs = "\n".join(node.log.read_text()[-1500:] for node in self.nodes)
             raise RuntimeError(f"only {len(alive)} of {n} Ray nodes came up: {out.stderr[-1500:]}\n{logs}")
-        return alive
+        return {k: float(v) for k, v in alive.items()}
 
     def listening(self) -> list[str]:
         """Local addresses that the cluster's processes listen on (TCP), e.g. '127.0.0.1:6379'."""

@@ -26,11 +26,14 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def cluster():
+    """A head that runs no work (0 CPUs, as is usual) and two worker nodes of 2 CPUs."""
     c = LoopbackCluster()
     try:
-        c.start_head(num_cpus=2)
+        c.start_head(num_cpus=0)
         c.add_worker(num_cpus=2)
-        c.nodes_ids = c.wait_nodes(2)
+        c.add_worker(num_cpus=2)
+        c.worker_ids = {k for k, cpus in c.wait_nodes(3).items() if cpus > 0}
+        assert len(c.worker_ids) == 2
         yield c
     finally:
         c.stop()
@@ -92,11 +95,11 @@ def test_two_nodes_share_the_work_and_match_the_local_engine(cluster, tmp_path):
         env=ray_env(), capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert res.returncode == 1, res.stderr  # 1 = some failed: the corrupt series and the nodule outside its scan
     assert local.exit_code == 1
-    # both nodes read and sampled series, and scanned headers
+    # both worker nodes read and sampled series, and scanned headers
     read = _node_counts(res.stderr, "read+sample")
-    assert len(read) == 2 and sum(read.values()) == len(cohort["good"]) + 1, res.stderr  # + the undecodable one
-    assert {k[:8] for k in cluster.nodes_ids} == set(read), (cluster.nodes_ids, read)
-    assert len(_node_counts(res.stderr, "header scan")) == 2
+    assert sum(read.values()) == len(cohort["good"]) + 1, res.stderr  # + the one that cannot be decoded
+    assert {k[:8] for k in cluster.worker_ids} == set(read), (cluster.worker_ids, read)
+    assert {k[:8] for k in cluster.worker_ids} == set(_node_counts(res.stderr, "header scan"))
     assert sum(_node_counts(res.stderr, "inference").values()) == len(cohort["good"]) + 1
 
     a = pd.read_parquet(tmp_path / "local" / "scores.parquet")
@@ -139,8 +142,10 @@ def _many_nodules(cohort: dict, per_series: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_losing_the_worker_node_mid_run_scores_every_series_once(cluster, tmp_path):
-    """Also: --ray-ship-inputs (files and bundle sent through the object store, read from a node's temp copy)."""
+def test_losing_the_node_of_the_inference_actor_mid_run_scores_every_series_once(cluster, tmp_path):
+    """The node that hosts the inference actor (and reads series) is killed mid-run: its reads are redone
+    and a new actor starts on the other node; every series and nodule ends up scored exactly once.
+    Also: --ray-ship-inputs (files and bundle sent through the object store, read from a node's temp copy)."""
     n_series, per_series = 24, 12
     cohort = S.make_cohort(tmp_path / "cohort", n_good=n_series, extras=False)
     _many_nodules(cohort, per_series).to_csv(tmp_path / "nodules.csv", index=False)
@@ -149,15 +154,15 @@ def test_losing_the_worker_node_mid_run_scores_every_series_once(cluster, tmp_pa
     db = out / "medsuite.db"
     proc = _popen_cli(str(bundle), str(tmp_path / "cohort"), "--out", str(out), "--nodules",
                       str(tmp_path / "nodules.csv"), "--engine", "ray", "--ray-address", cluster.address,
-                      "--batch-size", "2", "--ray-actors", "1:1", "--ray-stall-timeout", "20", "--quiet",
-                      "--ray-ship-inputs")  # the files and the bundle travel through the object store
-    worker = cluster.nodes[1]
+                      "--batch-size", "2", "--ray-actors", "1:1", "--quiet", "--ray-ship-inputs")
     try:
         deadline = time.monotonic() + 180
         while _scored(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before the node could be killed: {proc.stdout.read()}"
-        worker.kill()  # the machine is gone: raylet, object store and every worker process at once
+        hosts = [node for node in cluster.nodes[1:] if node.processes("ray::InferenceActor")]
+        assert len(hosts) == 1, "one worker node hosts the inference actor"
+        hosts[0].kill()  # the machine is gone: raylet, object store, the actor and every worker at once
         killed_at = time.monotonic()
         at_kill = _scored(db)
         text, _ = proc.communicate(timeout=240)
@@ -179,10 +184,11 @@ def test_losing_the_worker_node_mid_run_scores_every_series_once(cluster, tmp_pa
     assert scored == (n_series, n_series)
     assert predictions == (n_series * per_series, n_series * per_series)
     assert statuses == ["finished"]
-    read = _node_counts(text, "read+sample")
-    assert sum(read.values()) == n_series
-    # the summary says what was re-submitted after the loss (the lost node's in-flight and stored work)
-    assert re.search(r"(\d+) series re-submitted", text)
+    assert sum(_node_counts(text, "read+sample").values()) == n_series
+    # the lost actor was replaced, and its node's work re-submitted
+    started = int(re.search(r"inference actors started (\d+)", text).group(1))
+    retried = int(re.search(r"(\d+) series re-submitted", text).group(1))
+    assert started == 2 and retried >= 1, text
 
 
 def test_ray_client_address_is_refused_with_advice(tmp_path):

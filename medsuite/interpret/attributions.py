@@ -151,11 +151,13 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _as_batch(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+def _as_batch(x: np.ndarray | torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+    """A batch of one, on ``model``'s device (attributions run where the model is: CPU or GPU)."""
     import torch
 
     t = torch.as_tensor(np.asarray(x, dtype=np.float32) if not isinstance(x, torch.Tensor) else x)
-    return t.float().unsqueeze(0)
+    param = None if model is None else next(model.parameters(), None)
+    return t.float().unsqueeze(0).to(param.device if param is not None else "cpu")
 
 
 def _resolve_target(model: nn.Module, x: np.ndarray | torch.Tensor, target: int | None) -> int:
@@ -166,7 +168,7 @@ def _resolve_target(model: nn.Module, x: np.ndarray | torch.Tensor, target: int 
     if target is not None:
         return int(target)
     with eval_mode(model), torch.no_grad():
-        return int(model(_as_batch(x)).argmax(dim=1)[0])
+        return int(model(_as_batch(x, model)).argmax(dim=1)[0])
 
 
 def blurred_baseline(x: np.ndarray, layout: SampleLayout, sigma_px: float | tuple[float, ...] = 4.0) -> np.ndarray:
@@ -209,7 +211,7 @@ def integrated_gradients(
     ibs = int(internal_batch_size or n_steps)
     with eval_mode(model):
         ig = IntegratedGradients(model)
-        inputs, base = _as_batch(x), _as_batch(baseline)
+        inputs, base = _as_batch(x, model), _as_batch(baseline, model)
         if noise_tunnel:
             attr, delta = NoiseTunnel(ig).attribute(
                 inputs, nt_type="smoothgrad", nt_samples=nt_samples, stdevs=nt_stdev, baselines=base,
@@ -219,7 +221,7 @@ def integrated_gradients(
                                        internal_batch_size=ibs, return_convergence_delta=True)
     delta = float(delta.abs().max())
     notes = [] if delta < 0.05 else [f"IG completeness gap {delta:.3g}: consider more steps"]
-    return Attribution("ig", attr[0].detach().numpy().astype(np.float32), target,
+    return Attribution("ig", attr[0].detach().cpu().numpy().astype(np.float32), target,
                        {"n_steps": n_steps, "internal_batch_size": ibs, "noise_tunnel": noise_tunnel,
                         "convergence_delta": delta}, notes)
 
@@ -258,12 +260,12 @@ def occlusion(
         lead_win, lead_stride = list(lead), list(lead)
     check_no_inplace(model)
     target = _resolve_target(model, x, target)
-    base = _as_batch(np.broadcast_to(np.asarray(fill, dtype=np.float32), x.shape).copy())
+    base = _as_batch(np.broadcast_to(np.asarray(fill, dtype=np.float32), x.shape).copy(), model)
     with eval_mode(model):
         attr = Occlusion(model).attribute(
-            _as_batch(x), sliding_window_shapes=tuple(lead_win + win), strides=tuple(lead_stride + stride),
+            _as_batch(x, model), sliding_window_shapes=tuple(lead_win + win), strides=tuple(lead_stride + stride),
             baselines=base, target=target, perturbations_per_eval=batch_size)
-    return Attribution("occlusion", attr[0].detach().numpy().astype(np.float32), target,
+    return Attribution("occlusion", attr[0].detach().cpu().numpy().astype(np.float32), target,
                        {"window_mm": window_mm, "stride_mm": stride_mm, "window_px": win, "stride_px": stride})
 
 
@@ -284,13 +286,13 @@ def grad_cam(model: nn.Module, x: np.ndarray, *, target: int | None = None, laye
     check_no_inplace(model)
     target = _resolve_target(model, x, target)
     with eval_mode(model):
-        cam = LayerGradCam(model, layer).attribute(_as_batch(x), target=target, relu_attributions=True)
+        cam = LayerGradCam(model, layer).attribute(_as_batch(x, model), target=target, relu_attributions=True)
     if cam.ndim not in (4, 5):
         raise ValueError(f"GradCAM layer output must be 2D or 3D feature maps, got shape {tuple(cam.shape)}")
     n_sp = cam.ndim - 2
     native = tuple(int(s) for s in cam.shape[2:])
     mode = "bilinear" if n_sp == 2 else "trilinear"
-    up = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-n_sp:]), interpolate_mode=mode)
+    up = LayerAttribution.interpolate(cam.detach().cpu(), tuple(x.shape[-n_sp:]), interpolate_mode=mode)
     lead = x.shape[: x.ndim - n_sp - 1]
     flips = tuple(getattr(model, "tta", None) or ((),))  # a predictor chain stacks its flipped copies flip-major
     if up.shape[0] != len(flips) * math.prod(lead):

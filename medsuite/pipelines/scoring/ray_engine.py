@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -85,19 +85,20 @@ def _restore_paths(prepared: Prepared, folder: str, source: str) -> Prepared:
 
 
 def prepare_task(item: WorkItem, block_spec_json: str, read_options: dict[str, Any],
-                 payload: list[tuple[str, bytes]] | None = None) -> tuple[dict[str, Any], Prepared]:
+                 payload: list[tuple[str, bytes]] | None = None,
+                 prepare_fn: Callable[..., Prepared] = prepare) -> tuple[dict[str, Any], Prepared]:
     """Ray task (two returns): a small summary the driver reads, and the `Prepared` samples that only the
     inference actor fetches. With ``payload`` (shipped files) the series is read from a temporary copy."""
     import ray
 
     node = ray.get_runtime_context().get_node_id()
     if payload is None:
-        prepared = prepare(item, block_spec_json, read_options)
+        prepared = prepare_fn(item, block_spec_json, read_options)
     else:
         with tempfile.TemporaryDirectory(prefix="medsuite-series-") as folder:
             source = os.path.dirname(item.files[0]) if item.files else ""
-            prepared = _restore_paths(prepare(_materialise(item, payload, folder), block_spec_json, read_options),
-                                      folder, source)
+            prepared = _restore_paths(prepare_fn(_materialise(item, payload, folder), block_spec_json,
+                                                 read_options), folder, source)
     n = 0 if prepared.samples is None else len(prepared.samples)
     return {"node": node, "n": n}, prepared
 
@@ -186,6 +187,7 @@ class _Actor:
     node: str | None = None
     calls: int = 0
     alive: bool = True
+    last_seen: float = 0.0    # when it last answered (became ready, or returned a call)
 
 
 @dataclass(eq=False)
@@ -206,13 +208,31 @@ class EngineStats:
     retried: int = 0
     actors_started: int = 0
     actors_max: int = 0
+    first_result: float | None = None   # monotonic time of the first and the last result
+    last_result: float | None = None
+    results: int = 0
+
+    def result(self) -> None:
+        now = time.monotonic()
+        self.first_result = self.first_result or now
+        self.last_result = now
+        self.results += 1
+
+    @property
+    def phase_rate(self) -> float | None:
+        """Series/min from the first result to the last (without connecting, discovery, loading the model)."""
+        if self.results < 2 or not self.first_result or self.last_result == self.first_result:
+            return None
+        return 60 * (self.results - 1) / (self.last_result - self.first_result)
 
     def lines(self) -> list[str]:
         def fmt(c: Counter) -> str:
             return ", ".join(f"{k[:8]} {v}" for k, v in c.most_common())
 
+        rate = self.phase_rate
         out = [f"  ray: {self.nodes} node(s); inference actors started {self.actors_started}, at most "
-               f"{self.actors_max} at once; {self.retried} series re-submitted"]
+               f"{self.actors_max} at once; {self.retried} series re-submitted"
+               + (f"; scoring phase {rate:.1f} series/min" if rate else "")]
         if self.discover:
             out.append(f"  ray: header scan on {len(self.discover)} node(s) (files): {fmt(self.discover)}")
         out.append(f"  ray: read+sample on {len(self.read)} node(s) (series): {fmt(self.read)}")
@@ -224,8 +244,12 @@ class RayEngine:
     """Scores work items on a connected Ray session; `run` yields one `SeriesResult` per item."""
 
     def __init__(self, session: Session, *, bundle_path: str, block_spec_json: str, device: str, batch_size: int,
-                 read_options: dict[str, Any] | None = None, options: RayOptions | None = None) -> None:
+                 read_options: dict[str, Any] | None = None, options: RayOptions | None = None,
+                 prepare_fn: Callable[..., Prepared] = prepare) -> None:
+        """``prepare_fn(item, block_spec_json, read_options) -> Prepared`` runs in the read tasks (a
+        module-level function, importable on every node; `stages.prepare` unless a caller needs another)."""
         self.session, self.bundle_path, self.spec = session, str(bundle_path), block_spec_json
+        self.prepare_fn = prepare_fn
         self.batch_size, self.read_options = int(batch_size), dict(read_options or {})
         self.options = options or RayOptions()
         self.stats = EngineStats(nodes=len(session.nodes))
@@ -360,7 +384,7 @@ class RayEngine:
             payload = None
             if self.options.ship_inputs:
                 payload = ray.put([(os.path.basename(f), Path(f).read_bytes()) for f in job.item.files])
-            meta, data = self.task.remote(job.item, self.spec, self.read_options, payload)
+            meta, data = self.task.remote(job.item, self.spec, self.read_options, payload, self.prepare_fn)
             job.data = data
             self.preparing[meta] = (job, time.monotonic())
 
@@ -408,6 +432,7 @@ class RayEngine:
             elif ref in self.calls:
                 call = self.calls.pop(ref)
                 call.actor.calls -= 1
+                call.actor.last_seen = time.monotonic()
                 try:
                     results: list[SeriesResult] = ray.get(ref)
                 except Exception as exc:  # the actor or its input was lost; or the call itself failed
@@ -426,6 +451,7 @@ class RayEngine:
                         job.data = None
                         self.stats.read[job.node or "?"] += 1
                     self.stats.infer[call.actor.node or "?"] += 1
+                    self.stats.result()
                     yield result
             else:
                 actor = next((a for a in self.actors if a.node_ref == ref), None)
@@ -433,6 +459,7 @@ class RayEngine:
                     continue
                 try:
                     actor.node = ray.get(ref)
+                    actor.last_seen = time.monotonic()
                 except Exception as exc:  # the actor could not start (bundle, CUDA, node lost)
                     self._actor_failures += 1
                     self._drop_actor(actor, f"could not start: {_describe(exc)}")
@@ -482,23 +509,26 @@ class RayEngine:
                 self.todo.appendleft(job)
 
     def _watchdog(self) -> Iterator[SeriesResult]:
-        """No result for `stall_s`: say so, and start a second attempt of everything in flight."""
+        """No result for `stall_s`: say so, start a second attempt of every read task older than that, and
+        replace every actor that has work but has not answered for that long (a hung node, a stuck GPU)."""
         now = time.monotonic()
-        if now - self._last_progress < self.options.stall_s:
+        stall = self.options.stall_s
+        if now - self._last_progress < stall:
             return
-        stale_prep = [job for job, since in self.preparing.values() if now - since >= self.options.stall_s]
-        stale_calls = [c for c in self.calls.values() if now - c.since >= self.options.stall_s]
+        stale_prep = [job for job, since in self.preparing.values() if now - since >= stall]
+        stale_actors = [a for a in self.actors if a.alive and a.node is not None and a.calls
+                        and now - a.last_seen >= stall]
         log.warning("no progress for %.0f s (%d series being read, %d waiting, %d in inference, %d actor(s), %d node(s)"
-                    " alive): re-submitting the work in flight", now - self._last_progress, len(self.preparing),
-                    len(self.ready), sum(len(c.jobs) for c in self.calls.values()),
-                    sum(a.alive for a in self.actors), len(alive_nodes()))
-        self._requeue([replace(j, data=None) for j in stale_prep])
-        for call in stale_calls:
-            self._drop_actor(call.actor, f"no answer for {now - call.since:.0f} s")
-            for ref, c in list(self.calls.items()):
-                if c is call:
+                    " alive): re-submitting %d read(s) and the work of %d silent actor(s)", now - self._last_progress,
+                    len(self.preparing), len(self.ready), sum(len(c.jobs) for c in self.calls.values()),
+                    sum(a.alive for a in self.actors), len(alive_nodes()), len(stale_prep), len(stale_actors))
+        self._requeue([replace(j, data=None) for j in stale_prep])  # copies: the first attempt may still win
+        for actor in stale_actors:
+            self._drop_actor(actor, f"no answer for {now - actor.last_seen:.0f} s")
+            for ref, call in list(self.calls.items()):
+                if call.actor is actor:
                     del self.calls[ref]
-            self._requeue(call.jobs)
+                    self._requeue(call.jobs)
         self._last_progress = now
         return
         yield  # a generator, like the other steps of the loop
