@@ -4,12 +4,15 @@ N nodes (not part of the test suite).
 Measured here, side by side on the same generated series (CT, nodule bundle, CPU only):
 1. decode-only bound: scan + read + sample in W local processes (no model, no writing);
 2. the local engine, end to end (W workers);
-3. the Ray engine on one node (W CPUs) and on two nodes (W/2 CPUs each: the same cores, so this shows
-   the cost of spreading, not a speed-up), end to end and in the scoring phase (first to last result);
+3. the Ray engine with W + 1 CPUs (W readers and the inference actor, as the local engine uses them) on one
+   node, and on two nodes under a head that runs no work (the same cores, so this shows what spreading
+   costs, not a speed-up), end to end and from the first read to the last result;
 4. the driver's ceilings, as CPU seconds per series of the driver process (so that other work on the
    machine does not distort them): the Ray engine's scheduling with reading and inference replaced by
    no-ops (`RayEngine(prepare_fn=...)`), the SQLite writer (one transaction per series), and discovery's
    driver side (listing files, grouping headers into series);
+   plus the cost of the `ray.wait` calls of one turn of the engine's loop with K refs in flight (K grows
+   with the cluster: about one per CPU);
 5. a model of N nodes x C CPUs from these numbers: which part limits the throughput.
 
     python bench/bench_scoring_ray.py                      # 60 series 48x128x128, 2 CPUs
@@ -57,10 +60,10 @@ def run_score(bundle: Path, folders: list[Path], nodules: Path, out: Path, **kw)
 
 
 def phase_rate(summary) -> float | None:
-    """Series/min between the first and the last result (the Ray engine's summary line)."""
+    """Series/min from the first read to the last result (the Ray engine's summary line)."""
     for line in summary.engine_lines:
-        if "scoring phase" in line:
-            return float(line.split("scoring phase")[1].split()[0])
+        if "from the first read" in line:
+            return float(line.rsplit(";", 1)[1].split()[0])
     return None
 
 
@@ -127,17 +130,47 @@ def discovery_cost(folders: list[Path]) -> dict:
     return {"files": len(files), "list_s_per_file": listing, "group_s_per_file": grouping}
 
 
+def wait_cost(address: str, sizes: tuple[int, ...] = (16, 256, 2048)) -> dict[int, float]:
+    """Seconds of one turn of the engine's loop spent waiting: `ray.wait` for one of K refs, then for all
+    that are ready (the loop does both each turn; K = the reads and calls in flight, about the cluster's CPUs)."""
+    import ray
+
+    from medsuite.pipelines.scoring.ray_cluster import connect
+
+    session = connect(address, num_cpus=1, timeout_s=60)
+    out = {}
+    try:
+        for k in sizes:
+            refs = [ray.put(i) for i in range(k)]
+            reps = max(5, 2000 // k)
+            t = time.perf_counter()
+            for _ in range(reps):
+                ray.wait(refs, num_returns=1, timeout=0.5)
+                ray.wait(refs, num_returns=len(refs), timeout=0)
+            out[k] = (time.perf_counter() - t) / reps
+    finally:
+        session.close()
+    return out
+
+
 def model(rates: dict, nodes_cpus: int, files_per_series: int) -> list[str]:
-    """Series/min for N nodes of C CPUs: the smallest of the parts' capacities."""
-    lines = [f"model: N nodes x {nodes_cpus} CPUs, one CPU inference actor per 4 CPUs (default), "
-             "one driver core:",
+    """Series/min for N nodes of C CPUs: the smallest of the parts' capacities. The driver's cost per series
+    is the no-op loop's plus one turn's waits at K = N x C refs in flight (interpolated on log K), as if every
+    turn of the loop brought one result (at scale a turn brings several: this is the pessimistic side)."""
+    lines = [f"model: N nodes x {nodes_cpus} CPUs, one CPU inference actor per 4 CPUs (default), one driver core:",
              f"{'nodes':>6} {'read+sample':>12} {'inference':>10} {'driver':>8} {'SQLite':>8} {'expected':>9}  limit"]
-    driver = 60 / rates["driver_cpu_s_per_series"]
+    ks = sorted(rates["wait_s"])
     sqlite = 60 / rates["writer_s_per_series"]
     discovery_s = files_per_series * (rates["list_s_per_file"] + rates["group_s_per_file"])
     for n in (1, 2, 4, 8, 16, 32, 64, 128):
-        actors = max(1, n * nodes_cpus // 4)
-        decode = rates["decode_per_cpu_min"] * (n * nodes_cpus - actors)
+        cpus = n * nodes_cpus
+        actors = max(1, cpus // 4)
+        k = cpus + 2 * actors
+        wait = float(np.interp(np.log(k), np.log(ks), [rates["wait_s"][x] for x in ks]))
+        if k > ks[-1]:  # beyond the measured sizes: linear in K
+            wait = rates["wait_s"][ks[-1]] * k / ks[-1]
+        driver = 60 / (rates["driver_cpu_s_per_series"] + wait)
+        decode = rates["decode_per_cpu_min"] * (cpus - actors)
         infer = rates["infer_per_actor_min"] * actors
         parts = {"read+sample": decode, "inference": infer, "driver": driver, "SQLite": sqlite}
         limit = min(parts, key=parts.get)
@@ -172,7 +205,10 @@ def main() -> None:
             results["decode"].append(decode_only(folders, nodules, bundle, w))
             s, wall, _ = run_score(bundle, folders, csv, root / f"local{rep}", workers=w)
             results["local"].append((wall, None))
-        for label, layout in (("ray1", [w]), ("ray2", [w // 2 or 1, w // 2 or 1])):
+        # W + 1 CPUs as the local engine uses them (W readers + inference): on one node, or on two nodes
+        # under a head that runs no work. The cores are the same: the second shows what spreading costs.
+        layouts = {"ray1": [w + 1], "ray2": [0, -(-(w + 1) // 2), (w + 1) // 2]}
+        for label, layout in layouts.items():
             cluster = LoopbackCluster(object_store_mb=300)
             try:
                 cluster.start_head(num_cpus=layout[0])
@@ -187,6 +223,7 @@ def main() -> None:
                     print("\n".join(s.engine_lines), file=sys.stderr)
                 if label == "ray1":
                     ceiling = driver_ceiling(cluster.address, 400, w, bundle)
+                    waits = wait_cost(cluster.address)
             finally:
                 cluster.stop()
 
@@ -197,8 +234,8 @@ def main() -> None:
         print(f"{n} series of {args.slices}x{args.size}x{args.size}, 2 nodules each, {w} CPUs, best of {args.repeats}:")
         print(f"  decode-only bound ({w} processes)      {decode_rate:7.1f} series/min")
         print(f"  local engine, end to end              {rate['local']:7.1f} series/min")
-        for k, what in (("ray1", f"1 node x {w} CPUs"), ("ray2", f"2 nodes x {w // 2 or 1} CPU(s)")):
-            print(f"  ray, {what:<17} end to end {rate[k]:7.1f} series/min; scoring phase "
+        for k, what in (("ray1", f"1 node, {w + 1} CPUs"), ("ray2", f"2 nodes, {layouts['ray2'][1]}+{layouts['ray2'][2]} CPUs")):
+            print(f"  ray, {what:<17} end to end {rate[k]:7.1f} series/min; first read to last result "
                   f"{phase[k] or float('nan'):7.1f} series/min")
 
         writer = writer_cost(2000, root)
@@ -208,7 +245,7 @@ def main() -> None:
         infer_rate = infer_per_actor(bundle)
         rates = {"decode_per_cpu_min": decode_rate / w, "infer_per_actor_min": infer_rate,
                  "driver_cpu_s_per_series": ceiling["driver_cpu_s_per_series"], "writer_s_per_series": writer,
-                 **{k: v for k, v in disc.items() if k != "files"}}
+                 "wait_s": waits, **{k: v for k, v in disc.items() if k != "files"}}
         print(f"  driver, Ray engine loop with no-op stages: {1000 * ceiling['driver_cpu_s_per_series']:.2f} ms CPU "
               f"per series -> {60 / ceiling['driver_cpu_s_per_series']:.0f} series/min on one driver core "
               f"({ceiling['series']} series in {ceiling['wall_s']:.1f} s wall)")
@@ -216,11 +253,14 @@ def main() -> None:
         print(f"  discovery on the driver: listing {1e6 * disc['list_s_per_file']:.0f} us/file, grouping "
               f"{1e6 * disc['group_s_per_file']:.0f} us/file ({disc['files']} files)")
         print(f"  inference, one CPU actor: {infer_rate:.0f} series/min (2 samples each)")
+        print("  driver, one loop turn's ray.wait over K refs in flight: "
+              + ", ".join(f"K={k}: {1000 * v:.2f} ms" for k, v in waits.items()))
         print("\n".join(model(rates, args.nodes_cpus, args.slices)))
         print(json.dumps({"series": n, "cpus": w, "decode_per_min": round(decode_rate, 1),
                           "local_per_min": round(rate["local"], 1), "ray1_per_min": round(rate["ray1"], 1),
                           "ray2_per_min": round(rate["ray2"], 1), "ray1_phase": phase["ray1"],
-                          "ray2_phase": phase["ray2"], **{k: round(v, 6) for k, v in rates.items()}}))
+                          "ray2_phase": phase["ray2"],
+                          **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in rates.items()}}))
 
 
 def infer_per_actor(bundle: Path, n: int = 400) -> float:

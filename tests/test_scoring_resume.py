@@ -70,3 +70,36 @@ def test_sigkill_then_resume_scores_each_series_once(tmp_path):
     statuses = [r[0] for r in conn.execute("SELECT status FROM runs ORDER BY started_at")]
     assert statuses == ["failed", "finished"]  # the killed run is marked as such
     conn.close()
+
+
+@pytest.mark.slow
+def test_sigterm_closes_the_run_row_and_exits_130(tmp_path):
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C: the run row is 'failed', not 'running',
+    the exit code is 130 (not 1, which means "some series failed"), and a rerun carries on."""
+    S.make_cohort(tmp_path / "cohort", n_good=N_SERIES, extras=False)
+    bundle = S.make_bundle(tmp_path / "bundle", "series")
+    out = tmp_path / "out"
+    db = out / "medsuite.db"
+    cmd = [sys.executable, "-m", "medsuite", "score", str(bundle), str(tmp_path / "cohort"), "--out", str(out),
+           "--workers", "1", "--batch-size", "1", "--device", "cpu", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while _scored(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be stopped"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    conn = sqlite3.connect(db)
+    assert [r[0] for r in conn.execute("SELECT status FROM runs")] == ["failed"]
+    conn.close()
+    summary = score(ScoreConfig(bundle=bundle, inputs=[tmp_path / "cohort"], out=out, workers=1, progress=False))
+    assert summary.exit_code == 0 and summary.n_scored + summary.n_already == N_SERIES

@@ -208,22 +208,21 @@ class EngineStats:
     retried: int = 0
     actors_started: int = 0
     actors_max: int = 0
-    first_result: float | None = None   # monotonic time of the first and the last result
+    started: float | None = None        # monotonic time of the first read task, and of the last result
     last_result: float | None = None
     results: int = 0
 
     def result(self) -> None:
-        now = time.monotonic()
-        self.first_result = self.first_result or now
-        self.last_result = now
+        self.last_result = time.monotonic()
         self.results += 1
 
     @property
     def phase_rate(self) -> float | None:
-        """Series/min from the first result to the last (without connecting, discovery, loading the model)."""
-        if self.results < 2 or not self.first_result or self.last_result == self.first_result:
+        """Series/min from the first read to the last result (connecting and discovery left out; loading
+        the model overlaps discovery and counts only where it is not done by the first read)."""
+        if not self.results or self.started is None or not self.last_result or self.last_result <= self.started:
             return None
-        return 60 * (self.results - 1) / (self.last_result - self.first_result)
+        return 60 * self.results / (self.last_result - self.started)
 
     def lines(self) -> list[str]:
         def fmt(c: Counter) -> str:
@@ -232,7 +231,7 @@ class EngineStats:
         rate = self.phase_rate
         out = [f"  ray: {self.nodes} node(s); inference actors started {self.actors_started}, at most "
                f"{self.actors_max} at once; {self.retried} series re-submitted"
-               + (f"; scoring phase {rate:.1f} series/min" if rate else "")]
+               + (f"; {rate:.1f} series/min from the first read to the last result" if rate else "")]
         if self.discover:
             out.append(f"  ray: header scan on {len(self.discover)} node(s) (files): {fmt(self.discover)}")
         out.append(f"  ray: read+sample on {len(self.read)} node(s) (series): {fmt(self.read)}")
@@ -350,7 +349,7 @@ class RayEngine:
         self.ready: deque[_Job] = deque()
         self.calls: dict[Any, _Call] = {}
         self.done: set[str] = set()
-        self._last_progress = self._last_health = time.monotonic()
+        self._last_progress = self._last_health = self.stats.started = time.monotonic()
         total = len({i.series_uid for i in items})
         try:
             while len(self.done) < total:
