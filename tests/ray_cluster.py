@@ -188,9 +188,11 @@ class LoopbackCluster:
         self.nodes.append(node)
         return node
 
-    def start_head(self, num_cpus: int = 2) -> Node:
+    def start_head(self, num_cpus: int = 2, wait: bool = True) -> Node:
+        """Start the head; with ``wait``, return once its GCS port answers (workers may start before)."""
         node = self._start("h", True, num_cpus)
-        self._wait_port(node)
+        if wait:
+            self._wait_port(node)
         return node
 
     def add_worker(self, num_cpus: int = 2) -> Node:
