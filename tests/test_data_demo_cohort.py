@@ -31,6 +31,12 @@ def test_tables_follow_the_contracts(cohort):
     assert (out / "cohort.json").is_file()
     # labels are the real LIDC ratings under the default rule
     assert ((nodules["label"] == "malignant") == (nodules["malignancy"] > 3)).all()
+    # per-reader ratings (slots r1..r4): as many as readers, their median is the consensus rating
+    readers = nodules[[f"malignancy_r{k}" for k in range(1, 5)]]
+    assert (readers.notna().sum(axis=1) == nodules["n_readers"].clip(upper=4)).all()
+    assert np.allclose(readers.median(axis=1, skipna=True), nodules["malignancy"])
+    values = readers.to_numpy()[readers.notna().to_numpy()]
+    assert ((values >= 1) & (values <= 5)).all()
 
 
 def test_series_read_back_with_nodules_at_their_world_positions(cohort):

@@ -34,6 +34,7 @@ SPLIT_FRACTIONS = (("test", 0.33), ("valid", 0.15))  # the rest is train
 MAX_DIAMETER_MM = 30.0  # larger lesions are masses, not nodules (Fleischner glossary)
 UID_ROOT = "medsuite-demo"
 RLE_SHARE = 0.06  # share of series written RLE-compressed
+READER_SLOTS = 4  # LIDC-IDRI had four readers: columns malignancy_r1 .. malignancy_r4 of the nodule table
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,14 @@ def _pick_scans(db: LidcDatabase, patients: int, max_nodules: int, rng: np.rando
     return chosen
 
 
+def reader_ratings(annotations: pd.DataFrame, annotation_ids: list[int]) -> list[float]:
+    """The malignancy rating of each reader outline of one nodule, in `READER_SLOTS` slots (NaN where no reader).
+
+    LIDC-IDRI readers are anonymous: slot k is the nodule's k-th outline (by annotation id), not a person."""
+    ratings = [float(annotations.loc[a, "malignancy"]) for a in sorted(annotation_ids)][:READER_SLOTS]
+    return ratings + [float("nan")] * (READER_SLOTS - len(ratings))
+
+
 def _assign_splits(counts: list[int], rng: np.random.Generator) -> list[str]:
     """Patient-level split hitting the nodule fractions of SPLIT_FRACTIONS (test ≈ 33 % of nodules)."""
     total = sum(counts)
@@ -136,7 +145,8 @@ def plan_cohort(out: Path, patients: int, seed: int, *, size: int = 256, max_nod
             reader = ann.loc[ann_id]
             nodules.append({**{k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()},
                             "annotation_id": ann_id, "reader_texture": int(reader["texture"]),
-                            "reader_calcification": int(reader["calcification"])})
+                            "reader_calcification": int(reader["calcification"]),
+                            "reader_ratings": reader_ratings(ann, ann_ids)})
         m = int(rng.choice(len(names), p=np.asarray(shares) / sum(shares)))
         # RLE for a few series: pydicom's own RLE encoder is slow (~0.2 s a 256x256 slice)
         syntax = uids.RLELossless if rng.random() < rle_share else uids.ExplicitVRLittleEndian
@@ -203,6 +213,7 @@ def make_patient(spec: PatientSpec) -> tuple[list[dict[str, Any]], dict[str, Any
             "diameter_mm": round(float(nod["diameter_mm"]), 3), "label": str(nod["label"]),
             "malignancy": float(nod["malignancy_median"]), "malignancy_mean": float(nod["malignancy_mean"]),
             "n_readers": int(nod["n_readers"]), "split": spec.split,
+            **{f"malignancy_r{k + 1}": r for k, r in enumerate(nod["reader_ratings"])},
             "texture": nod["texture"], "calcification": nod["calcification"], "subtlety": nod["subtlety"],
             "sphericity": nod["sphericity"], "margin": nod["margin"], "lobulation": nod["lobulation"],
             "spiculation": nod["spiculation"], "internal_structure": nod["internal_structure"],
