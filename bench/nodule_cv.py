@@ -221,10 +221,11 @@ def run_fold(cohort: Path, table: pd.DataFrame, folds: np.ndarray, fold: int, va
     ds_va = BankDataset(bank, va, y[va], train=False, tab=None if tab is None else tab[va])
     dls = types.SimpleNamespace(
         train=torch.utils.data.DataLoader(ds_tr, batch_size=variant["bs"], shuffle=True, drop_last=True),
-        valid=torch.utils.data.DataLoader(ds_va, batch_size=128), vocab=["benign", "malignant"], block=block)
+        valid=torch.utils.data.DataLoader(ds_va, batch_size=128), vocab=["benign", "malignant"], block=block,
+        positive="malignant")
     dls.fingerprint = lambda: ""
     learn = nodule.learner(dls, variant["arch"], arch_kwargs=variant["kwargs"], wd=variant["wd"], seed=seed,
-                           path=str(out / "runs"), checkpoint=False, progress=False)
+                           progress=False)
     if tab is not None:
         learn.model = _fused(learn.model, tab.shape[1], tab[tr].mean(0), tab[tr].std(0) + 1e-6)
         learn.opt = None

@@ -71,3 +71,24 @@ def test_baselines_learn_what_drives_the_label() -> None:
     assert roc_auc_score(y, rf.probs) > 0.8
     assert rf.importance["feature"].iloc[0] == "texture"
     assert set(rf.figures) == {"permutation_importance", "partial_dependence"}
+
+
+def test_largest_diameter_baseline_for_series() -> None:
+    from medsuite.pipelines.baselines import largest_diameter_baseline
+    from medsuite.pipelines.config import ConfigError, config_from_dict
+
+    rng = np.random.default_rng(0)
+    size = rng.uniform(3, 25, 80)
+    frame = pd.DataFrame({"max_diameter_mm": size, "label": np.where(size > 12, "malignant", "benign")})
+    frame.loc[0, "max_diameter_mm"] = np.nan  # a series without nodules: the smallest size, not an error
+    result = largest_diameter_baseline(frame.iloc[:60], frame.iloc[60:], "malignant")
+    assert result.name == "largest_diameter" and result.probs.shape == (20,)
+    y = (frame.iloc[60:]["label"] == "malignant").to_numpy()
+    assert result.probs[y].min() > result.probs[~y].max()  # monotone in the size that drives the label
+    with pytest.raises(ValueError, match="max_diameter_mm"):
+        largest_diameter_baseline(frame.drop(columns="max_diameter_mm"), frame, "malignant")
+    base = {"task": "series", "data": {"table": "t.csv", "dicom_root": "."}, "block": {"type": "SeriesSlices"},
+            "report": {"baselines": ["diameter", "largest_diameter"]}}
+    assert config_from_dict(base, check_inputs=False).report.baselines == ["largest_diameter"]
+    with pytest.raises(ConfigError, match="largest_diameter"):
+        config_from_dict({**base, "task": "nodule", "block": {"type": "SliceStack"}}, check_inputs=False)

@@ -84,10 +84,14 @@ class BlockDataset:
         source: VolumeSource,
         augment: Augment | None = None,
         tfms: Sequence[Callable[[np.ndarray], np.ndarray]] = (),
+        soft_targets: np.ndarray | None = None,
     ) -> None:
         self.series_uids = list(series_uids)
         self.centers = centers
         self.targets = np.asarray(targets, dtype=np.int64)
+        self.soft_targets = None if soft_targets is None else np.asarray(soft_targets, dtype=np.float32)
+        if self.soft_targets is not None and (self.soft_targets.ndim != 2 or len(self.soft_targets) != len(self.targets)):
+            raise ValueError(f"soft_targets must be (items, classes) = ({len(self.targets)}, C), got {self.soft_targets.shape}")
         self.descriptions = list(descriptions)
         self.block, self.source, self.augment, self.tfms = block, source, augment, tuple(tfms)
 
@@ -124,9 +128,11 @@ class BlockDataset:
         return x
 
     def item(self, i: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x, y)`` tensors of item ``i``, as a DataLoader gets them."""
+        """``(x, y)`` tensors of item ``i``, as a DataLoader gets them (``y``: the class id, or the class
+        probabilities when the split has soft targets)."""
         x = self.sample(i, seed)
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(self.targets[i], dtype=torch.int64)
+        y = torch.from_numpy(self.soft_targets[i].copy()) if self.soft_targets is not None else torch.tensor(self.targets[i], dtype=torch.int64)
+        return torch.from_numpy(np.ascontiguousarray(x)), y
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         i, seed = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
@@ -323,6 +329,8 @@ class DataBlock:
         inside the folder); or pass one to `dataloaders` / `summary`.
     positive: the positive class's label of a binary problem, given once here; `DataLoaders.positive`
         carries it to the learner and the predictor (an unknown label is an error).
+    soft_targets: ``(train items, class ids) -> (n, n_classes)`` class probabilities the training split
+        yields instead of class ids (e.g. from readers' ratings), or None; valid and test keep the labels.
     """
 
     def __init__(
@@ -336,6 +344,7 @@ class DataBlock:
         batch_tfms: Sequence[Callable] | Callable | None = None,
         source: VolumeSource | str | os.PathLike[str] | None = None,
         positive: str | None = None,
+        soft_targets: Callable[[pd.DataFrame, np.ndarray], np.ndarray | None] | None = None,
     ) -> None:
         blocks = blocks if blocks is not None else (SliceStack(), Category())
         if len(blocks) != 2 or not isinstance(blocks[0], InputBlock) or not isinstance(blocks[1], Category):
@@ -356,6 +365,7 @@ class DataBlock:
             batch_tfm_arity(t)  # refuse a transform that takes neither (x, y) nor x, now
         self.source = source
         self.positive = None if positive is None else str(positive)
+        self.soft_targets = soft_targets
 
     def __repr__(self) -> str:
         return f"DataBlock(block={self.block!r}, augment={self.augment!r}, item_tfms={len(self.item_tfms)}, batch_tfms={len(self.batch_tfms)})"
@@ -454,11 +464,18 @@ class DataBlock:
         for split, idx in splits.items():
             if split == "test" and len(idx) == 0:
                 continue
+            item_rows[split] = items.iloc[idx].reset_index(drop=True)
+            soft = None
+            if split == "train" and self.soft_targets is not None:
+                try:
+                    soft = self.soft_targets(item_rows[split], targets[idx])
+                except Exception as exc:
+                    raise DataBlockError(f"step 'soft_targets' failed: {type(exc).__name__}: {exc}") from exc
             datasets[split] = BlockDataset(
                 [uids[i] for i in idx], None if centers is None else centers[idx], targets[idx], [descs[i] for i in idx],
                 self.block, src, augment=self.augment if split == "train" else None, tfms=self.item_tfms,
+                soft_targets=soft,
             )
-            item_rows[split] = items.iloc[idx].reset_index(drop=True)
         return datasets, item_rows, category
 
     def _loader(self, split: str, n: int, ds: BlockDataset, bs: int, num_workers: int, seed: int | None,

@@ -45,6 +45,14 @@ class DataConfig(_Strict):
     bs: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     include_phi: bool = False  # keep patient ids (and ids holding them) in the run's outputs; default: keyed pseudonyms
+    # nodule task: learn from the readers' ratings where the table has them ('auto'), a named mean-rating
+    # column, or 'none' (hard labels only); see medsuite.pipelines.nodule.ReaderSoftTargets
+    soft_targets: str | None = "auto"
+
+    @field_validator("soft_targets")
+    @classmethod
+    def _none_is_off(cls, value: str | None) -> str | None:
+        return None if value is None or value.strip().lower() in ("", "none", "off", "false") else value
 
 
 class BlockConfig(_Strict):
@@ -94,7 +102,8 @@ class PredictorConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    baselines: list[Literal["diameter", "radiomics"]] = Field(default_factory=lambda: ["diameter", "radiomics"])
+    # nodule task: diameter, radiomics; series task: largest_diameter (needs a max_diameter_mm column)
+    baselines: list[Literal["diameter", "radiomics", "largest_diameter"]] = Field(default_factory=lambda: ["diameter", "radiomics"])
     n_boot: int = Field(1000, ge=100)
     top_losses: int = Field(12, ge=0)
     tta: bool = False  # kept for older configs: the same as predictor.tta (the report measures the bundle's predictor)
@@ -124,8 +133,10 @@ class PipelineConfig(_Strict):
             raise ValueError("task 'series' needs block.type 'SeriesSlices'")
         if self.task == "nodule" and self.block.type == "SeriesSlices":
             raise ValueError("task 'nodule' samples around each nodule: block.type SliceStack, MultiView or Patch3D")
-        if self.task == "series" and self.report.baselines:
-            self.report.baselines = []  # size and radiomics baselines describe nodules only
+        if self.task == "series" and self.report.baselines:  # size and radiomics baselines describe nodules only
+            self.report.baselines = [b for b in self.report.baselines if b == "largest_diameter"]
+        if self.task == "nodule" and "largest_diameter" in self.report.baselines:
+            raise ValueError("report.baselines: 'largest_diameter' is a series-task baseline; nodules have 'diameter'")
         if self.report.tta:  # the report measures the bundle's predictor, so TTA is the predictor's
             self.predictor.tta = True
         self.report.tta = self.predictor.tta

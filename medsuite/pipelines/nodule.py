@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from medsuite.data.augment import Augment
@@ -48,6 +50,61 @@ def splitter_for(table: pd.DataFrame, *, column: str | None = "split", valid_pct
     return StratifiedPatientSplitter(valid_pct=valid_pct, test_pct=test_pct, seed=seed, positive=positive)
 
 
+READER_COLUMN = re.compile(r"^malignancy_r\d+$")
+
+
+class ReaderSoftTargets:
+    """Training targets from the readers' malignancy ratings: P(positive) = (hard label + (mean rating - 1) / 4) / 2.
+
+    The readers' mean rating ranks nodules more finely than the binary label (ratings 1,1,2 and 2,2,2 are both
+    "benign"); half of the target stays the hard label, so the target is above 0.5 exactly for the positive
+    class. ``column='auto'`` takes the per-reader columns ``malignancy_r1..`` (their mean over the readers who
+    rated), else ``malignancy_mean``; a named column is used as is (a mean 1-5 rating). Rows without a rating
+    keep their hard label. After the call, `description` says what was used (for the report)."""
+
+    def __init__(self, column: str = "auto", positive_index: int = 1) -> None:
+        self.column, self.positive_index = column, positive_index
+        self.description = "hard labels"
+
+    def ratings(self, items: pd.DataFrame) -> tuple[np.ndarray | None, str]:
+        readers = sorted(c for c in items.columns if READER_COLUMN.match(str(c)))
+        if self.column == "auto":
+            if readers:
+                values = items[readers].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+                rated = np.isfinite(values)
+                if (values[rated] < 1).any() or (values[rated] > 5).any():
+                    bad = values[rated][(values[rated] < 1) | (values[rated] > 5)][0]
+                    raise ValueError(f"soft targets from {', '.join(readers)}: ratings must lie in 1-5, got {bad:g}")
+                count = rated.sum(axis=1)
+                total = np.where(rated, values, 0.0).sum(axis=1)
+                mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+                return mean, f"mean of the readers' ratings ({', '.join(readers)})"
+            if "malignancy_mean" in items.columns:
+                return pd.to_numeric(items["malignancy_mean"], errors="coerce").to_numpy(float), "column malignancy_mean"
+            return None, "hard labels (the table has no reader ratings)"
+        if self.column not in items.columns:
+            raise ValueError(f"soft-target column {self.column!r} is not in the table")
+        return pd.to_numeric(items[self.column], errors="coerce").to_numpy(float), f"column {self.column}"
+
+    def __call__(self, items: pd.DataFrame, targets: np.ndarray) -> np.ndarray | None:
+        mean, source = self.ratings(items)
+        if mean is None:
+            self.description = source
+            return None
+        bad = np.isfinite(mean) & ((mean < 1) | (mean > 5))
+        if bad.any():
+            raise ValueError(f"soft targets from {source}: ratings must lie in 1-5, got {mean[bad][0]:g}")
+        hard = (np.asarray(targets) == self.positive_index).astype(np.float64)
+        q = np.where(np.isfinite(mean), (mean - 1.0) / 4.0, hard)
+        p = 0.5 * hard + 0.5 * q
+        n_rated = int(np.isfinite(mean).sum())
+        self.description = f"soft targets from the {source} on {n_rated} of {len(mean)} training items"
+        out = np.zeros((len(p), 2), dtype=np.float32)
+        out[:, self.positive_index] = p
+        out[:, 1 - self.positive_index] = 1.0 - p
+        return out
+
+
 def dataloaders(
     table: str | os.PathLike[str] | pd.DataFrame,
     dicom_root: str | os.PathLike[str] | None = None,
@@ -61,8 +118,12 @@ def dataloaders(
     bs: int = 64,
     num_workers: int = 0,
     seed: int = 0,
+    soft_targets: str | None = "auto",
 ) -> DataLoaders:
-    """DataLoaders of 2.5D samples around each nodule of a nodule table (train/valid[/test] by patient)."""
+    """DataLoaders of 2.5D samples around each nodule of a nodule table (train/valid[/test] by patient).
+
+    ``soft_targets``: where the table carries readers' malignancy ratings, the training split learns from
+    them (`ReaderSoftTargets`; 'auto', a column name, or None for the hard labels only)."""
     frame = read_table(table) if not isinstance(table, pd.DataFrame) else table
     frame = validate_nodule_table(frame)
     if source is None:
@@ -70,11 +131,14 @@ def dataloaders(
             raise ValueError("give dicom_root (the folder with the scans) or a VolumeSource")
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()  # never inside the scans
         source = VolumeSource(dicom_root, cache_dir=cache)
+    vocab = label_vocab(frame["label"], positive)
+    soft = ReaderSoftTargets(soft_targets, vocab.index(positive)) if soft_targets and len(vocab) == 2 else None
     datablock = DataBlock(
-        blocks=(block or DEFAULT_BLOCK, Category(label_vocab(frame["label"], positive))),
+        blocks=(block or DEFAULT_BLOCK, Category(vocab)),
         splitter=splitter or splitter_for(frame, seed=seed, positive=positive),
         item_tfms=augment,
         positive=positive,
+        soft_targets=soft,
     )
     return datablock.dataloaders(frame, source=source, bs=bs, num_workers=num_workers, seed=seed)
 

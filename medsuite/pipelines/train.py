@@ -30,7 +30,12 @@ from medsuite.learn.bundle import load_bundle
 from medsuite.learn.callbacks.core import Callback
 from medsuite.learn.predict import Predictor
 from medsuite.pipelines import classify, nodule
-from medsuite.pipelines.baselines import BaselineResult, diameter_baseline, radiomics_baseline
+from medsuite.pipelines.baselines import (
+    BaselineResult,
+    diameter_baseline,
+    largest_diameter_baseline,
+    radiomics_baseline,
+)
 from medsuite.pipelines.config import ConfigError, PipelineConfig
 from medsuite.pipelines.evaluation import Evaluation, compare_with_baselines, evaluate, write_report
 from medsuite.pipelines.radiomics import feature_table
@@ -66,9 +71,10 @@ def build_dataloaders(cfg: PipelineConfig, source: VolumeSource, table: Any = No
     block = block_from_spec(cfg.block.model_dump())
     module = nodule if cfg.task == "nodule" else classify
     table = _table(cfg) if table is None else table
+    extra = {"soft_targets": cfg.data.soft_targets} if cfg.task == "nodule" else {}
     return module.dataloaders(
         table, block=block, positive=cfg.data.positive, source=source, bs=cfg.data.bs,
-        num_workers=cfg.data.num_workers, seed=cfg.data.split.seed,
+        num_workers=cfg.data.num_workers, seed=cfg.data.split.seed, **extra,
         splitter=nodule.splitter_for(table, column=cfg.data.split.column, valid_pct=cfg.data.split.valid_pct,
                                      test_pct=cfg.data.split.test_pct, seed=cfg.data.split.seed,
                                      positive=cfg.data.positive),
@@ -146,6 +152,8 @@ def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: st
     results = []
     if "diameter" in cfg.report.baselines:
         results.append(diameter_baseline(train, test, cfg.data.positive))
+    if "largest_diameter" in cfg.report.baselines:
+        results.append(largest_diameter_baseline(train, test, cfg.data.positive))
     if "radiomics" in cfg.report.baselines:
         f_train, f_test = feature_table(train, source.get), feature_table(test, source.get)
         results.append(radiomics_baseline(f_train, train["label"], f_test, test["label"], cfg.data.positive, seed=cfg.train.seed))
@@ -325,7 +333,7 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
         split = "test" if dls.test is not None else "valid"
         evaluation: Evaluation = evaluate(learn, split, predictor=predictor, n_boot=cfg.report.n_boot,
                                           index=CaseIndex.from_bundle(exported))
-        if cfg.task == "nodule" and cfg.report.baselines:
+        if cfg.report.baselines:
             baselines = run_baselines(cfg, dls, source, split)
             compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
         report = write_report(run_dir, title=f"medsuite — {cfg.name} ({cfg.task})", learn=learn, evaluation=evaluation,

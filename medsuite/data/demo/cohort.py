@@ -239,7 +239,8 @@ def make_patient(spec: PatientSpec) -> tuple[list[dict[str, Any]], dict[str, Any
     series = {
         "series_uid": series_uid, "study_uid": study_uid, "patient_id": spec.patient_id,
         "label": MALIGNANT if any(r["label"] == MALIGNANT for r in rows) else BENIGN, "split": spec.split,
-        "path": f"dicom/{spec.patient_id}", "n_nodules": len(rows), "manufacturer": spec.manufacturer,
+        "path": f"dicom/{spec.patient_id}", "n_nodules": len(rows),
+        "max_diameter_mm": max((r["diameter_mm"] for r in rows), default=float("nan")), "manufacturer": spec.manufacturer,
         "slice_thickness": thickness, "slice_spacing": dz, "pixel_spacing": ps, "n_slices": n_slices,
         "rows": size, "cols": size, "contrast": bool(scan["contrast_used"]),
         "transfer_syntax": "RLELossless" if "1.2.840.10008.1.2.5" == spec.transfer_syntax else "ExplicitVRLittleEndian",
