@@ -152,6 +152,10 @@ def make_patient(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     from medsuite.io.dicom_write import write_series
     from medsuite.io.volume import Volume
 
+    done = Path(spec["out"]) / "patients" / f"{spec['patient_id']}.json"
+    if done.is_file():  # made by an earlier, interrupted run
+        saved = json.loads(done.read_text())
+        return saved["rows"], saved["series"]
     rng = np.random.default_rng(spec["seed"])
     ps = float(rng.choice([0.6, 0.7, 0.8]))
     dz = float(rng.choice([0.625, 1.0, 1.25, 2.0, 2.5], p=[0.15, 0.3, 0.25, 0.2, 0.1]))
@@ -212,6 +216,10 @@ def make_patient(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     series = {"series_uid": series_uid, "patient_id": spec["patient_id"], "split": spec["split"],
               "label": "malignant" if any(r["label"] == "malignant" for r in rows) else "benign",
               "path": f"dicom/{spec['patient_id']}", "n_nodules": len(rows)}
+    done.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"rows": rows, "series": series}))
+    tmp.replace(done)
     return rows, series
 
 

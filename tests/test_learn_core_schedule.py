@@ -11,7 +11,7 @@ from learn_core_helpers import TinyNet, tiny_dls
 from matplotlib.figure import Figure
 
 from medsuite.learn.learner import Learner, set_seed
-from medsuite.learn.lr_find import minimum, steep, valley
+from medsuite.learn.lr_find import edge, minimum, steep, valley
 from medsuite.learn.optim import param_groups
 from medsuite.learn.schedule import OneCycleSchedule, combined_cos
 
@@ -72,6 +72,12 @@ def test_suggestion_functions_follow_fastai():
     assert i == int(np.argmin(grads)) and s == lrs[i]
     v, j = valley(lrs, losses)
     assert 1e-6 < v < 1e-3  # inside the descending valley, before the minimum
+    e, k = edge(lrs, losses)  # where the loss first rises 25 % above its running minimum, over 20
+    assert losses[k] > 1.25 * losses[:k].min() and (losses[:k] <= 1.25 * np.minimum.accumulate(losses[:k])).all()
+    assert e == pytest.approx(lrs[k] / 20)
+    noisy = losses + np.random.default_rng(0).normal(0, 0.02, losses.size)  # flat noise moves 'minimum', not the edge
+    assert edge(lrs, noisy)[1] == k
+    assert edge(lrs[:10], losses[:10]) == (pytest.approx(lrs[9] / 20), 9)  # never diverged: the end of the sweep
 
 
 def test_lr_find_restores_state_and_suggests(tmp_path):
@@ -94,7 +100,7 @@ def test_lr_find_restores_state_and_suggests(tmp_path):
 
     assert 1e-7 <= res.lrs[0] < res.lrs[-1] <= 10
     assert np.all(np.diff(np.log(res.lrs)) > 0)  # exponential sweep
-    for v in (res.valley, res.steep, res.minimum):
+    for v in (res.valley, res.steep, res.minimum, res.edge):
         assert 1e-8 < v < 10
     assert isinstance(res.plot(), Figure)
     if res.diverged:  # stopped at divergence: last smoothed loss above 4x the best

@@ -3,6 +3,7 @@
 A `Predictor` holds a model and its `PredictorSettings` and runs one chain, always the same:
 
     samples -> model (device, precision) -> test-time augmentation (mean softmax over flips)
+            -> late fusion with table covariates, e.g. the nodule's diameter (binary, optional)
             -> calibration (temperature scaling or isotonic, optional) -> probabilities
             -> threshold on P(positive) (binary) or arg-max (multi-class) -> labels
 
@@ -33,6 +34,7 @@ __all__ = [
     "PRECISIONS",
     "THRESHOLD_RULES",
     "Calibration",
+    "Fusion",
     "OperatingPoint",
     "Predictor",
     "PredictorError",
@@ -41,6 +43,7 @@ __all__ = [
     "check_threshold_rule",
     "choose_threshold",
     "fit_calibration",
+    "fit_fusion",
 ]
 
 SETTINGS_VERSION = 1
@@ -48,6 +51,8 @@ NO_TTA: tuple[tuple[int, ...], ...] = ((),)
 FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity and the in-plane flips
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 CALIBRATIONS = ("temperature", "isotonic")
+COVARIATE_TRANSFORMS = ("log", "identity")
+_LOG_FLOOR = 0.5  # log transform: values below (sizes under half a millimetre, missing as 0) count as this
 THRESHOLD_RULES = ("youden", "sensitivity>=X", "specificity>=X", "fixed:X")
 _TINY = 1e-30  # log() of a probability that underflowed to 0
 
@@ -114,6 +119,115 @@ class Calibration:
 
 
 @dataclass(frozen=True)
+class Fusion:
+    """Late fusion of the image's P(positive) with covariates of the item's table row (binary problems).
+
+    ``z = image_weight * logit(P_image) + sum_k weights[k] * t_k(row[covariates[k]]) + bias``, ``P = sigmoid(z)``,
+    where ``t_k`` is ``log`` (sizes; values below 0.5, and 0, count as 0.5) or ``identity``. Fitted by logistic
+    regression on the validation split (`fit_fusion`); ``fitted_on`` records n and the validation AUC of the
+    image alone and fused. A predictor with a fusion needs the covariates with every sample."""
+
+    covariates: tuple[str, ...]
+    transforms: tuple[str, ...]
+    image_weight: float
+    weights: tuple[float, ...]
+    bias: float
+    fitted_on: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        covs, tfs = tuple(str(c) for c in self.covariates), tuple(str(t) for t in self.transforms)
+        object.__setattr__(self, "covariates", covs)
+        object.__setattr__(self, "transforms", tfs)
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if not covs or len(set(covs)) != len(covs):
+            raise PredictorError(f"predictor.fusion.covariates: need distinct column names, got {list(covs)}")
+        if len(tfs) != len(covs) or any(t not in COVARIATE_TRANSFORMS for t in tfs):
+            raise PredictorError(f"predictor.fusion.transforms: one of {list(COVARIATE_TRANSFORMS)} per covariate, got {list(tfs)}")
+        if len(self.weights) != len(covs):
+            raise PredictorError(f"predictor.fusion.weights: one per covariate ({len(covs)}), got {len(self.weights)}")
+        if not all(math.isfinite(v) for v in (*self.weights, float(self.image_weight), float(self.bias))):
+            raise PredictorError("predictor.fusion: weights and bias must be finite numbers")
+
+    def design(self, covariates: Any, n: int) -> np.ndarray:
+        """The transformed covariates ``(n, k)`` float64 from a mapping / DataFrame of columns (each n values)."""
+        cols = []
+        for name, tf in zip(self.covariates, self.transforms, strict=True):
+            try:
+                values = covariates[name]
+            except (KeyError, IndexError, TypeError):
+                raise PredictorError(f"this predictor fuses the image with {name!r} from the item's table row; "
+                                     f"give it (covariates={{{name!r}: ...}}, one value per sample)") from None
+            v = np.asarray(values, dtype=np.float64).reshape(-1)
+            if v.shape[0] != n:
+                raise PredictorError(f"covariate {name!r}: {v.shape[0]} values for {n} samples")
+            if tf == "log":
+                bad = ~np.isfinite(v) | (v < 0)
+                if bad.any():
+                    raise PredictorError(f"covariate {name!r}: {int(bad.sum())} missing or negative value(s) "
+                                         f"(e.g. {v[bad][0]!r}); a size must be given for every item")
+                v = np.log(np.maximum(v, _LOG_FLOOR))
+            elif not np.all(np.isfinite(v)):
+                raise PredictorError(f"covariate {name!r}: missing values")
+            cols.append(v)
+        return np.stack(cols, axis=1)
+
+    def apply(self, image: torch.Tensor, design: torch.Tensor, positive_index: int) -> torch.Tensor:
+        """Fused probabilities (B, 2) from image probabilities (B, 2) and the design (B, k); differentiable."""
+        p = image[:, positive_index].clamp(1e-7, 1 - 1e-7)
+        w = torch.as_tensor(self.weights, dtype=image.dtype, device=image.device)
+        z = float(self.image_weight) * torch.log(p / (1 - p)) + design.to(image.dtype) @ w + float(self.bias)
+        q = torch.sigmoid(z)
+        return torch.stack([q if k == positive_index else 1 - q for k in range(image.shape[1])], dim=1)
+
+    def describe(self) -> str:
+        parts = [f"{w:+.3g} x {t}({c})" for c, t, w in zip(self.covariates, self.transforms, self.weights, strict=True)]
+        return f"logit P = {self.image_weight:.3g} x logit P(image) {' '.join(parts)} {self.bias:+.3g}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"covariates": list(self.covariates), "transforms": list(self.transforms),
+                "image_weight": float(self.image_weight), "weights": list(self.weights), "bias": float(self.bias),
+                "fitted_on": dict(self.fitted_on)}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Fusion | None:
+        if d is None:
+            return None
+        if not isinstance(d, Mapping):
+            raise PredictorError(f"predictor.fusion: expected null or an object, got {d!r}")
+        try:
+            return cls(tuple(d["covariates"]), tuple(d["transforms"]), float(d["image_weight"]), tuple(d["weights"]),
+                       float(d["bias"]), dict(d.get("fitted_on") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, PredictorError):
+                raise
+            raise PredictorError(f"predictor.fusion: {exc!r}") from None
+
+
+def fit_fusion(image_probs: Any, targets: Any, covariates: Any, names: Sequence[str], *, positive_index: int,
+               transforms: Sequence[str] | None = None, split: str = "valid") -> Fusion:
+    """Logistic regression of the positive class on ``logit(P_image(positive))`` and the transformed covariates
+    (``log`` by default: sizes), on the validation split's TTA image probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    p = np.asarray(image_probs, dtype=np.float64)
+    y = (np.asarray(targets).reshape(-1) == positive_index).astype(int)
+    if p.ndim != 2 or p.shape[1] != 2 or len(p) != len(y):
+        raise PredictorError(f"fit_fusion: needs binary probabilities (n, 2) and n targets; got {p.shape}, {y.shape}")
+    if y.min() == y.max():
+        raise PredictorError(f"fusion needs both classes on the {split} split")
+    draft = Fusion(tuple(names), tuple(transforms or ["log"] * len(names)), 1.0, (0.0,) * len(names), 0.0)
+    design = draft.design(covariates, len(y))
+    q = np.clip(p[:, positive_index], 1e-7, 1 - 1e-7)
+    x = np.column_stack([np.log(q / (1 - q)), design])
+    lr = LogisticRegression(C=10.0, max_iter=1000).fit(x, y)
+    fused = lr.predict_proba(x)[:, 1]
+    fitted = {"split": split, "n": int(len(y)), "auc_image": float(roc_auc_score(y, q)), "auc_fused": float(roc_auc_score(y, fused))}
+    return Fusion(draft.covariates, draft.transforms, float(lr.coef_[0, 0]), tuple(float(w) for w in lr.coef_[0, 1:]),
+                  float(lr.intercept_[0]), fitted)
+
+
+@dataclass(frozen=True)
 class OperatingPoint:
     """The binary decision threshold on P(positive), the rule that chose it and what it gave where chosen."""
 
@@ -172,6 +286,7 @@ class PredictorSettings:
     tta: tuple[tuple[int, ...], ...] = NO_TTA
     calibration: Calibration | None = None
     operating_point: OperatingPoint | None = None
+    fusion: Fusion | None = None
 
     def __post_init__(self) -> None:
         labels = tuple(str(v) for v in self.labels)
@@ -193,6 +308,8 @@ class PredictorSettings:
             if self.calibration is not None and self.calibration.method == "isotonic":
                 raise PredictorError("predictor.calibration: isotonic calibration is for binary problems; "
                                      "use temperature scaling for more classes")
+            if self.fusion is not None:
+                raise PredictorError("predictor.fusion: late fusion with covariates is for binary problems")
         flips = _check_flips(self.tta)
         object.__setattr__(self, "tta", flips)
 
@@ -220,6 +337,7 @@ class PredictorSettings:
             "tta": None if self.tta == NO_TTA else {"flips": [list(f) for f in self.tta]},
             "calibration": None if self.calibration is None else self.calibration.to_json(),
             "threshold": None if self.operating_point is None else self.operating_point.to_json(),
+            "fusion": None if self.fusion is None else self.fusion.to_json(),
         }
 
     @classmethod
@@ -244,7 +362,7 @@ class PredictorSettings:
         else:
             raise PredictorError(f"predictor.tta: expected null or {{'flips': [[...], ...]}}, got {tta!r}")
         settings = cls(tuple(names), d.get("positive"), flips, Calibration.from_json(d.get("calibration")),
-                       OperatingPoint.from_json(d.get("threshold")))
+                       OperatingPoint.from_json(d.get("threshold")), Fusion.from_json(d.get("fusion")))
         stored_index = d.get("positive_index")
         if stored_index is not None and stored_index != settings.positive_index:
             raise PredictorError(f"predictor.positive_index {stored_index!r} does not match positive {settings.positive!r} "
@@ -548,9 +666,10 @@ class Predictor:
     def __repr__(self) -> str:
         s = self.settings
         cal = None if s.calibration is None else s.calibration.method
+        fusion = None if s.fusion is None else list(s.fusion.covariates)
         return (f"Predictor({type(self.model).__name__}, labels={list(s.labels)}, positive={s.positive!r}, "
-                f"tta={len(s.tta)} view(s), calibration={cal}, threshold={s.threshold}, device={self.device}, "
-                f"precision={self.precision})")
+                f"tta={len(s.tta)} view(s), fusion={fusion}, calibration={cal}, threshold={s.threshold}, "
+                f"device={self.device}, precision={self.precision})")
 
     # ------------------------------------------------------------------ the chain (torch)
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -584,17 +703,28 @@ class Predictor:
     def calibrate_tensor(self, raw: torch.Tensor) -> torch.Tensor:
         return _apply_calibration(raw, self.settings.calibration, self.settings.positive_index)
 
-    def log_odds(self, x: torch.Tensor) -> torch.Tensor:
-        """``log(p_k / (1 - p_k))`` of the calibrated TTA probabilities, per class ``(B, C)``, differentiable.
+    def log_odds(self, x: torch.Tensor, design: torch.Tensor | None = None) -> torch.Tensor:
+        """``log(p_k / (1 - p_k))`` of the calibrated TTA (and fused) probabilities, per class ``(B, C)``,
+        differentiable. ``design``: a fusing predictor's transformed covariates ``(B, k)`` (`design`).
 
-        The same chain as `tta_probs` + `calibrate_tensor`, computed in log space so that it keeps its
-        gradient where a probability rounds to 1 (``sigmoid`` of it is the probability). Isotonic
+        The same chain as `tta_probs` + `fuse_tensor` + `calibrate_tensor`, computed in log space so that it
+        keeps its gradient where a probability rounds to 1 (``sigmoid`` of it is the probability). Isotonic
         calibration maps probabilities, so it saturates where they do.
         """
         n = len(self.settings.tta)
         logp = torch.log_softmax(self._logits(x), dim=1)
         if n > 1:
             logp = torch.logsumexp(logp.reshape(n, x.shape[0], -1), dim=0) - math.log(n)
+        fusion = self.settings.fusion
+        if fusion is not None:
+            if design is None:
+                raise PredictorError(f"this predictor fuses the image with {list(fusion.covariates)} from the item's "
+                                     "table row: give the covariates with the samples")
+            pos = self.settings.positive_index
+            w = torch.as_tensor(fusion.weights, dtype=logp.dtype, device=logp.device)
+            z = (float(fusion.image_weight) * (logp[:, pos] - logp[:, 1 - pos])
+                 + design.to(device=logp.device, dtype=logp.dtype) @ w + float(fusion.bias))
+            logp = torch.stack([torch.nn.functional.logsigmoid(z if k == pos else -z) for k in range(2)], dim=1)
         cal = self.settings.calibration
         if cal is not None and cal.method == "temperature":
             logp = torch.log_softmax(logp / float(cal.temperature), dim=1)
@@ -603,6 +733,24 @@ class Predictor:
         c = logp.shape[1]
         others = logp.unsqueeze(1).expand(-1, c, -1).masked_fill(torch.eye(c, dtype=torch.bool, device=logp.device), -math.inf)
         return logp - torch.logsumexp(others, dim=2)
+    def fuse_tensor(self, image: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
+        """Image probabilities fused with the covariates' design (`design`); identity without a fusion."""
+        fusion = self.settings.fusion
+        if fusion is None:
+            return image
+        if design is None:
+            raise PredictorError(f"this predictor fuses the image with {list(fusion.covariates)} from the item's table "
+                                 "row: give the covariates with the samples")
+        return fusion.apply(image, design.to(image.device), self.settings.positive_index)
+
+    def design(self, covariates: Any, n: int) -> np.ndarray | None:
+        """The fusion's transformed covariates ``(n, k)`` (None when the predictor has no fusion)."""
+        if self.settings.fusion is None:
+            return None
+        if covariates is None:
+            raise PredictorError(f"this predictor fuses the image with {list(self.settings.fusion.covariates)} from the "
+                                 "item's table row: give them (covariates=...)")
+        return self.settings.fusion.design(covariates, n)
 
     @property
     def module(self) -> nn.Module:
@@ -617,8 +765,8 @@ class Predictor:
         for i in range(0, len(x), self.batch_size):
             yield x[i:i + self.batch_size].to(self.device, dtype=torch.float32)
 
-    def raw_proba(self, samples: Any) -> np.ndarray:
-        """TTA probabilities before calibration, ``(n, C)`` float64 (for the before/after reliability diagram)."""
+    def image_proba(self, samples: Any) -> np.ndarray:
+        """TTA probabilities of the image model alone, ``(n, C)`` float64: before any fusion and calibration."""
         out = []
         with _eval(self.model), torch.inference_mode():
             for xb in self._batches(samples):
@@ -626,6 +774,21 @@ class Predictor:
         if not out:
             return np.zeros((0, len(self.settings.labels)), dtype=np.float64)
         return np.concatenate(out).astype(np.float64)
+
+    def fuse(self, image_probs: Any, covariates: Any = None) -> np.ndarray:
+        """Fuse image probabilities (`image_proba`) with the items' covariates (a mapping or DataFrame of
+        columns, one value per item); a copy of ``image_probs`` when the predictor has no fusion."""
+        image = np.asarray(image_probs, dtype=np.float64)
+        design = self.design(covariates, len(image))
+        if design is None:
+            return image.copy()
+        with torch.inference_mode():
+            return self.fuse_tensor(torch.from_numpy(image), torch.from_numpy(design)).numpy()
+
+    def raw_proba(self, samples: Any, covariates: Any = None) -> np.ndarray:
+        """TTA (and fused) probabilities before calibration, ``(n, C)`` float64 (the reliability diagram's
+        "before"). ``covariates``: the items' table columns a fusing predictor needs (see `fuse`)."""
+        return self.fuse(self.image_proba(samples), covariates)
 
     def calibrate(self, raw: Any) -> np.ndarray:
         """Apply the calibration to TTA probabilities (from `raw_proba`); `predict_proba` is exactly this."""
@@ -635,15 +798,16 @@ class Predictor:
         with torch.inference_mode():
             return self.calibrate_tensor(torch.from_numpy(raw)).numpy()
 
-    def predict_proba(self, samples: Any) -> np.ndarray:
-        """Calibrated TTA probabilities ``(n, C)`` float64 of a stack of samples ``(n, *sample_shape)``."""
-        return self.calibrate(self.raw_proba(samples))
+    def predict_proba(self, samples: Any, covariates: Any = None) -> np.ndarray:
+        """Calibrated TTA probabilities ``(n, C)`` float64 of a stack of samples ``(n, *sample_shape)``
+        (with their table covariates when the predictor fuses them, see `fuse`)."""
+        return self.calibrate(self.raw_proba(samples, covariates))
 
-    def positive_score(self, samples_or_probs: Any, *, probs: bool = False) -> np.ndarray:
+    def positive_score(self, samples_or_probs: Any, *, probs: bool = False, covariates: Any = None) -> np.ndarray:
         """P(positive) ``(n,)``: of samples, or (``probs=True``) read from `predict_proba` output."""
         if self.positive_index is None:
             raise PredictorError(f"a {len(self.labels)}-class predictor has no positive class")
-        p = np.asarray(samples_or_probs, dtype=np.float64) if probs else self.predict_proba(samples_or_probs)
+        p = np.asarray(samples_or_probs, dtype=np.float64) if probs else self.predict_proba(samples_or_probs, covariates)
         return p[:, self.positive_index]
 
     def decide_index(self, probs: Any) -> np.ndarray:
@@ -680,16 +844,22 @@ class Predictor:
             raise PredictorError("embed: no samples")
         return np.concatenate(out).astype(np.float32)
 
-    def predict_loader(self, loader: Iterable[Any], *, calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs (n, C), targets (n,))`` over a loader of ``(x, y)`` batches, in its order."""
+    def predict_loader(self, loader: Iterable[Any], *, calibrated: bool = True, covariates: Any = None,
+                       fused: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs (n, C), targets (n,))`` over a loader of ``(x, y)`` batches, in its order. ``covariates``:
+        the items' table columns in the loader's order (a fusing predictor needs them); ``fused=False`` gives
+        the image model's TTA probabilities alone (no fusion, no calibration)."""
         probs, targets = [], []
         for batch in loader:
             x, y = batch
-            probs.append(self.raw_proba(x))
+            probs.append(self.image_proba(x))
             targets.append(np.asarray(y.cpu() if hasattr(y, "cpu") else y).astype(np.int64).reshape(-1))
         if not probs:
             raise PredictorError("predict_loader: the loader yielded no batches")
-        raw = np.concatenate(probs)
+        image = np.concatenate(probs)
+        if not fused:
+            return image, np.concatenate(targets)
+        raw = self.fuse(image, covariates)
         return (self.calibrate(raw) if calibrated else raw), np.concatenate(targets)
 
 
@@ -715,5 +885,7 @@ class PredictorModule(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.embed(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predictor.log_odds(x)
+    def forward(self, x: torch.Tensor, design: torch.Tensor | None = None) -> torch.Tensor:
+        """``design``: a fusing predictor's transformed covariates ``(B, k)`` (`Predictor.design`; Captum:
+        ``additional_forward_args``)."""
+        return self.predictor.log_odds(x, design)

@@ -71,7 +71,7 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(10, ge=1)
     lr: float | Literal["auto"] = "auto"
-    lr_suggestion: Literal["valley", "steep", "minimum"] = "valley"
+    lr_suggestion: Literal["valley", "steep", "minimum", "edge"] = "edge"  # edge: the stable one (lr_find.edge)
     wd: float = Field(0.01, ge=0.0)
     mixup: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -88,6 +88,9 @@ class PredictorConfig(_Strict):
     tta: bool = False
     calibration: Literal["none", "temperature", "isotonic"] = "none"
     threshold: str = "youden"  # youden | sensitivity>=X | specificity>=X | fixed:X
+    # nodule task: table columns fused late with the image's score (log), e.g. [diameter_mm]; scoring then
+    # needs them in its nodule table too
+    fuse: list[str] = Field(default_factory=list)
 
     @field_validator("threshold")
     @classmethod
@@ -135,6 +138,8 @@ class PipelineConfig(_Strict):
             raise ValueError("task 'nodule' samples around each nodule: block.type SliceStack, MultiView or Patch3D")
         if self.task == "series" and self.report.baselines:  # size and radiomics baselines describe nodules only
             self.report.baselines = [b for b in self.report.baselines if b == "largest_diameter"]
+        if self.task == "series" and self.predictor.fuse:
+            raise ValueError("predictor.fuse: late fusion takes nodule-table columns (task 'nodule'); scoring a series has no table")
         if self.task == "nodule" and "largest_diameter" in self.report.baselines:
             raise ValueError("report.baselines: 'largest_diameter' is a series-task baseline; nodules have 'diameter'")
         if self.report.tta:  # the report measures the bundle's predictor, so TTA is the predictor's

@@ -21,9 +21,11 @@ from medsuite.interpret.losses import LossTable, loss_table
 from medsuite.learn.metrics import classification_report, paired_auc_difference, reliability_diagram
 from medsuite.learn.predict import Predictor, PredictorSettings
 from medsuite.pipelines.baselines import BaselineResult
+from medsuite.pipelines.reader_study import add_reader_study_section, reader_study
 from medsuite.pipelines.report import Report
 from medsuite.pipelines.tasks import TaskLearner, plain_loader
 
+IMAGE_ONLY = "image only (no covariates)"  # the comparison row of a fusing predictor's image model alone
 SIZE_BUCKETS_MM = (0.0, 6.0, 10.0, 20.0, 100.0)
 SALIENCY_CAVEAT = "Saliency and similar cases show where the model looked and what it found alike, not a lesion segmentation."
 SCORE_COLUMNS = ("series_uid", "nodule_id", "probability", "label")
@@ -43,6 +45,7 @@ class Evaluation:
     scores: pd.DataFrame        # series_uid, nodule_id, probability, label: what `medsuite score` writes
     settings: PredictorSettings
     knn_agreement: float | None = None
+    image_probs: np.ndarray | None = None  # a fusing predictor's image model alone (TTA, before fusion)
     baselines: list[BaselineResult] = field(default_factory=list)
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -121,19 +124,21 @@ def evaluate_predictor(predictor: Predictor, batches: Iterable[Any], items: pd.D
     """Score ``items`` (``batches`` yields their ``(x, y)`` in table order, unaugmented) with the predictor, once;
     compute the metrics with bootstrap CIs from the scores table and, with the training cases' ``index``,
     the k-NN agreement of the held-out embeddings."""
-    raws, target_parts, embeddings = [], [], []
+    images, target_parts, embeddings = [], [], []
     for x, y in batches:  # one pass over the data: probabilities and, for the k-NN agreement, embeddings
         x = np.asarray(x.cpu() if hasattr(x, "cpu") else x, dtype=np.float32)
-        raws.append(predictor.raw_proba(x))
+        images.append(predictor.image_proba(x))
         target_parts.append(np.asarray(y.cpu() if hasattr(y, "cpu") else y).astype(np.int64).reshape(-1))
         if index is not None:
             embeddings.append(predictor.embed(x))
-    if not raws:
+    if not images:
         raise ValueError("evaluate: no items to score")
-    raw, targets = np.concatenate(raws), np.concatenate(target_parts)
+    image, targets = np.concatenate(images), np.concatenate(target_parts)
+    if len(image) != len(items):
+        raise ValueError(f"evaluate: {len(image)} items scored but the table has {len(items)} rows")
+    # a fusing predictor joins each item's table columns (its covariates) to the image's probability
+    raw = predictor.fuse(image, items.reset_index(drop=True) if predictor.settings.fusion is not None else None)
     probs = predictor.calibrate(raw)
-    if len(probs) != len(items):
-        raise ValueError(f"evaluate: {len(probs)} items scored but the table has {len(items)} rows")
     ids_col = "nodule_id" if task == "nodule" and "nodule_id" in items.columns else "series_uid"
     ids = items[ids_col].astype(str).tolist()
     vocab = predictor.labels
@@ -145,7 +150,8 @@ def evaluate_predictor(predictor: Predictor, batches: Iterable[Any], items: pd.D
         report = report_from_scores(scores, items, settings, task=task, n_boot=n_boot)
     else:
         report = classification_report(targets, probs, vocab, None, n_boot=n_boot)
-    evaluation = Evaluation(split, items.reset_index(drop=True), probs, raw, targets, losses, report, scores, settings)
+    evaluation = Evaluation(split, items.reset_index(drop=True), probs, raw, targets, losses, report, scores, settings,
+                            image_probs=image if settings.fusion is not None else None)
     if index is not None:
         evaluation.knn_agreement = float(knn_agreement(index, np.concatenate(embeddings), [vocab[t] for t in targets], k=k))
     return evaluation
@@ -183,6 +189,8 @@ def write_scores(folder: Any, evaluation: Evaluation) -> tuple[Any, Any]:
 
 def compare_with_baselines(evaluation: Evaluation, baselines: list[BaselineResult], *, n_boot: int = 2000) -> None:
     """Paired AUC differences (deep minus baseline) on the very same held-out items."""
+    if evaluation.image_probs is not None:  # what the table's covariates add: the image model alone beside it
+        baselines = [BaselineResult(IMAGE_ONLY, evaluation.image_probs[:, evaluation.positive_index]), *baselines]
     evaluation.baselines = baselines
     for base in baselines:
         evaluation.comparisons[base.name] = paired_auc_difference(evaluation.y_positive, evaluation.positive_scores,
@@ -282,6 +290,14 @@ def predictor_sentence(settings: PredictorSettings) -> str:
     if cal is not None and cal.fitted_on:
         cal_text += f" fitted on the {cal.fitted_on.get('split', 'validation')} split (n={cal.fitted_on.get('n')})"
     text = f"Probabilities are {tta}, with {cal_text}."
+    fusion = settings.fusion
+    if fusion is not None:
+        fit = fusion.fitted_on
+        text += (f" Inputs: the image and the table's {', '.join(fusion.covariates)}, fused late ({fusion.describe()}; "
+                 f"fitted on the {fit.get('split', 'validation')} split, n={fit.get('n')}, where the image alone gave AUC "
+                 f"{fit.get('auc_image', float('nan')):.3f} and fused {fit.get('auc_fused', float('nan')):.3f}).")
+    else:
+        text += " Inputs: the image only."
     op = settings.operating_point
     if settings.binary and op is not None:
         got = "" if op.sensitivity is None else (f", where it gave sensitivity {op.sensitivity:.3f} and specificity "
@@ -356,6 +372,8 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
         rep.table(s, radiomics.importance)
         for name, fig in radiomics.figures.items():
             rep.figure(s, name, fig, name.replace("_", " "))
+    if evaluation.settings.binary:  # when the table carries per-reader ratings (malignancy_r1 ...)
+        add_reader_study_section(rep, reader_study(evaluation.items, evaluation.positive_scores, evaluation.settings.threshold))
     groups = _subgroups(evaluation)
     if groups:
         s = rep.section("Performance by subgroup")
@@ -379,7 +397,7 @@ def write_report(folder: Any, *, title: str, learn: TaskLearner, evaluation: Eva
     s = rep.section("Training")
     if lr_result is not None:
         rep.figure(s, "lr_find", lr_result.plot(), f"Learning-rate finder: suggestions valley {lr_result.valley:.2e}, "
-                   f"steep {lr_result.steep:.2e}, minimum {lr_result.minimum:.2e}"
+                   f"steep {lr_result.steep:.2e}, minimum {lr_result.minimum:.2e}, edge {lr_result.edge:.2e}"
                    + (f"; trained with lr_max {lr:.2e}" if lr is not None else ""))
     df = learn.recorder.df
     if len(df):

@@ -31,6 +31,7 @@ from medsuite.learn.predict import (
     PredictorSettings,
     choose_threshold,
     fit_calibration,
+    fit_fusion,
 )
 
 log = logging.getLogger("medsuite.pipelines")
@@ -118,16 +119,29 @@ class TaskLearner(Learner):
         return None if self.positive is None else [str(v) for v in self.dls.vocab].index(self.positive)
 
     def fit_predictor(self, *, tta: bool | Sequence[Sequence[int]] | None = False, calibration: str | None = None,
-                      threshold_rule: str = "youden", threshold: float | None = None) -> FittedPredictor:
+                      threshold_rule: str = "youden", threshold: float | None = None,
+                      fuse: Sequence[str] | None = None) -> FittedPredictor:
         """The predictor of the current model, fitted on the validation split (no augmentation).
 
-        TTA flips are applied first; ``calibration`` ('temperature' / 'isotonic' / None) is fitted on the
-        TTA probabilities; the binary threshold is chosen by ``threshold_rule`` (or fixed at ``threshold``)
-        on the calibrated P(positive): the very numbers scoring will produce.
+        TTA flips are applied first; ``fuse`` (table columns, e.g. ``["diameter_mm"]``; binary problems) fuses
+        the image's P(positive) late with the log of those columns by a logistic regression fitted on the
+        validation split (`medsuite.learn.predict.fit_fusion`); ``calibration`` ('temperature' / 'isotonic' /
+        None) is fitted on those probabilities; the binary threshold is chosen by ``threshold_rule`` (or fixed
+        at ``threshold``) on the calibrated P(positive): the very numbers scoring will produce.
         """
         labels = tuple(str(v) for v in self.dls.vocab)
         base = Predictor(self.model, PredictorSettings(labels, self.positive, tta_flips(tta)))
-        raw, targets = base.predict_loader(plain_loader(self.dls, "valid"), calibrated=False)
+        image, targets = base.predict_loader(plain_loader(self.dls, "valid"), fused=False)
+        items = None
+        if fuse:
+            if len(labels) != 2:
+                raise ValueError(f"fuse={list(fuse)}: late fusion with table columns is for binary problems")
+            items = self.dls.items("valid")
+            missing = [c for c in fuse if c not in items.columns]
+            if missing:
+                raise ValueError(f"fuse: the table has no column(s) {missing} to fuse with the image")
+            base = base.with_settings(fusion=fit_fusion(image, targets, items, list(fuse), positive_index=self.positive_index))
+        raw = base.fuse(image, items)
         cal = fit_calibration(raw, targets, calibration, positive_index=self.positive_index) if calibration else None
         predictor = base.with_settings(calibration=cal)
         probs = predictor.calibrate(raw)
@@ -169,11 +183,12 @@ class TaskLearner(Learner):
 
     def export(self, path: str | Path, *, index: bool = True, tta: bool | Sequence[Sequence[int]] | None = False,
                calibration: str | None = None, threshold_rule: str = "youden", threshold: float | None = None,
-               **fields: Any) -> Path | None:
+               fuse: Sequence[str] | None = None, **fields: Any) -> Path | None:
         """Write the bundle: weights, spec, the predictor (TTA, calibration, threshold and its rule, positive
         class) fitted on the validation split, validation metrics with CIs from that predictor's outputs,
         and the case index."""
-        fitted = self.fit_predictor(tta=tta, calibration=calibration, threshold_rule=threshold_rule, threshold=threshold)
+        fitted = self.fit_predictor(tta=tta, calibration=calibration, threshold_rule=threshold_rule, threshold=threshold,
+                                    fuse=fuse)
         predictor = fitted.predictor
         if "metrics" not in fields:
             fields["metrics"] = {"valid": validation_metrics(fitted.probs, fitted.targets, self.dls.vocab,

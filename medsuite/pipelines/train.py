@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -142,7 +143,8 @@ def choose_lr(learn: TaskLearner, cfg: PipelineConfig, run_dir: Path, resume: bo
         _atomic_json(remembered, {"lr": lr, "suggestion": cfg.train.lr_suggestion if result is not None else None,
                                   "valley": None if result is None else float(result.valley),
                                   "steep": None if result is None else float(result.steep),
-                                  "minimum": None if result is None else float(result.minimum)})
+                                  "minimum": None if result is None else float(result.minimum),
+                                  "edge": None if result is None else float(result.edge)})
     return lr, result
 
 
@@ -316,30 +318,47 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
         if main:
             log.info("training %s (%s) into %s%s", cfg.name, cfg.task, run_dir, " (resumed)" if resume else "")
             _atomic_json(run_dir / "config.json", cfg.model_dump(mode="json"))
-        dls = build_dataloaders(cfg, source, table)
-        learn = build_learner(cfg, dls, progress=progress)
-        lr, lr_result = choose_lr(learn, cfg, run_dir, resume)
-        learn.fit_one_cycle(cfg.train.epochs, lr, resume=resume)
+        timings: dict[str, float] = {}  # seconds per stage, in metrics.json (bench/bench_train_nodule.py reads them)
+
+        @contextmanager
+        def stage(name: str) -> Iterator[None]:
+            start = time.perf_counter()
+            yield
+            timings[name] = round(time.perf_counter() - start, 2)
+            log.info("%s: %.1f s", name, timings[name])
+
+        with stage("data"):
+            dls = build_dataloaders(cfg, source, table)
+            learn = build_learner(cfg, dls, progress=progress)
+        with stage("lr_find"):
+            lr, lr_result = choose_lr(learn, cfg, run_dir, resume)
+        with stage("fit"):
+            learn.fit_one_cycle(cfg.train.epochs, lr, resume=resume)
         if not main:  # rank 0 alone exports, evaluates and reports
             return TrainResult(run_dir, None, None, {})
 
         p = cfg.predictor
-        learn.export(bundle, train_config={"config": cfg.model_dump(mode="json"), **learn.train_config()},
-                     tta=p.tta, calibration=None if p.calibration == "none" else p.calibration, threshold_rule=p.threshold)
-        exported = load_bundle(bundle, device=str(learn.device))
+        with stage("export"):
+            learn.export(bundle, train_config={"config": cfg.model_dump(mode="json"), **learn.train_config()},
+                         tta=p.tta, calibration=None if p.calibration == "none" else p.calibration,
+                         threshold_rule=p.threshold, fuse=p.fuse)
+            exported = load_bundle(bundle, device=str(learn.device))
         predictor = Predictor.from_bundle(exported)  # the report measures exactly what scoring will run
         threshold = predictor.threshold
 
         split = "test" if dls.test is not None else "valid"
-        evaluation: Evaluation = evaluate(learn, split, predictor=predictor, n_boot=cfg.report.n_boot,
-                                          index=CaseIndex.from_bundle(exported))
+        with stage("evaluate"):
+            evaluation: Evaluation = evaluate(learn, split, predictor=predictor, n_boot=cfg.report.n_boot,
+                                              index=CaseIndex.from_bundle(exported))
         if cfg.report.baselines:
-            baselines = run_baselines(cfg, dls, source, split)
-            compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
-        report = write_report(run_dir, title=f"medsuite — {cfg.name} ({cfg.task})", learn=learn, evaluation=evaluation,
-                              lr_result=lr_result, lr=lr, top_losses=cfg.report.top_losses)
+            with stage("baselines"):
+                baselines = run_baselines(cfg, dls, source, split)
+                compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
+        with stage("report"):
+            report = write_report(run_dir, title=f"medsuite — {cfg.name} ({cfg.task})", learn=learn, evaluation=evaluation,
+                                  lr_result=lr_result, lr=lr, top_losses=cfg.report.top_losses)
         metrics = {"split": split, "lr": lr, "threshold": threshold, "report": evaluation.report,
-                   "knn_agreement": evaluation.knn_agreement, "comparisons": evaluation.comparisons}
+                   "knn_agreement": evaluation.knn_agreement, "comparisons": evaluation.comparisons, "timings": timings}
         _atomic_json(run_dir / "metrics.json", metrics)
         log.info("done: bundle %s, report %s", bundle, report)
         return TrainResult(run_dir, bundle, report, metrics)

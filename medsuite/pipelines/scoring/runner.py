@@ -185,6 +185,17 @@ def _load_nodules(path: Path | None, task: str) -> pd.DataFrame | None:
         raise UsageError(str(exc)) from exc
 
 
+def _fused_columns(bundle: Any) -> tuple[str, ...]:
+    """The nodule-table columns the bundle's predictor fuses with the image (none for most bundles)."""
+    from medsuite.learn.predict import PredictorError, PredictorSettings
+
+    try:
+        fusion = PredictorSettings.from_bundle_meta(bundle.meta).fusion
+    except PredictorError as exc:
+        raise UsageError(f"{bundle.path}: bundle.json {exc}") from exc
+    return () if fusion is None else fusion.covariates
+
+
 class _DbLock:
     """An exclusive lock beside the database so two runs never write one out dir; freed even on SIGKILL."""
 
@@ -227,13 +238,17 @@ def _pseudonymizer(cfg: ScoreConfig, found: Discovery, nodules: pd.DataFrame | N
         raise UsageError(f"{exc} (set {KEY_ENV}, or pass --include-phi to keep identifiers)") from exc
 
 
-def _work_items(decisions: list, nodules: pd.DataFrame | None) -> tuple[list[WorkItem], list[tuple]]:
-    """Work items for the series to score, and (uid, row, 'skipped', reason) for those without nodules."""
+def _work_items(decisions: list, nodules: pd.DataFrame | None,
+                covariates: tuple[str, ...] = ()) -> tuple[list[WorkItem], list[tuple]]:
+    """Work items for the series to score, and (uid, row, 'skipped', reason) for those without nodules.
+    ``covariates``: the nodule-table columns the bundle's predictor fuses with the image, carried per point."""
     by_series: dict[str, list[Point]] = {}
     if nodules is not None:
-        for r in nodules.itertuples(index=False):
+        cov = {c: pd.to_numeric(nodules[c], errors="coerce").to_numpy(dtype=float) for c in covariates}
+        for i, r in enumerate(nodules.itertuples(index=False)):
             by_series.setdefault(str(r.series_uid), []).append(
-                Point(str(r.nodule_id), float(r.x_mm), float(r.y_mm), float(r.z_mm), float(r.diameter_mm)))
+                Point(str(r.nodule_id), float(r.x_mm), float(r.y_mm), float(r.z_mm), float(r.diameter_mm),
+                      tuple((c, float(v[i])) for c, v in cov.items())))
     items, unscored = [], []
     for d in decisions:
         files = tuple(str(f) for f in d.row.get("files") or ())
@@ -285,6 +300,11 @@ def score(cfg: ScoreConfig) -> Summary:
         device = resolve_device(cfg.device)
         bundle = _load_bundle(bundle_path, device)
     nodules = _load_nodules(Path(cfg.nodules) if cfg.nodules else None, bundle.task)
+    fused = _fused_columns(bundle)
+    missing = [c for c in fused if nodules is not None and c not in nodules.columns]
+    if missing:
+        raise UsageError(f"--nodules {cfg.nodules}: the bundle's predictor fuses the image with the nodule table's "
+                         f"{missing}, which this table lacks")
     try:
         rules = apply_overrides(rules_from_bundle(bundle.meta), cfg.rules)
     except RuleError as exc:
@@ -377,7 +397,7 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
         done = db.scored_series(bundle.sha256)
         already = [d for d in decisions if d.action == "score" and d.series_uid in done]
         to_score = [d for d in decisions if d.action == "score" and d.series_uid not in done]
-        items, no_nodules = _work_items(to_score, nodules)
+        items, no_nodules = _work_items(to_score, nodules, _fused_columns(bundle))
         unscored = [(d.series_uid, d.row, "skipped" if d.action == "skip" else "error", scrub(d.reason))
                     for d in decisions if d.action != "score"] + no_nodules
         for r in found.skipped_files.itertuples(index=False):

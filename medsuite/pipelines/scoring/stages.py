@@ -25,13 +25,31 @@ if TYPE_CHECKING:  # the worker processes that only prepare never import torch f
 
 @dataclass(frozen=True)
 class Point:
-    """One nodule to score: its id, world LPS position (mm) and diameter."""
+    """One nodule to score: its id, world LPS position (mm), diameter, and the nodule table's values of the
+    columns the bundle's predictor fuses with the image (``covariates``: (column, value) pairs)."""
 
     nodule_id: str
     x_mm: float
     y_mm: float
     z_mm: float
     diameter_mm: float | None = None
+    covariates: tuple[tuple[str, float], ...] = ()
+
+    def covariate(self, name: str) -> float:
+        values = dict(self.covariates)
+        if name in values:
+            return float(values[name])
+        if name == "diameter_mm" and self.diameter_mm is not None:
+            return float(self.diameter_mm)
+        return float("nan")
+
+
+def covariates_of(points: list[Point | None], predictor: Predictor) -> dict[str, np.ndarray] | None:
+    """The fusing predictor's covariates of the scored points (None when it fuses nothing)."""
+    fusion = predictor.settings.fusion
+    if fusion is None:
+        return None
+    return {name: np.array([np.nan if p is None else p.covariate(name) for p in points]) for name in fusion.covariates}
 
 
 @dataclass(frozen=True)
@@ -238,13 +256,15 @@ def score_prepared(pending: list[Prepared], predictor: Predictor, batch_size: in
     ready = [p for p in pending if p.samples is not None and p.error is None]
     probs: dict[int, np.ndarray] = {}
 
-    def run(samples: np.ndarray) -> np.ndarray:
-        return np.concatenate([predictor.predict_proba(samples[i:i + batch_size])
+    def run(samples: np.ndarray, keys: list[Point | None]) -> np.ndarray:
+        cov = covariates_of(keys, predictor)
+        return np.concatenate([predictor.predict_proba(samples[i:i + batch_size],
+                                                       None if cov is None else {k: v[i:i + batch_size] for k, v in cov.items()})
                                for i in range(0, len(samples), batch_size)])
 
     if ready:
         try:
-            all_probs = run(np.concatenate([p.samples for p in ready]))
+            all_probs = run(np.concatenate([p.samples for p in ready]), [k for p in ready for k in p.keys])
             offset = 0
             for p in ready:
                 probs[id(p)] = all_probs[offset:offset + len(p.samples)]
@@ -252,7 +272,7 @@ def score_prepared(pending: list[Prepared], predictor: Predictor, batch_size: in
         except Exception:  # find the series that fails instead of failing all of them
             for p in ready:
                 try:
-                    probs[id(p)] = run(p.samples)
+                    probs[id(p)] = run(p.samples, list(p.keys))
                 except Exception as exc:
                     p.error = ("infer", _describe(exc))
     results = [finish(p, probs.get(id(p)), predictor) for p in pending]
