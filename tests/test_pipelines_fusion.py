@@ -93,3 +93,29 @@ def test_evaluate_and_score_run_the_same_fused_predictor(fused_bundle, tmp_path)
     bad = runner.invoke(app, ["score", str(path), str(root), "--nodules", str(lacking), "--out", str(tmp_path / "bad"),
                               "--workers", "1", "--device", "cpu", "--quiet"])
     assert bad.exit_code == 3 and "density" in bad.output
+
+
+def test_explain_a_fused_bundle_with_and_without_the_covariates(fused_bundle):
+    from medsuite.interpret.explain import explain
+    from medsuite.io.load import read_volume
+
+    root, path = fused_bundle
+    bundle = load_bundle(path)
+    row = pd.read_csv(root / "nodules.csv").iloc[0]
+    volume = read_volume(root / row["patient_id"])
+    center = (row["x_mm"], row["y_mm"], row["z_mm"])
+    cov = {"diameter_mm": float(row["diameter_mm"]), "density": float(row["density"])}
+    full = explain(bundle, volume, ["occlusion"], center_xyz=center, covariates=cov)
+    predictor = Predictor.from_bundle(bundle)
+    sample = bundle.block.sample(volume, np.array(center))[None]
+    expected = predictor.predict_proba(sample, {k: [v] for k, v in cov.items()})[0]
+    assert full.probabilities == pytest.approx(expected.tolist(), abs=1e-6)
+    assert full.summary["predictor"]["covariates"] == cov
+    image = explain(bundle, volume, ["occlusion"], center_xyz=center)
+    assert "not given" in image.summary["predictor"]["note"]
+    a = full.attributions["occlusion"].values.ravel()
+    b = image.attributions["occlusion"].values.ravel()
+    fusion = predictor.settings.fusion
+    # the same map up to the fusion's image weight (float32 log-odds: the constant covariate term costs a few digits)
+    assert np.corrcoef(a, b)[0, 1] > 0.999
+    assert np.median(a[b != 0] / b[b != 0]) == pytest.approx(fusion.image_weight, rel=0.02)

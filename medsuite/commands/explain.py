@@ -73,6 +73,8 @@ def command(
     noise_tunnel: Annotated[bool, typer.Option("--noise-tunnel", help="SmoothGrad-average IG over noisy copies.")] = False,
     occlusion_mm: Annotated[float, typer.Option("--occlusion-mm", help="Occlusion window edge in mm.")] = 8.0,
     target: Annotated[int | None, typer.Option("--target", help="Class index to explain (default: predicted).")] = None,
+    covariate: Annotated[list[str] | None, typer.Option("--covariate", help="NAME=VALUE of a nodule-table column the "
+                         "bundle fuses with the image, e.g. diameter_mm=12.5 (repeatable).")] = None,
     max_cases: Annotated[int, typer.Option("--max-cases", help="With --sanity: cases used from TABLE.")] = 8,
     max_layers: Annotated[int, typer.Option("--max-layers", help="With --sanity: randomization steps (layers).")] = 8,
     curve_steps: Annotated[int, typer.Option("--curve-steps", help="With --sanity: deletion/insertion points.")] = 20,
@@ -105,11 +107,28 @@ def command(
 
         center = _parse_point(nodule) if nodule else None
         result = explain(loaded, finder.read(series), chosen, center_xyz=center, out_dir=out, target=target,
-                         baseline=baseline, n_steps=steps, noise_tunnel=noise_tunnel, occlusion_mm=occlusion_mm)
+                         baseline=baseline, n_steps=steps, noise_tunnel=noise_tunnel, occlusion_mm=occlusion_mm,
+                         covariates=_parse_covariates(covariate))
         t = result.summary["target"]
         typer.echo(f"class {t['label']!r} p={result.probabilities[t['index']]:.3f}; wrote {len(result.files)} files to {out}")
     except (ValueError, FileNotFoundError, OSError, KeyError) as exc:
         raise _fail(str(exc)) from None
+
+
+def _parse_covariates(items: list[str] | None) -> dict[str, float] | None:
+    """``["diameter_mm=12.5"]`` -> ``{"diameter_mm": 12.5}`` (None when none are given)."""
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise ValueError(f"--covariate {item!r}: expected NAME=NUMBER, e.g. diameter_mm=12.5")
+    return out
 
 
 def _cases(bundle: Any, table_path: Path, finder: _SeriesFinder, max_cases: int) -> list[tuple[str, Any, Any]]:

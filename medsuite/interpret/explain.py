@@ -108,6 +108,7 @@ def explain(
     focus_radius_mm: float = 10.0,
     series_uid: str | None = None,
     predictor: Predictor | None = None,
+    covariates: dict[str, float] | None = None,
 ) -> Explanation:
     """Explain one case with a loaded bundle (``.model``, ``.block``, ``.labels``, ``.task``).
 
@@ -129,15 +130,23 @@ def explain(
         raise ValueError("this is a nodule model: give the nodule's world position (x, y, z mm), e.g. --nodule x,y,z")
     center = None if task == "series" else center_xyz
     predictor = predictor if predictor is not None else Predictor.from_bundle(bundle)
+    fused_note = None
+    if predictor.settings.fusion is not None and covariates is None:
+        names = list(predictor.settings.fusion.covariates)
+        fused_note = (f"the bundle fuses the image with the nodule table's {names}, not given here: the probabilities are "
+                      "the image model's alone, and the maps explain its log-odds (the fused log-odds differ by a "
+                      "constant per nodule, so the maps are the same up to scale)")
+        predictor = predictor.image_only()
+    single = None if covariates is None else {k: [float(v)] for k, v in covariates.items()}
     block = bundle.block
     prep = prepare_case(block, volume, center, baseline=baseline)
-    probs = predictor.predict_proba(prep.x[None])[0]
+    probs = predictor.predict_proba(prep.x[None], single if predictor.settings.fusion is not None else None)[0]
     decided = int(predictor.decide_index(probs[None])[0])
     target = decided if target is None else int(target)
     labels = predictor.labels
     if not 0 <= target < len(probs):
         raise ValueError(f"target class {target} out of range for a model with {len(probs)} outputs")
-    model = predictor.module
+    model = predictor.module_for(covariates)
     options = {"ig": {"n_steps": n_steps, "noise_tunnel": noise_tunnel}, "occlusion": {"window_mm": occlusion_mm}}
     attrs: dict[str, Attribution] = {}
     vols: dict[str, Volume] = {}
@@ -161,7 +170,8 @@ def explain(
         "probabilities": {str(lab): round(float(p), 5) for lab, p in zip(labels, probs, strict=False)},
         "prediction": {"label": predictor.labels[decided], "probability": round(float(predictor.score_of(probs[None])[0]), 5),
                        "threshold": predictor.threshold, "positive": predictor.positive},
-        "predictor": _predictor_summary(predictor),
+        "predictor": {**_predictor_summary(predictor), **({"note": fused_note} if fused_note else {}),
+                      **({"covariates": dict(covariates)} if covariates else {})},
         "target": {"index": target, "label": str(labels[target])},
         "explained_output": f"log-odds of the predictor's probability of class '{labels[target]}' (the chain scoring runs)",
         "baseline": baseline,
@@ -337,9 +347,14 @@ def run_sanity(
         prepared.append(SanityCase(str(case_id), p.x, p.baseline, p.layout, p.pixel_spacing_mm))
     options = {"ig": {"n_steps": n_steps}, "occlusion": {"window_mm": occlusion_mm}}
     predictor = Predictor.from_bundle(bundle)
+    note = None
+    if predictor.settings.fusion is not None:  # the covariates are a constant per case: check the image part
+        note = (f"the bundle fuses the image with {list(predictor.settings.fusion.covariates)}; the checks run on its "
+                "image part (the fused log-odds differ by a constant per case)")
+        predictor = predictor.image_only()
     rand = [randomization_test(predictor, prepared, m, mode=mode, max_layers=max_layers, options=options) for m in methods]
     faith = [deletion_insertion(predictor, prepared, m, n_steps=curve_steps, options=options) for m in methods]
     context = {"model": getattr(bundle, "name", type(bundle.model).__name__), "cases": len(prepared),
                "baseline": baseline, "ig_steps": n_steps, "randomization": mode,
-               "predictor": _predictor_summary(predictor)}
+               "predictor": {**_predictor_summary(predictor), **({"note": note} if note else {})}}
     return write_sanity_report(out_dir, rand, faith, context=context)

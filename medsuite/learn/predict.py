@@ -759,6 +759,21 @@ class Predictor:
         is the arg-max class, and Captum attributes exactly that."""
         return PredictorModule(self)
 
+    def module_for(self, covariates: Any = None) -> nn.Module:
+        """`module` with one item's covariates bound (a fusing predictor; a mapping of single values): every
+        row of the batch, as Captum expands it, uses them. Without a fusion this is `module`."""
+        if self.settings.fusion is None:
+            return PredictorModule(self)
+        design = self.design({k: np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in dict(covariates or {}).items()}
+                             if covariates is not None else None, 1)
+        return PredictorModule(self, torch.from_numpy(design).float())
+
+    def image_only(self) -> Predictor:
+        """The image model's own chain (TTA, no fusion, no calibration, threshold 0.5): what a fusing predictor's
+        image part says. Its attributions equal the full chain's up to a positive factor (the covariates add a
+        constant per item to the log-odds, which calibration by temperature only rescales)."""
+        return self.with_settings(fusion=None, calibration=None, operating_point=None)
+
     # ------------------------------------------------------------------ numpy API
     def _batches(self, samples: Any) -> Iterator[torch.Tensor]:
         x = samples if isinstance(samples, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
@@ -871,12 +886,13 @@ class PredictorModule(nn.Module):
     input are stacked in that layer's batch: flip-major, ``len(tta)`` blocks of the input batch.
     """
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, design: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = predictor.model
         self.predictor = predictor
         self.tta = predictor.settings.tta
         self.n_classes = len(predictor.settings.labels)
+        self.bound_design = design  # (1, k): one item's covariates, used for every row (`Predictor.module_for`)
 
     @property
     def gradcam_layer(self) -> nn.Module | None:
@@ -887,5 +903,7 @@ class PredictorModule(nn.Module):
 
     def forward(self, x: torch.Tensor, design: torch.Tensor | None = None) -> torch.Tensor:
         """``design``: a fusing predictor's transformed covariates ``(B, k)`` (`Predictor.design`; Captum:
-        ``additional_forward_args``)."""
+        ``additional_forward_args``); default: the bound ones of `Predictor.module_for`."""
+        if design is None and self.bound_design is not None:
+            design = self.bound_design.to(x.device).expand(x.shape[0], -1)
         return self.predictor.log_odds(x, design)
