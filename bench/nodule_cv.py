@@ -34,7 +34,7 @@ BASE: dict[str, Any] = {
 def _v(**changes: Any) -> dict[str, Any]:
     out = copy.deepcopy(BASE)
     for k, v in changes.items():
-        if k in ("block", "kwargs") and isinstance(v, dict):
+        if k in ("block", "kwargs") and isinstance(v, dict) and v.get("type", out[k].get("type")) == out[k].get("type"):
             out[k] = {**out[k], **v}
         else:
             out[k] = v
@@ -48,6 +48,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "soft_mix": _v(soft="mix", tta=True),
     "fuse": _v(fuse="diameter", tta=True),
     "soft_mix_fuse": _v(soft="mix", fuse="diameter", tta=True),
+    # the 9 planes of Setio et al. (axial, coronal, sagittal, six diagonals) as channels of one 2D CNN
+    "soft_mv9c": _v(soft="mix", tta=True, block={"type": "MultiView", "views": 9, "size": 40, "pixel_mm": 0.8,
+                                                 "as_channels": True, "window": ["lung", "mediastinum"]}),
+    # two scales: the base stack and one twice as coarse (64 mm field, 24 mm deep), as channels
+    "soft_ms2": _v(soft="mix", tta=True, block=[BASE["block"], {**BASE["block"], "pixel_mm": 1.6, "spacing_mm": 4.0}]),
 }
 
 
@@ -146,6 +151,17 @@ def sample_bank(cohort: Path, table: pd.DataFrame, spec: dict[str, Any], out: Pa
     return np.load(path, mmap_mode="r")
 
 
+class _Stacked:
+    """Several banks of the same nodules and augmentation draws, read as one with their channels stacked."""
+
+    def __init__(self, banks: list[np.ndarray]) -> None:
+        self.banks = banks
+        self.shape = (banks[0].shape[0], banks[0].shape[1], sum(b.shape[2] for b in banks), *banks[0].shape[3:])
+
+    def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
+        return np.concatenate([b[key] for b in self.banks], axis=0)
+
+
 class BankDataset:
     """Items of one fold from the bank: training draws one stored augmentation at random (+ intensity jitter,
     noise), evaluation the plain sample. ``y`` is the class id, or ``[1-p, p]`` with soft targets; with ``tab``
@@ -211,8 +227,10 @@ def run_fold(cohort: Path, table: pd.DataFrame, folds: np.ndarray, fold: int, va
     from medsuite.data.blocks import block_from_spec
     from medsuite.pipelines import nodule
 
-    bank = sample_bank(cohort, table, variant["block"], out)
-    block = block_from_spec(variant["block"])
+    specs = variant["block"] if isinstance(variant["block"], list) else [variant["block"]]
+    banks = [sample_bank(cohort, table, spec, out) for spec in specs]
+    bank = banks[0] if len(banks) == 1 else _Stacked(banks)
+    block = block_from_spec(specs[0])
     y = (table["label"].astype(str) == "malignant").to_numpy(int)
     tr, va = np.flatnonzero(folds != fold), np.flatnonzero(folds == fold)
     soft = soft_target(table, variant["soft"]) if variant["soft"] else None
@@ -224,8 +242,8 @@ def run_fold(cohort: Path, table: pd.DataFrame, folds: np.ndarray, fold: int, va
         valid=torch.utils.data.DataLoader(ds_va, batch_size=128), vocab=["benign", "malignant"], block=block,
         positive="malignant")
     dls.fingerprint = lambda: ""
-    learn = nodule.learner(dls, variant["arch"], arch_kwargs=variant["kwargs"], wd=variant["wd"], seed=seed,
-                           progress=False)
+    kwargs = {**variant["kwargs"], **({"in_channels": bank.shape[2]} if len(specs) > 1 else {})}
+    learn = nodule.learner(dls, variant["arch"], arch_kwargs=kwargs, wd=variant["wd"], seed=seed, progress=False)
     if tab is not None:
         learn.model = _fused(learn.model, tab.shape[1], tab[tr].mean(0), tab[tr].std(0) + 1e-6)
         learn.opt = None
