@@ -7,8 +7,8 @@ anchor rewritten, fsync included) and one full `verify_records`, on a scoring da
 from __future__ import annotations
 
 import argparse
-import statistics
 import sqlite3
+import statistics
 import tempfile
 import time
 from contextlib import closing
