@@ -81,10 +81,8 @@ def test_a_good_bundle_loads(good):
 ])
 def test_bad_sizes_and_shapes_are_refused_before_building(good, change, message):
     _edit_meta(good, **change)
-    t0 = time.perf_counter()
     with pytest.raises(BundleError, match=message):
-        load_bundle(good)
-    assert time.perf_counter() - t0 < 5
+        load_bundle(good)  # memory: test_memory_stays_flat_on_hostile_sizes
 
 
 def test_memory_stays_flat_on_hostile_sizes(tmp_path):
@@ -142,10 +140,8 @@ def test_zip_bomb_member_is_refused_from_the_central_directory(good, tmp_path):
         zf.writestr("bomb.bin", b"\0" * 2**20)
     _patch_zip_size(z, "bomb.bin", 3 * 2**30)  # an unlisted 3 GiB member, as the central directory says
     assert zipfile.ZipFile(z).getinfo("bomb.bin").file_size == 3 * 2**30
-    t0 = time.perf_counter()
     with pytest.raises(BundleError, match=r"at most .* are read \(refused before reading them\)"):
         load_bundle(z)
-    assert time.perf_counter() - t0 < 2
 
     z2 = tmp_path / "unlisted.zip"
     with zipfile.ZipFile(z2, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -289,7 +285,8 @@ def test_every_symlink_variant_and_special_file_is_refused(good, tmp_path, make,
     t0 = time.perf_counter()
     with pytest.raises(BundleError, match=message):
         load_bundle(target)
-    assert time.perf_counter() - t0 < 5  # never blocks on a FIFO or reads /dev/zero
+    # never blocks on a FIFO or reads /dev/zero (either would run for ever; a generous bound, not a timing)
+    assert time.perf_counter() - t0 < 60
 
 
 def _cli(*args: str, cwd: Path):
