@@ -41,9 +41,12 @@ from medsuite.learn.callbacks.core import (
 )
 from medsuite.learn.callbacks.recorder import Recorder
 from medsuite.learn.checkpoint import (
+    Checkpoint,
+    capture_rng,
     load_checkpoint,
     load_weights,
     restore_checkpoint,
+    restore_rng,
     save_checkpoint,
     save_weights,
 )
@@ -61,6 +64,11 @@ Metric = Callable[[np.ndarray, np.ndarray], "float | dict[str, float]"]
 _INNER = frozenset({"before_batch", "after_pred", "after_loss", "before_backward", "after_cancel_backward",
                     "after_backward", "before_step", "after_cancel_step", "after_step",
                     "after_cancel_batch", "after_batch"})
+
+
+def _rng_parts() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, meta = capture_rng()
+    return tensors, {"rng": meta}
 
 
 def set_seed(seed: int) -> None:
@@ -224,6 +232,7 @@ class Learner:
         self._fwd_model: nn.Module | None = None
         self._sync_bn = False
         self._n_fits = 0
+        self._rng: Checkpoint | None = None  # the learner's own random stream between fits (with a seed)
         self._in_lr_find = False
         self._table: dict[str, list[tuple[Callback, Callable[[], None]]]] = {}
         self._rebuild_table()
@@ -668,8 +677,30 @@ class Learner:
                 if g.get("name") != "no_decay":
                     g["weight_decay"] = float(wd)
         set_hyper(self.opt, lr=lr)
-        if self.seed is not None and self._n_fits == 0 and ckpt is None and not lr_find:
+        with self._own_rng(lr_find):
+            self._fit_body(n_epoch, config, cbs, ckpt, lr_find)
+
+    @contextlib.contextmanager
+    def _own_rng(self, lr_find: bool) -> Iterator[None]:
+        """With a ``seed``, the fit draws from the learner's own random stream, not the caller's: the global
+        generators (python, numpy, torch) are seeded (first fit) or set to where the last fit left them, and
+        given back to the caller afterwards. lr_find draws from a copy, so it does not shift the fit's stream."""
+        if self.seed is None:
+            yield
+            return
+        caller = Checkpoint(*_rng_parts())
+        if self._rng is None:
             set_seed(self.seed)
+        else:
+            restore_rng(self._rng)
+        try:
+            yield
+        finally:
+            if not lr_find:
+                self._rng = Checkpoint(*_rng_parts())
+            restore_rng(caller)
+
+    def _fit_body(self, n_epoch: int, config: dict[str, Any], cbs: list[Callback], ckpt: Any, lr_find: bool) -> None:
         self._fit_config = config
         self.n_epoch = int(n_epoch)
         self._start_epoch, self._resume_iter = 0, 0
