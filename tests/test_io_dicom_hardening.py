@@ -337,3 +337,22 @@ def test_stale_temporary_of_a_dead_writer_is_removed(tmp_path):
     dead.write_bytes(b"partial")
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), str(target)])
     assert result.exit_code == 0 and not dead.exists() and target.exists()
+
+
+def test_deflate_bomb_is_refused_before_inflating(tmp_path):
+    """A Deflated Explicit VR file whose dataset inflates to 2 GiB (a few MB on disk) is never inflated whole."""
+    import zlib
+
+    ok = write_ct(tmp_path / "ok", make_volume(shape=(3, 12, 12)), transfer_syntax=pydicom.uid.DeflatedExplicitVRLittleEndian)
+    assert read_volume(tmp_path / "ok").shape == (3, 12, 12)
+    data = ok[0].read_bytes()
+    meta_end = 132 + 12 + int.from_bytes(data[140:144], "little")  # (0002,0000) holds the meta length
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = b"".join(compressor.compress(bytes(1 << 24)) for _ in range(128)) + compressor.flush()
+    path = tmp_path / "bomb" / "bomb.dcm"
+    path.parent.mkdir()
+    path.write_bytes(data[:meta_end] + bomb)
+    done = _limited(f"from medsuite.io import scan_folder\ns = scan_folder({str(path.parent)!r})\nprint(s.skipped.to_dict('records'))",
+                    memory_gb=1.0)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "bomb.dcm" in done.stdout and "inflates to more than" in done.stdout and "unparsable" in done.stdout

@@ -154,6 +154,9 @@ def scan_file(path: str) -> FileHeader | Skip:
             raw = read_raw_header(fp)
             if raw is not None:  # uncompressed little endian: the fast path
                 return _scan_raw(raw, path, fp)
+            bomb = _inflation_problem(fp)
+            if bomb:
+                return path, Code.UNPARSABLE, bomb
             fp.seek(0)
             return _scan_pydicom(fp, path)
     except NotRegularFileError as exc:
@@ -168,6 +171,51 @@ def scan_file(path: str) -> FileHeader | Skip:
         raise
     except BaseException as exc:  # noqa: BLE001 - a broken file must never stop a scan (even a Rust panic)
         return path, Code.UNPARSABLE, f"unreadable DICOM header: {type(exc).__name__}: {exc}"
+
+
+_DEFLATED_UID = uids.DeflatedExplicitVRLittleEndian.encode()
+
+
+def _inflation_problem(fp: BinaryIO) -> str | None:
+    """For a Deflated Explicit VR file: why it must not be inflated whole (pydicom would), else None.
+
+    The dataset after the file meta is one deflate stream; it is inflated here in bounded chunks, counting,
+    so a deflate bomb is refused before anything holds its inflated size.
+    """
+    import struct
+    import zlib
+
+    from medsuite.io.header import MAX_DECOMPRESSION_RATIO, MIN_DECODE_BUDGET
+
+    fp.seek(0)
+    head = fp.read(8192)
+    if len(head) < 132 or head[128:132] != b"DICM" or _DEFLATED_UID not in head:
+        return None
+    pos = 132
+    while pos + 8 <= len(head) and struct.unpack_from("<H", head, pos)[0] == 0x0002:
+        vr = head[pos + 4 : pos + 6]
+        if vr in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR"):
+            pos += 12 + struct.unpack_from("<I", head, pos + 8)[0]
+        else:
+            pos += 8 + struct.unpack_from("<H", head, pos + 6)[0]
+    size = os.fstat(fp.fileno()).st_size
+    budget = max(MIN_DECODE_BUDGET, MAX_DECOMPRESSION_RATIO * size)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    fp.seek(pos)
+    total = 0
+    try:
+        while True:
+            chunk = inflater.unconsumed_tail or fp.read(1 << 16)
+            if not chunk:
+                return None
+            total += len(inflater.decompress(chunk, 1 << 20))
+            if total > budget:
+                return (f"its deflated dataset inflates to more than {budget} bytes from a {size}-byte file "
+                        f"(over {MAX_DECOMPRESSION_RATIO}x): not inflated")
+            if inflater.eof:
+                return None
+    except zlib.error as exc:
+        return f"its deflated dataset is corrupt: {exc}"
 
 
 def _scan_pydicom(fp: BinaryIO, path: str) -> FileHeader | Skip:
