@@ -192,6 +192,7 @@ def test_enhanced_object_with_two_frame_types_is_two_stacks_with_their_frames(tm
     main, other = table.iloc[0], table.iloc[1]
     assert main.stack_id == main.series_uid and other.stack_id == f"{main.series_uid}.s1"
     assert main.files == other.files == [str(path)] and main.frames == [[0, 1, 2, 3]] and other.frames == [[4, 5, 6, 7]]
+    assert main.image_type.startswith("ORIGINAL") and other.image_type.startswith("DERIVED")  # scoring rules see it
     _same_world(read_series(main), image)  # the ORIGINAL frames are the main stack, the DERIVED map the next
     _same_world(read_series(other), field_map)
     with pytest.raises(MixedSeriesError, match="2 stacks"):

@@ -30,7 +30,7 @@ from medsuite.io.files import open_regular, walk
 from medsuite.io.header import FileHeader, MosaicInfo, header_from_dataset, header_from_raw
 from medsuite.io.problems import Code, Problem, codes_of
 from medsuite.io.rawheader import RawHeader, read_raw_header
-from medsuite.io.stacks import Stack, describe_stack, group_stacks
+from medsuite.io.stacks import Stack, describe_stack, group_stacks, image_type_of
 
 __all__ = [
     "SERIES_COLUMNS",
@@ -381,7 +381,7 @@ def stack_row(stack_id: str, stack: Stack, extra: Sequence[Problem] = ()) -> dic
         "transfer_syntax": syntax_name(first.transfer_syntax) if first.transfer_syntax else "",
         "manufacturer": first.manufacturer,
         "slice_thickness": first.slice_thickness,
-        "image_type": first.image_type,
+        "image_type": image_type_of(stack.planes[0]),  # an enhanced object's FrameType where frames differ
         **geometry,
     }
 

@@ -149,9 +149,13 @@ def _same_positions(groups: list[list[Plane]]) -> bool:
 
 
 # -------------------------------------------------------------------------------------- splitting
-def _image_type(plane: Plane) -> str:
+def image_type_of(plane: Plane) -> str:
+    """ImageType of a plane: the enhanced FrameType where an object's frames differ, else the file's."""
     h, i = plane
     return h.frame_types[i] if h.frame_types is not None else h.image_type
+
+
+_image_type = image_type_of
 
 
 def _echo(plane: Plane) -> str:
