@@ -203,6 +203,13 @@ def test_export_validates_before_writing(tmp_path):
         export_bundle(path, model, arch_kwargs=ARCH_KWARGS, metrics={"fn": print}, **common)
     with pytest.raises(BundleError, match="reserved key"):
         export_bundle(path, model, arch_kwargs=ARCH_KWARGS, extra_meta={"labels": []}, **common)
+    with pytest.raises(BundleError, match="reserved key"):
+        export_bundle(path, model, arch_kwargs=ARCH_KWARGS, extra_meta={"predictor": {}}, **common)
+    with pytest.raises(BundleError, match=r"predictor.labels \['x', 'y'\] differ"):
+        export_bundle(path, model, arch_kwargs=ARCH_KWARGS, predictor={"version": 1, "labels": ["x", "y"], "positive": "y"}, **common)
+    point = {"value": 0.3, "rule": "fixed:0.3"}
+    with pytest.raises(BundleError, match="threshold 0.5 differs from the predictor's 0.3"):
+        export_bundle(path, model, arch_kwargs=ARCH_KWARGS, predictor={"version": 1, "positive": "b", "threshold": point}, **common)
     with pytest.raises(BundleError, match="not a plain relative path"):
         export_bundle(path, model, arch_kwargs=ARCH_KWARGS, extra_files={"../x.json": b"{}"}, **common)
     with pytest.raises(BundleError, match="already exists"):

@@ -44,7 +44,7 @@ def make_bundle_with_index(path: Path) -> Path:
     return export_bundle(path, model, arch="slice_cnn", arch_kwargs=arch_kwargs, block_spec=block.spec(),
                          labels=["benign", "malignant"], threshold=0.5, task="nodule", metrics=metrics,
                          extra_files=index.to_extra_files(),
-                         extra_meta={"version": "1.2.0", "predictor": settings.to_json()})
+                         extra_meta={"version": "1.2.0"}, predictor=settings.to_json())
 
 
 def make_scored_db(root: Path, n_series: int = 2) -> dict:

@@ -48,7 +48,7 @@ TASKS = ("nodule", "series")
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 _RESERVED = {
     "format_version", "name", "task", "arch", "arch_kwargs", "block_spec", "labels", "threshold", "metrics",
-    "train_config", "data_fingerprint", "created_at", "versions", "files",
+    "train_config", "data_fingerprint", "created_at", "versions", "files", "predictor",
 }  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,16 @@ def export_bundle(
     extra_files: Mapping[str, bytes] | None = None,
     name: str | None = None,
     extra_meta: Mapping[str, Any] | None = None,
+    predictor: Mapping[str, Any] | None = None,
     overwrite: bool = True,
 ) -> Path:
     """Write a bundle to ``path`` (a folder, or one zip when it ends in ``.zip``) and return the path.
 
     ``arch``/``arch_kwargs`` must rebuild ``model`` exactly (checked here, so a bundle that cannot be
     loaded is never written). ``threshold`` is the binary operating point (None for multi-class);
-    ``extra_files`` maps relative names (e.g. ``index/cases.json``) to bytes; ``extra_meta`` adds
+    ``predictor`` is the predictor's settings (`PredictorSettings.to_json`: TTA, calibration, fusion,
+    threshold and its rule, positive class), checked against ``labels`` and ``threshold`` and stored under
+    ``"predictor"``; ``extra_files`` maps relative names (e.g. ``index/cases.json``) to bytes; ``extra_meta`` adds
     JSON entries to bundle.json (e.g. ``eligibility``, ``modality``). An existing bundle at ``path``
     is replaced atomically when ``overwrite`` is true, else it is an error.
     """
@@ -216,6 +219,7 @@ def export_bundle(
             raise BundleError(f"{where}: refusing to write {reason}")
         files[member] = bytes(data)
 
+    predictor_json = _checked_predictor(predictor, labels, threshold, where)
     extra = stored["extra"]
     clash = sorted(_RESERVED & set(extra))
     if clash:
@@ -235,12 +239,31 @@ def export_bundle(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
         "files": {member: _sha256(data) for member, data in sorted(files.items())},
+        **({"predictor": predictor_json} if predictor_json is not None else {}),
         **extra,
     }
     files[META_FILE] = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
     _write_atomic(path, files, overwrite)
     log.info("exported bundle %s (%s, %d files)", path, arch, len(files))
     return path
+
+
+def _checked_predictor(predictor: Mapping[str, Any] | None, labels: list[str], threshold: float | None,
+                       where: str) -> dict[str, Any] | None:
+    """The predictor settings as stored: parsed (so a bundle that cannot be scored is never written) and
+    agreeing with the bundle's labels and threshold."""
+    if predictor is None:
+        return None
+    from medsuite.learn.predict import PredictorError, PredictorSettings
+
+    try:
+        settings = PredictorSettings.from_json(_to_json(dict(predictor), "predictor"), labels=labels)
+    except (PredictorError, ValueError) as exc:
+        raise BundleError(f"{where}: {exc}") from None
+    point = settings.operating_point
+    if threshold is not None and point is not None and abs(point.threshold - threshold) > 1e-12:
+        raise BundleError(f"{where}: threshold {threshold} differs from the predictor's {point.threshold}")
+    return settings.to_json()
 
 
 def _write_atomic(path: Path, files: Mapping[str, bytes], overwrite: bool) -> None:

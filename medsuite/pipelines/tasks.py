@@ -196,10 +196,8 @@ class TaskLearner(Learner):
         if index and "extra_files" not in fields:
             fields["extra_files"] = self.case_index(predictor).to_extra_files()
         fields.setdefault("data_fingerprint", self.dls.fingerprint())
-        extra_meta = dict(fields.pop("extra_meta", None) or {})
-        extra_meta["predictor"] = predictor.settings.to_json()
         return super().export(path, arch=self.arch, arch_kwargs=self.arch_kwargs, task=self.task,
-                              threshold=predictor.threshold, extra_meta=extra_meta, **fields)
+                              threshold=predictor.threshold, predictor=predictor.settings.to_json(), **fields)
 
 
 def validation_metrics(probs: np.ndarray, targets: np.ndarray, vocab: list[Any], threshold: float | None,
