@@ -50,6 +50,9 @@ def command(
         "--rule", help="Override an eligibility rule, key=value (repeatable): modality=CT,MR  min_slices=20  "
         "max_slice_thickness=2.5  orientation=axial  exclude_image_type=LOCALIZER,DERIVED; 'any'/'none' lifts it.")
     ] = None,
+    stack: Annotated[list[str] | None, typer.Option(
+        "--stack", help="Score only this stack id (repeatable; `medsuite inspect` lists a series' stacks, e.g. "
+                        "magnitude and phase, or two echoes).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Score every eligible series under INPUT with BUNDLE; resumable (rerun with the same --out)."""
@@ -63,7 +66,8 @@ def command(
         workers=workers if workers is not None else max(1, os.cpu_count() or 1),
         device=device, engine=engine, ray_address=ray_address, ray_actors=ray_actors,
         ray_ship_inputs=ray_ship_inputs, ray_timeout_s=ray_timeout, ray_stall_s=ray_stall_timeout, db=db,
-        include_phi=include_phi, batch_size=batch_size, rules=list(rule or []), progress=not quiet,
+        include_phi=include_phi, batch_size=batch_size, rules=list(rule or []), stacks=list(stack or []),
+        progress=not quiet,
     )
     main = threading.current_thread() is threading.main_thread()
     # SIGTERM unwinds like Ctrl-C, so the run row is closed (only the main thread may set a handler)

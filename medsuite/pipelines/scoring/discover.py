@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -190,11 +191,12 @@ def _paths_from_table(path: Path) -> tuple[list[Path], set[str] | None, set[str]
     return paths, uids, stacks
 
 
-def read_inputs(inputs: list[str | Path]) -> Inputs:
-    """Folders and files to scan, and the series / stacks a series table restricts them to."""
+def read_inputs(inputs: list[str | Path], *, stacks: Sequence[str] = ()) -> Inputs:
+    """Folders and files to scan, and the series / stacks a series table (or ``stacks``, the ids given on
+    the command line) restricts them to."""
     paths: list[Path] = []
     series: set[str] | None = None
-    stacks: set[str] | None = None
+    chosen: set[str] | None = {str(s) for s in stacks} or None
     for raw in inputs:
         p = Path(raw)
         if not p.exists():
@@ -208,14 +210,14 @@ def read_inputs(inputs: list[str | Path]) -> Inputs:
             if uids is not None:
                 series = (series or set()) | uids
             if stack_ids is not None:
-                stacks = (stacks or set()) | stack_ids
+                chosen = (chosen or set()) | stack_ids
         else:
             paths.append(p)
     from medsuite.pipelines.scoring import images
 
     paths = list(dict.fromkeys(paths))  # a nodule table lists a series once per nodule
     image_files, _ = images.split_image_inputs(paths)
-    return Inputs(paths, None if series is None else frozenset(series), None if stacks is None else frozenset(stacks),
+    return Inputs(paths, None if series is None else frozenset(series), None if chosen is None else frozenset(chosen),
                   tuple(image_files), images.table_image_names(inputs) if image_files else {})
 
 
@@ -267,7 +269,7 @@ def assemble(items: list[Any], inputs: Inputs) -> Discovery:
     return Discovery(series=series, skipped_files=result.skipped.reset_index(drop=True))
 
 
-def discover(inputs: list[str | Path], *, workers: int | None = None) -> Discovery:
+def discover(inputs: list[str | Path], *, workers: int | None = None, stacks: Sequence[str] = ()) -> Discovery:
     """Scan the inputs' DICOM headers (in parallel) into the series table; keep one stack per series.
 
     The same as ``assemble(walk skipped + scan_chunk(chunk) for each chunk, inputs)``: callers that
@@ -275,7 +277,7 @@ def discover(inputs: list[str | Path], *, workers: int | None = None) -> Discove
     """
     from medsuite.io.dicom import scan_headers
 
-    found = read_inputs(inputs)
+    found = read_inputs(inputs, stacks=stacks)
     files, skipped = list_files(found)
     return assemble([*skipped, *scan_headers(files, workers)], found)
 

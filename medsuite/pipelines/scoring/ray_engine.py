@@ -139,14 +139,15 @@ def read_bundle_files(path: str | Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------ discovery
-def discover_on_ray(inputs: list[str | Path], session: Session, *, stats: Counter | None = None) -> Any:
+def discover_on_ray(inputs: list[str | Path], session: Session, *, stats: Counter | None = None,
+                    stacks: Sequence[str] = ()) -> Any:
     """`discover.discover` with the header scan done by tasks spread over the cluster's CPUs; the driver
     lists the files and assembles the series table. Returns a `discover.Discovery`."""
     import ray
 
     from medsuite.pipelines.scoring.discover import assemble, list_files, read_inputs
 
-    found = read_inputs(inputs)
+    found = read_inputs(inputs, stacks=stacks)
     files, skipped = list_files(found)
     n_cpus = max(1, session.total_cpus)
     size = max(16, min(512, -(-len(files) // (4 * n_cpus)))) if files else 1

@@ -79,6 +79,7 @@ class ScoreConfig:
     phi_key: Path | None = None  # the pseudonymisation key file (default: medsuite.io.phi.default_key_file)
     batch_size: int = 16
     rules: list[str] = field(default_factory=list)
+    stacks: list[str] = field(default_factory=list)  # score only these stack ids (`medsuite inspect` lists them)
     export_every_s: float = 60.0
     progress: bool = True
     read_options: dict[str, Any] = field(default_factory=dict)
@@ -252,10 +253,12 @@ def _work_items(decisions: list, nodules: pd.DataFrame | None,
     items, unscored = [], []
     for d in decisions:
         files = tuple(str(f) for f in d.row.get("files") or ())
+        stack = d.row.get("stack_id")
+        stack = str(stack) if isinstance(stack, str) and stack else None
         if nodules is None:
-            items.append(WorkItem(d.series_uid, files, None))
+            items.append(WorkItem(d.series_uid, files, None, stack))
         elif d.series_uid in by_series:
-            items.append(WorkItem(d.series_uid, files, tuple(by_series[d.series_uid])))
+            items.append(WorkItem(d.series_uid, files, tuple(by_series[d.series_uid]), stack))
         else:
             unscored.append((d.series_uid, d.row, "skipped", "no nodule of the nodule table is in this series"))
     return items, unscored
@@ -321,9 +324,10 @@ def score(cfg: ScoreConfig) -> Summary:
                 if on_ray:  # the headers are read in Ray tasks; their notes come back with the results
                     from medsuite.pipelines.scoring.ray_engine import discover_on_ray
 
-                    found, scan_notes = discover_on_ray(inputs, session, stats=session.discover_stats), []
+                    found, scan_notes = discover_on_ray(inputs, session, stats=session.discover_stats,
+                                                        stacks=cfg.stacks), []
                 else:  # in a worker process: header warnings name files; they are logged (scrubbed) in _run
-                    found, scan_notes = run_in_worker(discover, inputs, workers=cfg.workers)
+                    found, scan_notes = run_in_worker(discover, inputs, workers=cfg.workers, stacks=cfg.stacks)
             except DiscoveryError as exc:
                 raise UsageError(str(exc)) from exc
             found.notes = list(found.notes) + scan_notes

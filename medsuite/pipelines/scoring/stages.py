@@ -54,11 +54,13 @@ def covariates_of(points: list[Point | None], predictor: Predictor) -> dict[str,
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One series to score: its files and, for nodule bundles, its points (None for a series bundle)."""
+    """One series to score: its files, for nodule bundles its points (None for a series bundle), and the
+    stack of the files to read (several stacks may share files, e.g. an enhanced object's frame types)."""
 
     series_uid: str
     files: tuple[str, ...]
     points: tuple[Point, ...] | None = None
+    stack: str | None = None
 
 
 @dataclass
@@ -184,7 +186,8 @@ def _prepare(item: WorkItem, block_spec_json: str, read_options: dict[str, Any] 
     from medsuite.data.source import read_files  # DICOM instances, or one MetaImage/NRRD/NIfTI file
 
     try:
-        volume = read_files(item.files, item.series_uid, **(read_options or {}))
+        options = {**(read_options or {}), **({"stack": item.stack} if item.stack else {})}
+        volume = read_files(item.files, item.series_uid, **options)
     except Exception as exc:  # a corrupt series must not stop the run: it becomes an error row
         out.error = ("read", _describe(exc))
         return
