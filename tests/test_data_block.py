@@ -9,7 +9,6 @@ import torch
 from data_helpers import nodule_table, sphere_volume
 
 from medsuite.data.block import DataBlock, DataBlockError
-from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.blocks import Category, MultiView, SeriesSlices, SliceStack
 from medsuite.data.source import VolumeSource
 from medsuite.data.splitters import PatientSplitter

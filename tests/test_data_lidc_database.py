@@ -15,8 +15,8 @@ from medsuite.data.lidc import (
     cluster_annotations,
     find_lidc_database,
     get_label_rule,
+    lidc_match_summary,
     lidc_nodules,
-    match_summary,
     parse_coords,
 )
 from medsuite.data.tables import TableError, validate_nodule_table
@@ -131,7 +131,7 @@ def test_world_coordinates_from_dicom_geometry(db):
     both = lidc_nodules(db, scan_ids=[SCAN_0078, 2], geometry=geometry)
     assert set(both["series_uid"]) == {scan["series_uid"]}
     assert both.attrs["match"]["series_found"] == 1 and both.attrs["match"]["series_not_found"] == 1
-    assert "found 1 of 2 LIDC-IDRI series" in match_summary(both)
+    assert "found 1 of 2 LIDC-IDRI series" in lidc_match_summary(both)
     kept = lidc_nodules(db, scan_ids=[SCAN_0078, 2], geometry=geometry, keep_unmatched=True)
     assert len(kept) > len(both) and kept.loc[kept["xy_frame"] == "image_corner", "x_mm"].isna().all()
 

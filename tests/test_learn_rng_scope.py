@@ -47,4 +47,4 @@ def test_without_a_seed_the_learner_uses_the_global_generators():
     a.fit(1)
     torch.manual_seed(6)
     b.fit(1)
-    assert not all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True))

@@ -4,7 +4,6 @@ scores.parquet, the threshold is chosen on the predictor's own outputs, and a TT
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

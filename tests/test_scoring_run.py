@@ -213,9 +213,8 @@ def test_cli_unexpected_error_exits_4_and_closes_the_run(world, tmp_path, monkey
 def test_a_run_leaves_the_callers_logging_and_warnings_alone(world, tmp_path, monkeypatch):
     """Worker warnings are collected in the worker processes; the process that runs `score` never gets a
     handler on its root logger nor a changed warnings filter (both process-wide, neither thread-safe)."""
-    import warnings
-
     import sys
+    import warnings
 
     added, ours = [], []
     real_add, real_catch = logging.Logger.addHandler, warnings.catch_warnings

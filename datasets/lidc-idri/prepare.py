@@ -17,8 +17,8 @@ from medsuite.data.lidc import (
     LABEL_RULES,
     LidcError,
     dicom_geometry,
+    lidc_match_summary,
     lidc_nodules,
-    match_summary,
     series_folders,
 )
 from medsuite.data.tables import TableError
@@ -46,7 +46,7 @@ def main() -> int:
             geometry, folders = dicom_geometry(series), series_folders(series)
         table = lidc_nodules(rule=args.rule, geometry=geometry, keep_excluded=args.keep_excluded)
         if args.dicom is not None:
-            summary = match_summary(table, str(args.dicom))
+            summary = lidc_match_summary(table, str(args.dicom))
             if len(table) == 0:
                 raise LidcError(f"{summary}: nothing to write. Is {args.dicom} the folder of your LIDC-IDRI download "
                                 "(LIDC-IDRI/LIDC-IDRI-0001/<study>/<series>/*.dcm)?")
@@ -54,7 +54,7 @@ def main() -> int:
             table["path"] = [os.path.relpath(folders[u].resolve(), base) for u in table["series_uid"]]
             table["modality"] = "CT"
         else:
-            summary = match_summary(table)
+            summary = lidc_match_summary(table)
     except (LidcError, TableError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

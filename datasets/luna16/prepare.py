@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from medsuite.data.lidc import LABEL_RULES, LidcError
-from medsuite.data.luna16 import LABEL_SOURCES, luna16_annotations, luna16_candidates, match_summary
+from medsuite.data.luna16 import LABEL_SOURCES, luna16_annotations, luna16_candidates, luna16_match_summary
 from medsuite.data.tables import TableError
 from medsuite.io.atomic import atomic_open
 
@@ -47,7 +47,7 @@ def main() -> int:
     table["modality"] = "CT"  # LUNA16 is CT only; a .mhd does not say so itself
     with atomic_open(args.out, "w", newline="") as handle:
         table.to_csv(handle, index=False)
-    print(match_summary(table, str(args.root)))
+    print(luna16_match_summary(table, str(args.root)))
     print(f"{len(table)} rows -> {args.out}")
     return 0
 

@@ -22,6 +22,7 @@ _EXPORTS = {
     "Category": "medsuite.data.blocks",
     "block_from_spec": "medsuite.data.blocks",
     "Augment": "medsuite.data.augment",
+    "BatchIntensity": "medsuite.data.augment",
     "VolumeSource": "medsuite.data.source",
     "SourceError": "medsuite.data.source",
     "PatientSplitter": "medsuite.data.splitters",
@@ -40,8 +41,10 @@ _EXPORTS = {
     "LabelRule": "medsuite.data.lidc",
     "get_label_rule": "medsuite.data.lidc",
     "LidcError": "medsuite.data.lidc",
+    "lidc_match_summary": "medsuite.data.lidc",
     "luna16_annotations": "medsuite.data.luna16",
     "luna16_candidates": "medsuite.data.luna16",
+    "luna16_match_summary": "medsuite.data.luna16",
     "load_nodulemnist3d": "medsuite.data.nodulemnist",
     "read_series_csv": "medsuite.data.series_csv",
     "make_demo_cohort": "medsuite.data.demo",
@@ -49,6 +52,7 @@ _EXPORTS = {
 }
 __all__ = [
     "Augment",
+    "BatchIntensity",
     "BlockDataset",
     "BlockLoader",
     "Category",
@@ -75,10 +79,12 @@ __all__ = [
     "block_from_spec",
     "default_splitter",
     "get_label_rule",
+    "lidc_match_summary",
     "lidc_nodules",
     "load_nodulemnist3d",
     "luna16_annotations",
     "luna16_candidates",
+    "luna16_match_summary",
     "make_demo_cohort",
     "read_series_csv",
     "read_table",
@@ -91,7 +97,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from medsuite.data.augment import Augment
+    from medsuite.data.augment import Augment, BatchIntensity
     from medsuite.data.block import (
         BlockDataset,
         BlockLoader,
@@ -111,8 +117,8 @@ if TYPE_CHECKING:
         block_from_spec,
     )
     from medsuite.data.demo import DemoError, make_demo_cohort
-    from medsuite.data.lidc import LabelRule, LidcError, get_label_rule, lidc_nodules
-    from medsuite.data.luna16 import luna16_annotations, luna16_candidates
+    from medsuite.data.lidc import LabelRule, LidcError, get_label_rule, lidc_match_summary, lidc_nodules
+    from medsuite.data.luna16 import luna16_annotations, luna16_candidates, luna16_match_summary
     from medsuite.data.nodulemnist import load_nodulemnist3d
     from medsuite.data.series_csv import read_series_csv
     from medsuite.data.source import SourceError, VolumeSource

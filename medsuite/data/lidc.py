@@ -499,7 +499,7 @@ def _apply_geometry(table: pd.DataFrame, geometry: Any, scans: pd.DataFrame) -> 
     return out
 
 
-def match_summary(table: pd.DataFrame, where: str = "your scans") -> str:
+def lidc_match_summary(table: pd.DataFrame, where: str = "your scans") -> str:
     """One sentence from ``table.attrs["match"]``: how many LIDC series and nodules were found in ``where``."""
     m = table.attrs.get("match")
     if not m:

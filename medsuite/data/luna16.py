@@ -31,7 +31,7 @@ import pandas as pd
 from medsuite.data.tables import TableError, read_table, validate_nodule_table
 
 __all__ = ["ANNOTATION_COLUMNS", "CANDIDATE_COLUMNS", "LABEL_SOURCES", "find_mhd", "luna16_annotations",
-           "luna16_candidates", "match_summary"]
+           "luna16_candidates", "luna16_match_summary"]
 
 ANNOTATION_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
@@ -240,7 +240,7 @@ def luna16_candidates(path: str | Path, *, annotations: str | Path | None = None
     return _finish(table, lidc_db, str(path))
 
 
-def match_summary(table: pd.DataFrame, root: str | Path | None = None) -> str:
+def luna16_match_summary(table: pd.DataFrame, root: str | Path | None = None) -> str:
     """One line: how many series and rows were found under ``root``, and where the labels came from."""
     parts = []
     m = table.attrs.get("match")

@@ -21,6 +21,7 @@ _EXPORTS = {
     "export_bundle": "medsuite.learn.bundle",
     "load_bundle": "medsuite.learn.bundle",
     "init_from_bundle": "medsuite.learn.bundle",
+    "data_fingerprint": "medsuite.learn.bundle",
     "Predictor": "medsuite.learn.predict",
     "PredictorSettings": "medsuite.learn.predict",
     "PredictorError": "medsuite.learn.predict",
@@ -84,6 +85,7 @@ __all__ = [
     "brier_score",
     "build_model",
     "classification_report",
+    "data_fingerprint",
     "distrib_ctx",
     "expected_calibration_error",
     "export_bundle",
@@ -101,7 +103,14 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from medsuite.learn.bundle import Bundle, BundleError, export_bundle, init_from_bundle, load_bundle
+    from medsuite.learn.bundle import (
+        Bundle,
+        BundleError,
+        data_fingerprint,
+        export_bundle,
+        init_from_bundle,
+        load_bundle,
+    )
     from medsuite.learn.callbacks import (
         ActivationStats,
         Callback,
