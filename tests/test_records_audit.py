@@ -131,7 +131,7 @@ def test_signed_anchor_cannot_be_rewritten_without_the_key(db, tmp_path):
     with closing(store.connect(db, create=False)) as conn:
         audit.new_key_file(key)
         audit.configure_anchor(conn, None, key)
-        assert audit.update_anchor(conn) is not None
+        assert audit.update_anchor(conn, start=True) is not None  # what `medsuite audit init` does after verifying
         reviews.add_review(conn, 4, reviewer="dr b", verdict="agree")
     assert (key.stat().st_mode & 0o777) == 0o600
     anchor_file = db.parent / "medsuite.db.anchor.json"
@@ -254,3 +254,185 @@ def test_a_new_database_is_anchored_empty_and_a_wiped_one_is_not_intact(tmp_path
     assert _check(path).status == "tampered"  # the anchor remembers the row
     (tmp_path / "fresh.db.anchor.json").unlink()
     assert _check(path).status == "unanchored"  # without it, an empty trail is not vouched for
+
+
+# ------------------------------------------------------------------ attacks on the anchor's bookkeeping itself
+def _append_forged_review(raw: sqlite3.Connection, prediction_id: int) -> None:
+    """A review plus a perfectly chained audit row for it, appended with medsuite's own code (no key needed)."""
+    raw.row_factory = sqlite3.Row
+    cur = raw.execute("INSERT INTO reviews(prediction_id, series_uid, nodule_id, reviewer, verdict, created_at) "
+                      "SELECT prediction_id, series_uid, nodule_id, 'dr forger', 'agree', 't' FROM predictions "
+                      "WHERE prediction_id = ?", (prediction_id,))
+    rid = int(cur.lastrowid)
+    audit.append_row(raw, "dr forger", "review", None, None, f"review {rid}", "t", review_id=rid,
+                     record_sha256=audit.review_record(raw, rid))
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_later_write_never_vouches_for_rows_it_did_not_write(db, tmp_path, signed):
+    """A forged, correctly chained review appended after the anchor stays 'not vouched for' after the viewer's
+    next (legitimate) write: the anchor moves only over the rows its writer appended."""
+    if signed:
+        assert _cli("init", "--db", str(db), "--key", str(tmp_path / "k.key"), "--new-key").returncode == 0
+    with closing(_attacker(db)) as raw:
+        _append_forged_review(raw, 4)
+    with closing(store.connect(db, create=False)) as conn:
+        reviews.add_review(conn, 5, reviewer="dr a", verdict="agree")  # a legitimate write afterwards
+    report = _check(db)
+    assert report.status == "unanchored" and report.anchored_id == 5, report
+    assert any("after the anchored row 5" in n for n in report.notes), report.notes
+    assert _cli("verify", "--db", str(db)).returncode == 2
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("how", ["deleted", "garbled"])
+def test_a_removed_or_garbled_anchor_is_not_rebuilt_over_a_rewritten_chain(db, tmp_path, signed, how):
+    """Before: deleting (or garbling) the anchor, then any legitimate write, gave a fresh anchor - signed with
+    the real key - over the attacker's recomputed chain, and 'intact'."""
+    if signed:
+        assert _cli("init", "--db", str(db), "--key", str(tmp_path / "k.key"), "--new-key").returncode == 0
+    anchor_file = db.parent / "medsuite.db.anchor.json"
+    with closing(_attacker(db)) as raw:
+        raw.execute("UPDATE reviews SET verdict='agree' WHERE review_id=2")
+        _recompute_chain(raw)
+    if how == "deleted":
+        anchor_file.unlink()
+    else:
+        anchor_file.write_text("{}")
+    with closing(store.connect(db, create=False)) as conn:
+        reviews.append_audit(conn, "dr a", "login")
+    assert (not anchor_file.exists()) if how == "deleted" else anchor_file.read_text() == "{}"
+    report = _check(db)
+    assert report.status == ("unanchored" if how == "deleted" and not signed else "tampered"), report
+    assert _cli("anchor", "--db", str(db)).returncode == (0 if report.status == "unanchored" else 1)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_database_made_to_look_like_version_1_does_not_seal_a_forged_review(db, tmp_path, signed):
+    """Before: 'UPDATE meta SET schema_version=1' plus a forged review; the next open sealed the review 'as found'
+    and moved the (signed) anchor over it: intact."""
+    if signed:
+        assert _cli("init", "--db", str(db), "--key", str(tmp_path / "k.key"), "--new-key").returncode == 0
+    with closing(_attacker(db)) as raw:
+        raw.execute("INSERT INTO reviews(prediction_id, series_uid, nodule_id, reviewer, verdict, created_at) "
+                    "VALUES (4, '1.2.3.3', 'n3', 'dr x', 'agree', 't')")
+        raw.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    res = _cli("verify", "--db", str(db))  # read-only: looking does not upgrade (or seal) anything
+    assert res.returncode == 1 and "version was changed" in res.stdout and "review 4" in res.stdout, res.stdout
+    with closing(store.connect(db, create=False)) as conn:  # the viewer opens it
+        assert conn.execute("SELECT COUNT(*) FROM audit WHERE action='seal'").fetchone()[0] == 0
+    report = _check(db)
+    assert report.status == "tampered" and any("review 4" in p and "no audit row" in p for p in report.problems)
+
+
+def test_a_seal_row_after_recorded_reviews_is_tampering(db):
+    """Even a chain recomputed with a 'seal' row for the forged review (and the anchor deleted) is refused."""
+    with closing(_attacker(db)) as raw:
+        raw.row_factory = sqlite3.Row
+        cur = raw.execute("INSERT INTO reviews(prediction_id, series_uid, nodule_id, reviewer, verdict, created_at) "
+                          "VALUES (4, '1.2.3.3', 'n3', 'dr x', 'agree', 't')")
+        audit.seal_unrecorded_reviews(raw, "medsuite upgrade", "t")
+        assert cur.lastrowid == 4
+    (db.parent / "medsuite.db.anchor.json").unlink()
+    report = _check(db)
+    assert report.status == "tampered"
+    assert any("seals review 4" in p for p in report.problems), report.problems
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_a_removed_database_id_with_a_recomputed_chain_is_detected(db, tmp_path, signed):
+    """Before: deleting meta.db_id made the next open give the database a new id and re-anchor (and re-sign)
+    the recomputed chain."""
+    if signed:
+        assert _cli("init", "--db", str(db), "--key", str(tmp_path / "k.key"), "--new-key").returncode == 0
+    with closing(_attacker(db)) as raw:
+        raw.execute("UPDATE reviews SET verdict='agree' WHERE review_id=2")
+        _recompute_chain(raw)
+        raw.execute("DELETE FROM meta WHERE key='db_id'")
+    res = _cli("verify", "--db", str(db))
+    assert res.returncode == 1 and "id was removed" in res.stdout, res.stdout
+    with closing(store.connect(db, create=False)) as conn:  # the viewer opens it: a new id, the anchor stays
+        reviews.append_audit(conn, "dr a", "login")
+    report = _check(db)
+    assert report.status == "tampered" and any("another database" in p for p in report.problems), report.problems
+
+
+def test_verify_changes_nothing(db):
+    with closing(_attacker(db)) as raw:
+        raw.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+        raw.execute("DELETE FROM meta WHERE key='db_id'")
+    files = {p.name: p.read_bytes() for p in db.parent.iterdir() if p.is_file()}
+    assert _cli("verify", "--db", str(db)).returncode == 1
+    assert {p.name: p.read_bytes() for p in db.parent.iterdir() if p.is_file()} == files
+
+
+def test_a_killed_writers_rows_stay_unanchored_until_audit_anchor(db):
+    with closing(store.connect(db, create=False)) as conn:  # committed, then killed before anchoring
+        conn.execute("BEGIN IMMEDIATE")
+        audit.append_row(conn, "dr a", "open", None, None, "", reviews.now())
+        conn.execute("COMMIT")
+        reviews.append_audit(conn, "dr b", "login")  # a later write does not vouch for row 6
+    assert _check(db).status == "unanchored"
+    res = _cli("anchor", "--db", str(db))
+    assert res.returncode == 0 and "anchored audit row 7" in res.stdout, res.stdout
+    assert _check(db).status == "intact"
+
+
+def test_a_rollback_together_with_its_old_anchor_is_not_detected(db, tmp_path):
+    """A documented limit (docs/guarantees.md section 4): an older database and the anchor of that time agree."""
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("medsuite.db", "medsuite.db.anchor.json"):
+        (old / name).write_bytes((db.parent / name).read_bytes())
+    with closing(store.connect(db, create=False)) as conn:
+        reviews.add_review(conn, 5, reviewer="dr a", verdict="disagree")
+    for name in ("medsuite.db", "medsuite.db.anchor.json"):
+        (db.parent / name).write_bytes((old / name).read_bytes())
+    for extra in ("medsuite.db-wal", "medsuite.db-shm"):
+        (db.parent / extra).unlink(missing_ok=True)
+    assert _check(db).status == "intact"  # not detectable from these two files: keep anchors' history elsewhere
+
+
+# ------------------------------------------------------------------ what the viewer's audit page shows
+def _audit_page(db, tmp_path, monkeypatch):
+    """The viewer's "Audit trail" page rendered (streamlit.testing) on ``db``."""
+    from streamlit import config as st_config
+    from streamlit.testing.v1 import AppTest
+
+    import medsuite.viewer
+
+    st_config.set_option("server.address", "127.0.0.1")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--db", str(db), "--cache", str(tmp_path / "cache")])
+    at = AppTest.from_file(str(Path(medsuite.viewer.__file__).resolve().parent / "app.py"), default_timeout=120)
+    at.run()
+    at.radio(key="page").set_value("Audit trail").run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.parametrize("attack", ["update", "insert", "recomputed", "cut"])
+def test_the_viewer_shows_each_attack_as_not_intact(db, tmp_path, monkeypatch, attack):
+    """Before: after DROP TRIGGER + UPDATE the worklist showed the forged verdict and the page said 'Hash chain
+    intact'. Now the page shows the same verdict as `medsuite audit verify` (an error, never a success)."""
+    with closing(_attacker(db)) as raw:
+        if attack == "update":
+            raw.execute("UPDATE reviews SET verdict='agree' WHERE review_id=2")
+        elif attack == "insert":
+            raw.execute("INSERT INTO reviews(prediction_id, series_uid, nodule_id, reviewer, verdict, created_at) "
+                        "VALUES (4, '1.2.3.3', 'n3', 'dr a', 'agree', '2025-01-02T00:00:00.000+00:00')")
+        elif attack == "recomputed":
+            raw.execute("UPDATE reviews SET verdict='agree' WHERE review_id=2")
+            _recompute_chain(raw)
+        else:
+            raw.execute("DELETE FROM audit WHERE audit_id=5")
+            raw.execute("DELETE FROM reviews WHERE review_id=3")
+    res = _cli("verify", "--db", str(db))
+    assert res.returncode == 1, res.stdout + res.stderr
+    at = _audit_page(db, tmp_path, monkeypatch)
+    assert not at.success, [s.value for s in at.success]
+    assert at.error and at.error[0].value.startswith("The audit trail was altered"), [e.value for e in at.error]
+
+
+def test_the_viewer_shows_an_untouched_trail_as_intact(db, tmp_path, monkeypatch):
+    at = _audit_page(db, tmp_path, monkeypatch)
+    assert at.success and at.success[0].value.startswith("Hash chain intact") and not at.error

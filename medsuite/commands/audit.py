@@ -25,11 +25,11 @@ KeyOpt = Annotated[Path | None, typer.Option(
     "--key", help="HMAC key file that signs the anchor (default: the database's configured key, if any).")]
 
 
-def _open(db: Path):  # noqa: ANN202 - sqlite3.Connection, imported lazily
+def _open(db: Path, *, readonly: bool = False):  # noqa: ANN202 - sqlite3.Connection, imported lazily
     from medsuite.records import store
 
     try:
-        return store.connect(db, create=False)
+        return store.open_readonly(db) if readonly else store.connect(db, create=False)
     except store.StoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -68,7 +68,7 @@ def verify(db: DbOpt, anchor: AnchorOpt = None, key: KeyOpt = None) -> None:
         typer.echo(f"error: {anchor}: anchor file not found", err=True)
         raise typer.Exit(EXIT_USAGE)
     secret = _key(key)
-    with closing(_open(db)) as conn:
+    with closing(_open(db, readonly=True)) as conn:  # looking never changes the evidence (no upgrade, no writes)
         report = verify_records(conn, anchor=anchor, key=secret)
     _report(report)
     if anchor is None or key is None:
@@ -77,21 +77,29 @@ def verify(db: DbOpt, anchor: AnchorOpt = None, key: KeyOpt = None) -> None:
     raise typer.Exit({"intact": EXIT_INTACT, "tampered": EXIT_TAMPERED}.get(report.status, EXIT_UNANCHORED))
 
 
+def _refuse_if_tampered(conn) -> None:  # noqa: ANN001
+    """Anchoring vouches for the trail: never over one that the current anchor (or the chain) says was altered."""
+    from medsuite.records.audit import verify_records
+
+    report = verify_records(conn)
+    if report.status == "tampered":
+        _report(report)
+        typer.echo("error: refusing to anchor a tampered audit trail (if you have checked it and trust it as it is, "
+                   "move the anchor file away and run this again)", err=True)
+        raise typer.Exit(EXIT_TAMPERED)
+
+
 @app.command("anchor")
 def anchor_now(db: DbOpt, anchor: AnchorOpt = None, key: KeyOpt = None) -> None:
     """Write the current head to the anchor, after checking that nothing was tampered with (vouches for rows
     written after the last anchor; --anchor writes a copy elsewhere, e.g. on another host)."""
     from contextlib import closing
 
-    from medsuite.records.audit import anchor_settings, load_key, verify_records, write_anchor
+    from medsuite.records.audit import anchor_settings, load_key, write_anchor
 
     secret = _key(key)
     with closing(_open(db)) as conn:
-        report = verify_records(conn, use_configured=False)
-        if report.status == "tampered":
-            _report(report)
-            typer.echo("error: refusing to anchor a tampered audit trail", err=True)
-            raise typer.Exit(EXIT_TAMPERED)
+        _refuse_if_tampered(conn)
         path, key_file = anchor_settings(conn)
         if secret is None and key_file is not None and anchor is None:
             secret = load_key(key_file)
@@ -116,7 +124,6 @@ def init(
         configure_anchor,
         new_key_file,
         update_anchor,
-        verify_records,
     )
 
     if new_key:
@@ -130,13 +137,9 @@ def init(
             raise typer.Exit(EXIT_USAGE) from None
     _key(key)
     with closing(_open(db)) as conn:
-        report = verify_records(conn, use_configured=False)
-        if report.status == "tampered":
-            _report(report)
-            typer.echo("error: refusing to anchor a tampered audit trail", err=True)
-            raise typer.Exit(EXIT_TAMPERED)
+        _refuse_if_tampered(conn)
         configure_anchor(conn, anchor, key)
-        path = update_anchor(conn)
+        path = update_anchor(conn, start=True)
     if path is None:
         typer.echo("error: the anchor could not be written (see the warning above)", err=True)
         raise typer.Exit(EXIT_USAGE)

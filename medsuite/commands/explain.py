@@ -78,6 +78,9 @@ def command(
     max_cases: Annotated[int, typer.Option("--max-cases", help="With --sanity: cases used from TABLE.")] = 8,
     max_layers: Annotated[int, typer.Option("--max-layers", help="With --sanity: randomization steps (layers).")] = 8,
     curve_steps: Annotated[int, typer.Option("--curve-steps", help="With --sanity: deletion/insertion points.")] = 20,
+    include_phi: Annotated[bool, typer.Option("--include-phi", help="With --sanity: keep TABLE's case ids as they are "
+                           "(default: ids holding a patient id become keyed pseudonyms, as in `medsuite score`; key "
+                           "file: $MEDSUITE_PHI_KEY or the user's medsuite config folder).")] = False,
 ) -> None:
     """Explain one case (PNG overlays on the original planes, attribution NIfTI, summary.json), or with
     --sanity check the attribution methods themselves (sanity.html / sanity.json / plots)."""
@@ -92,7 +95,7 @@ def command(
         if sanity:
             if table is None:
                 raise ValueError("--sanity needs TABLE, the nodule or series-label table of cases to check")
-            cases = _cases(loaded, table, finder, max_cases)
+            cases = _cases(loaded, table, finder, max_cases, include_phi)
             from medsuite.interpret.explain import run_sanity
 
             paths = run_sanity(loaded, cases, out, chosen, baseline=baseline, n_steps=min(steps, 32),
@@ -131,11 +134,17 @@ def _parse_covariates(items: list[str] | None) -> dict[str, float] | None:
     return out
 
 
-def _cases(bundle: Any, table_path: Path, finder: _SeriesFinder, max_cases: int) -> list[tuple[str, Any, Any]]:
-    """Up to ``max_cases`` rows of the table as ``(case_id, volume, centre or None)``."""
+def _cases(bundle: Any, table_path: Path, finder: _SeriesFinder, max_cases: int,
+           include_phi: bool = False) -> list[tuple[str, Any, Any]]:
+    """Up to ``max_cases`` rows of the table as ``(case_id, volume, centre or None)``; case ids that hold a
+    patient id are keyed pseudonyms unless ``include_phi`` (they are written to sanity.json / sanity.html)."""
     from medsuite.data.tables import read_table, validate_nodule_table
 
     df = read_table(table_path)
+    if not include_phi:
+        from medsuite.io.phi import Pseudonymizer
+
+        df = Pseudonymizer.pseudonymize_table(df)
     is_nodule = getattr(bundle, "task", "nodule") == "nodule"
     if is_nodule:
         df = validate_nodule_table(df)

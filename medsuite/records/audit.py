@@ -35,6 +35,8 @@ import os
 import secrets
 import sqlite3
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +52,7 @@ __all__ = [
     "AuditCheck",
     "AuditReport",
     "anchor_settings",
+    "audited_write",
     "configure_anchor",
     "db_id",
     "new_key_file",
@@ -201,7 +204,30 @@ def _check_reviews(conn: sqlite3.Connection) -> tuple[int, list[str]]:
     for rid, entries in sorted(recorded.items()):
         if rid not in seen:
             problems.append(f"review {rid} recorded by audit row {entries[0]['audit_id']} is missing (deleted)")
+    first_review = min((e["audit_id"] for es in recorded.values() for e in es if e["action"] == "review"), default=None)
+    for es in recorded.values():
+        for e in es:  # sealing only ever happens at a version-1 upgrade, before any review is recorded
+            if e["action"] == "seal" and first_review is not None and e["audit_id"] > first_review:
+                problems.append(f"audit row {e['audit_id']} seals review {e['review_id']} \"as found\" although the "
+                                f"trail already recorded reviews (row {first_review}): the database was made to look "
+                                "like version 1 so that an unrecorded review would be sealed")
     return len(reviews), problems
+
+
+def _check_version(conn: sqlite3.Connection) -> list[str]:
+    """A database whose schema version or id was removed or lowered although it holds version-2 records."""
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('schema_version', 'db_id')").fetchall())
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(audit)")}
+    if "review_id" not in columns or not conn.execute(
+            "SELECT 1 FROM audit WHERE review_id IS NOT NULL LIMIT 1").fetchone():
+        return []
+    problems = []
+    if str(meta.get("schema_version")) != "2":
+        problems.append(f"the database says schema version {meta.get('schema_version')!r} but holds version-2 "
+                        "audit records: its version was changed")
+    if not meta.get("db_id"):
+        problems.append("the database's id was removed")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------- anchor
@@ -331,35 +357,122 @@ def read_anchor(path: str | os.PathLike[str], *, key: bytes | None = None) -> di
     return anchor
 
 
-def update_anchor(conn: sqlite3.Connection) -> Path | None:
-    """After an audited write: move the configured anchor forward to the current head (never backwards, so
-    concurrent writers cannot regress it). Failures are logged, never raised: the write itself is done."""
+def update_anchor(conn: sqlite3.Connection, *, start: bool = False) -> Path | None:
+    """Anchor the current head. ``start=False``: only the empty chain of a new database is anchored (a missing
+    anchor, or one an older database left there); any other anchor stays as it is. ``start=True``: the caller
+    has verified the trail (`medsuite audit init`, a version-1 upgrade) and the head is written whatever is
+    there. Writers do not call this: `audited_write` moves the anchor over exactly the rows they wrote.
+    Failures are logged, never raised. Returns the anchor's path when it stands at the head."""
+    path, key_file = anchor_settings(conn)
+    if path is None:  # an in-memory database
+        return None
+    fd = _lock(path)
     try:
-        path, key_file = anchor_settings(conn)
-        if path is None:  # an in-memory database
-            return None
-        key = load_key(key_file) if key_file is not None else None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = path.with_name(path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                current = {}
-            last = conn.execute("SELECT MAX(audit_id) FROM audit").fetchone()[0] or 0
-            if current.get("db_id") == db_id(conn) and isinstance(current.get("audit_id"), int) \
-                    and current["audit_id"] >= last and (key is None or "hmac" in current):
-                return path
-            write_anchor(conn, path, key=key)
-        finally:
+        last = conn.execute("SELECT MAX(audit_id) FROM audit").fetchone()[0] or 0
+        return _move_anchor(conn, path, key_file, None if start else last)
+    finally:
+        if fd is not None:
             os.close(fd)
+
+
+@contextmanager
+def audited_write(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` for rows appended to the chain, then the anchor moved over them.
+
+    The anchor's lock is held across the transaction, so writers follow one another and each one knows the
+    rows it wrote: the anchor moves only when it stood exactly at the head this write started from. Rows it
+    did not write (appended outside medsuite, or by a writer killed before anchoring) are never vouched for
+    by a later write: `verify_records` keeps reporting them until ``medsuite audit anchor`` is run by someone
+    who trusts them. An anchor that was deleted, garbled, replaced or no longer matches the chain is left as
+    it is (logged), so verification reports it rather than a later write hiding it."""
+    if conn.in_transaction:
+        raise sqlite3.OperationalError("a transaction is already open on this connection; audited writes need their own")
+    path, key_file = anchor_settings(conn)
+    fd = _lock(path) if path is not None else None
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.execute("SELECT MAX(audit_id) FROM audit").fetchone()[0] or 0
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        if path is not None:
+            _move_anchor(conn, path, key_file, before)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive lock on ``<anchor>.lock`` (released when the fd is closed or the process dies)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        log.warning("audit anchor %s cannot be locked (%s)", path, exc)
+        return None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _move_anchor(conn: sqlite3.Connection, path: Path, key_file: Path | None, before: int | None) -> Path | None:
+    """Write the head to the anchor. ``before``: the head this write started from (the anchor must stand
+    there); None: unconditionally."""
+    try:
+        key = load_key(key_file) if key_file is not None else None
+        last = conn.execute("SELECT MAX(audit_id) FROM audit").fetchone()[0] or 0
+        if before is not None:
+            refusal, anchored = _anchor_refusal(conn, path, key, last, empty=before == 0)
+            if refusal is None and anchored is not None and anchored != before:
+                refusal = (f"it vouches for rows up to {anchored} but this write started after row {before}: "
+                           f"row(s) {anchored + 1}..{before} were written without being anchored (outside medsuite, "
+                           "or by a writer that was killed); `medsuite audit anchor` vouches for them once you "
+                           "trust them")
+            if refusal == "current":
+                return path
+            if refusal:
+                log.warning("audit anchor %s not moved: %s", path, refusal)
+                return None
+        write_anchor(conn, path, key=key)
         return path
     except (OSError, AnchorError, sqlite3.Error) as exc:
         log.warning("audit anchor not updated (%s); `medsuite audit verify` will report the rows after the last "
                     "anchor as not vouched for", exc)
         return None
+
+
+def _anchor_refusal(conn: sqlite3.Connection, path: Path, key: bytes | None, last: int,
+                    *, empty: bool) -> tuple[str | None, int | None]:
+    """``(why the anchor at path must not be moved to row last, or None; the row it anchors)``; the reason
+    "current" means it is already there. A missing anchor may be created, and one of another database
+    replaced (it is kept as ``<anchor>.superseded-<db id>.json``), only when the chain was ``empty`` before
+    this write (a new database, or a copy of one without its anchor)."""
+    this_db = db_id(conn)
+    if not path.exists():
+        if empty:
+            return None, None
+        return (f"the anchor file is missing while the chain holds {last} row(s) (deleted?); `medsuite audit "
+                "anchor` re-creates it once you trust the trail"), None
+    try:
+        current = read_anchor(path, key=key)
+    except AnchorError as exc:
+        return f"the anchor there does not verify ({exc})", None
+    if current.get("db_id") != this_db:
+        if empty and this_db:  # a new database where an older one's anchor was
+            old = "".join(c for c in str(current.get("db_id") or "unknown") if c.isalnum())[:12] or "unknown"
+            os.replace(path, path.with_name(f"{path.name}.superseded-{old}.json"))
+            return None, None
+        return (f"the anchor belongs to another database (id {current.get('db_id')!r}) or this database's id "
+                "was changed"), None
+    anchored_id, anchored_hash = int(current["audit_id"]), str(current["hash"])
+    if anchored_id > 0:
+        row = conn.execute("SELECT hash FROM audit WHERE audit_id = ?", (anchored_id,)).fetchone()
+        if row is None or row[0] != anchored_hash:
+            return (f"audit row {anchored_id} no longer has the anchored hash (rows were cut or the chain "
+                    "rewritten)"), anchored_id
+    return ("current" if anchored_id >= last else None), anchored_id
 
 
 # --------------------------------------------------------------------------------------------- verify
@@ -409,9 +522,14 @@ def verify_records(conn: sqlite3.Connection, *, anchor: str | os.PathLike[str] |
     the result ``unanchored``.
     """
     chain = verify_chain(conn)
-    n_reviews, review_problems = _check_reviews(conn)
-    problems = chain.problems + review_problems
     notes: list[str] = []
+    if "review_id" in {r[1] for r in conn.execute("PRAGMA table_info(audit)")}:
+        n_reviews, review_problems = _check_reviews(conn)
+    else:  # a version-1 database not yet opened by this medsuite (`medsuite audit verify` does not upgrade)
+        n_reviews, review_problems = conn.execute("SELECT COUNT(*) FROM reviews").fetchone()[0], []
+        notes.append("a version-1 database: its reviews are not bound to the trail yet (opening it with medsuite "
+                     "upgrades it and seals them as found)")
+    problems = chain.problems + review_problems + _check_version(conn)
     report = AuditReport("tampered", chain.n_rows, n_reviews, chain.head, chain.head_id, problems=problems,
                          notes=notes)
     explicit = anchor is not None

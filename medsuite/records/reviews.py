@@ -45,16 +45,12 @@ def now() -> str:
 
 @contextmanager
 def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction taken at once (``BEGIN IMMEDIATE``) so concurrent writers queue instead of failing."""
+    """A write transaction taken at once (``BEGIN IMMEDIATE``) so concurrent writers queue instead of failing;
+    the anchor moves over the rows it appended (`medsuite.records.audit.audited_write`)."""
     if conn.in_transaction:
         raise ReviewError("a transaction is already open on this connection; reviews need their own")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with audit.audited_write(conn):
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 # ---------------------------------------------------------------------------------------------- audit
@@ -65,7 +61,6 @@ def append_audit(conn: sqlite3.Connection, actor: str, action: str, *, series_ui
     actor, action = _required(actor, "actor"), _required(action, "action")
     with _immediate(conn):
         digest = audit.append_row(conn, actor, action, series_uid, nodule_id, str(detail), now())
-    audit.update_anchor(conn)
     return digest
 
 
@@ -121,7 +116,6 @@ def add_review(conn: sqlite3.Connection, prediction_id: int, *, reviewer: str, v
         audit.append_row(conn, reviewer, "review", pred["series_uid"], pred["nodule_id"],
                          f"prediction {int(prediction_id)}: {verdict} (review {review_id})", at,
                          review_id=review_id, record_sha256=audit.review_record(conn, review_id))
-    audit.update_anchor(conn)
     return review_id
 
 

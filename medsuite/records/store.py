@@ -10,10 +10,12 @@ sealed into the chain as they are found).
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 
 SCHEMA_VERSION = 2
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -145,12 +147,39 @@ def connect(path: str | Path, *, create: bool = True, timeout_s: float = 30.0) -
     return conn
 
 
+def open_readonly(path: str | Path, *, timeout_s: float = 30.0) -> sqlite3.Connection:
+    """A connection that changes nothing (no schema created, no upgrade, ``PRAGMA query_only``): what a check
+    such as `medsuite audit verify` must use, so that looking at a database never alters the evidence."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: scoring database not found")
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA query_only=ON")
+        conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{path}: not a medsuite scoring database ({exc})") from exc
+    missing = sorted({"meta", "predictions", "reviews", "audit"} - tables)
+    if missing:
+        conn.close()
+        raise StoreError(f"{path}: not a medsuite scoring database (no table(s) {missing})")
+    return conn
+
+
 def _lacks_db_id(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT 1 FROM meta WHERE key='db_id'").fetchone() is None
 
 
 def _upgrade(conn: sqlite3.Connection, version: int | None) -> None:
-    """Stamp a new database, or bring a version-1 one to version 2, in one write transaction."""
+    """Stamp a new database, or bring a version-1 one to version 2, in one write transaction.
+
+    A version-1 database's reviews are sealed into the chain only when it really is one: no audit row records
+    a review yet and no anchor exists (version 1 had neither). A database that claims version 1 (or lost its
+    version or id) but holds version-2 records was altered: nothing is sealed, so `medsuite audit verify`
+    reports its unrecorded reviews and its anchor, instead of the upgrade vouching for them."""
     from medsuite.records import audit
 
     conn.execute("BEGIN IMMEDIATE")
@@ -158,18 +187,37 @@ def _upgrade(conn: sqlite3.Connection, version: int | None) -> None:
         row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         version = int(row["value"]) if row is not None else None  # another process may have done it meanwhile
         columns = {r["name"] for r in conn.execute("PRAGMA table_info(audit)")}
+        recorded = "review_id" in columns and conn.execute(
+            "SELECT 1 FROM audit WHERE review_id IS NOT NULL OR record_sha256 IS NOT NULL LIMIT 1").fetchone()
         for column in ("review_id INTEGER", "record_sha256 TEXT"):
             if column.split()[0] not in columns:
                 conn.execute(f"ALTER TABLE audit ADD COLUMN {column}")
+        anchor, _ = audit.anchor_settings(conn)
+        v2_marks = bool(recorded) or (anchor is not None and anchor.exists()) or conn.execute(
+            "SELECT 1 FROM meta WHERE key='db_id'").fetchone() is not None  # version 1 had no anchor and no id
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('db_id', ?)", (audit.new_db_id(),))
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         if version is not None and version < 2:
-            from medsuite.records.reviews import now
+            if v2_marks:
+                log.warning("%s claims schema version %s but holds version-2 audit records or has an anchor: it "
+                            "was altered; its reviews are not sealed (`medsuite audit verify` reports them)",
+                            _path_of(conn), version)
+            else:
+                from medsuite.records.reviews import now
 
-            audit.seal_unrecorded_reviews(conn, "medsuite upgrade", now())
+                audit.seal_unrecorded_reviews(conn, "medsuite upgrade", now())
         conn.execute("CREATE INDEX IF NOT EXISTS audit_review ON audit(review_id)")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-    audit.update_anchor(conn)  # a new database is anchored at once: an empty chain is then vouched for too
+    # a new database is anchored at once (an empty chain is then vouched for too); a genuine version-1 one
+    # after sealing; any other anchor is left for verification to compare
+    audit.update_anchor(conn, start=version is not None and version < 2 and not v2_marks)
+
+
+def _path_of(conn: sqlite3.Connection) -> str:
+    for row in conn.execute("PRAGMA database_list"):
+        if row[1] == "main":
+            return str(row[2])
+    return "the database"
