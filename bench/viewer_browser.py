@@ -17,24 +17,30 @@ Prints medians and p90 with the machine's load average; ``--json`` saves everyth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import random
+import signal
 import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
+# WebGL2 through SwiftShader (software), the page composited in software: what Chrome does on a computer without
+# a usable GPU (compositing the page through SwiftShader as well makes every frame ~20x slower on 2 cores)
 ARGS = ["--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+        "--disable-gpu-compositing", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run"]
 VIEWPORT = {"width": 1920, "height": 1080}
 HERE = Path(__file__).resolve().parents[1]
 
@@ -55,7 +61,8 @@ def prepare_db(src: Path, dst: Path, tree: Path) -> None:
     code = ("import sys, sqlite3; from medsuite.records import store; c = store.connect(sys.argv[1]); "
             "print(store.SCHEMA_VERSION); c.close()")
     probe = dst.with_name("probe.db")
-    version = int(subprocess.check_output([sys.executable, "-c", code, str(probe)], env={**os.environ, "PYTHONPATH": str(tree)},
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    version = int(subprocess.check_output([sys.executable, "-c", code, str(probe)], env=env, cwd=str(dst.parent),
                                           text=True).strip())
     with sqlite3.connect(src) as s:
         src_version = int(s.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
@@ -63,8 +70,7 @@ def prepare_db(src: Path, dst: Path, tree: Path) -> None:
         with sqlite3.connect(src) as s, sqlite3.connect(dst) as d:
             s.backup(d)
         return
-    subprocess.check_call([sys.executable, "-c", code.replace("probe", "x"), str(dst)], env={**os.environ, "PYTHONPATH": str(tree)},
-                          stdout=subprocess.DEVNULL)
+    subprocess.check_call([sys.executable, "-c", code, str(dst)], env=env, cwd=str(dst.parent), stdout=subprocess.DEVNULL)
     with sqlite3.connect(dst) as d:
         d.execute("ATTACH DATABASE ? AS src", (str(src),))
         for table in ("runs", "series", "predictions"):
@@ -75,7 +81,10 @@ def prepare_db(src: Path, dst: Path, tree: Path) -> None:
         d.commit()
 
 
-def start(tree: Path, db: Path, bundle: Path, cache: Path, users: Path | None = None) -> tuple[subprocess.Popen, str, float]:
+def start(tree: Path, db: Path, bundle: Path, cache: Path, users: Path | None = None,
+          log: Path | None = None) -> tuple[subprocess.Popen, str, float]:
+    """The tree's viewer on a free loopback port, in its own process group (`stop` ends the whole group); its
+    output goes to ``log`` (default: discarded)."""
     port = free_port()
     app = tree / "medsuite" / "viewer" / "app.py"
     argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1", "--server.port", str(port),
@@ -83,8 +92,10 @@ def start(tree: Path, db: Path, bundle: Path, cache: Path, users: Path | None = 
             "--client.toolbarMode", "minimal", "--theme.base", "dark", "--", "--db", str(db), "--bundle", str(bundle),
             "--cache", str(cache)] + (["--auth-users", str(users)] if users else [])
     t0 = time.time()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"})
+    # cwd: the cache's folder, never a source tree (`python -m` puts the working directory first on sys.path)
+    with open(log or os.devnull, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=str(cache.parent), start_new_session=True,
+                                env={**os.environ, "PYTHONPATH": str(tree), "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     while time.time() - t0 < 180:
         if proc.poll() is not None:
@@ -98,11 +109,43 @@ def start(tree: Path, db: Path, bundle: Path, cache: Path, users: Path | None = 
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """End the viewer's process group: SIGTERM, then SIGKILL for whatever is left after 20 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every ``every_s`` seconds while a measurement runs (the figures are only
+    comparable at similar load: report it with them)."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s, self.values = every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.values.append(os.getloadavg()[0])
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        v = sorted(self.values) or [os.getloadavg()[0]]
+        return {"min": round(v[0], 1), "median": round(statistics.median(v), 1), "max": round(v[-1], 1), "samples": len(v)}
 
 
 # --------------------------------------------------------------------------------------------- adapters
@@ -238,6 +281,9 @@ class New:
         return time.perf_counter() - t
 
     def focus(self) -> None:
+        # measure reading, not page loading: wait until Streamlit has finished the case page (as Old does)
+        self.page.wait_for_timeout(100)
+        self.page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=600_000)
         handle = self.page.locator("iframe").first.bounding_box()
         self.axial = (handle["x"] + handle["width"] * 0.25, handle["y"] + handle["height"] * 0.5)
         self.page.mouse.click(*self.axial)
@@ -379,6 +425,13 @@ def measure(kind: str, url: str, n: int, t_start: float) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ screenshots
 
+def _idle(page, settle_ms: int = 800) -> None:
+    """Streamlit has finished the page (its status widget is gone), then a moment for the last paint."""
+    page.wait_for_timeout(200)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=600_000)
+    page.wait_for_timeout(settle_ms)
+
+
 def shots(url: str, out: Path, db: Path) -> None:
     """Each view of this tree's viewer, for docs/viewer-clinicians.md."""
     from playwright.sync_api import sync_playwright
@@ -392,10 +445,10 @@ def shots(url: str, out: Path, db: Path) -> None:
         page.screenshot(path=str(out / "viewer-login.png"))
         page.get_by_role("button", name="Log in").click()
         page.get_by_role("button", name="Next unreviewed ▶").first.wait_for()
-        page.wait_for_timeout(1500)
+        _idle(page)
         page.screenshot(path=str(out / "viewer-worklist.png"))
         v.open_first()
-        page.wait_for_timeout(1500)
+        _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-case.png"))
         v.focus()
         frame = v.frame
@@ -409,40 +462,39 @@ def shots(url: str, out: Path, db: Path) -> None:
         page.mouse.up()
         page.keyboard.up("Shift")
         page.mouse.move(x + 30, y - 30)
-        page.wait_for_timeout(800)
+        _idle(page)
         page.screenshot(path=str(out / "viewer-ruler-window.png"))
         frame.locator("[data-layout='axial']").click()
-        page.wait_for_timeout(800)
+        _idle(page)
         page.screenshot(path=str(out / "viewer-1up.png"))
         frame.locator("[data-layout='3up']").click()
         frame.locator("[data-preset='1']").click()
         page.get_by_text("Why (attributions)").click()
         page.get_by_role("button", name="Show attribution").click()
-        frame.wait_for_function("() => !!window.medsuiteViewer.overlays.heat", timeout=180_000)
-        page.wait_for_timeout(1500)
+        frame.wait_for_function("() => !!window.medsuiteViewer.overlays.heat", timeout=300_000)
+        _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-heat.png"))
         page.get_by_text("What the threshold means").click()
-        page.wait_for_timeout(800)
+        _idle(page)
         page.screenshot(path=str(out / "viewer-score.png"))
         page.get_by_text("Similar cases", exact=True).scroll_into_view_if_needed()
-        page.wait_for_timeout(1500)
+        _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-similar.png"))
-        page.get_by_role("button", name="Open").first.click()
-        page.get_by_text("the model's input patch as stored").wait_for()
-        page.wait_for_timeout(2000)
-        page.mouse.wheel(0, -3000)
-        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Open", exact=True).first.click()
+        page.get_by_text("the model's input patch as stored").wait_for(timeout=300_000)
+        page.mouse.wheel(0, -4000)
+        _idle(page, 2000)
         page.screenshot(path=str(out / "viewer-reference.png"))
         page.get_by_role("button", name="◀ Back to this case").click()
-        page.wait_for_timeout(1000)
+        _idle(page)
         with sqlite3.connect(db) as conn:
             broken = conn.execute("SELECT p.prediction_id FROM predictions p ORDER BY p.probability LIMIT 1").fetchone()[0]
         page.goto(f"{url}/?case={broken}")
-        page.get_by_text("cannot be shown").wait_for()
-        page.wait_for_timeout(1000)
+        page.get_by_text("cannot be shown").wait_for(timeout=300_000)
+        _idle(page)
         page.screenshot(path=str(out / "viewer-missing.png"))
         page.get_by_text("Audit trail", exact=True).click()
-        page.wait_for_timeout(2500)
+        _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-audit.png"))
         browser.close()
 
@@ -456,6 +508,7 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=40, help="slice changes per measurement (>= 40)")
     ap.add_argument("--shots", type=Path, default=None, help="save screenshots of every view here instead of measuring")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--log", type=Path, default=None, help="save the viewer server's output here")
     a = ap.parse_args()
     tree = a.tree.resolve()
     kind = "new" if is_new(tree) else "old"
@@ -469,23 +522,22 @@ def main() -> None:
             users = Path(tmp) / "users.json"
             subprocess.check_call([sys.executable, "-c", "import sys; from medsuite.records.access import set_password; "
                                    "set_password(sys.argv[1], 'dr.demo', 'demo password')", str(users)],
-                                  env={**os.environ, "PYTHONPATH": str(tree)})
+                                  env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tmp)
             with sqlite3.connect(db) as conn:  # one case whose images are gone, for the "missing" view
                 conn.execute("UPDATE series SET source = '/nonexistent/series' WHERE series_uid = (SELECT series_uid FROM "
                              "predictions ORDER BY probability LIMIT 1)")
-        load0 = os.getloadavg()[0]
-        proc, url, t0 = start(tree, db, a.bundle, Path(tmp) / "cache", users)
+        proc, url, t0 = start(tree, db, a.bundle, Path(tmp) / "cache", users, a.log)
         try:
             if a.shots:
                 shots(url, a.shots, db)
                 print(f"screenshots in {a.shots}")
                 return
-            res = measure(kind, url, a.changes, t0)
+            with LoadSampler() as load:
+                res = measure(kind, url, a.changes, t0)
         finally:
             stop(proc)
     res = {"label": a.label or ("after" if kind == "new" else "before"), "viewer": kind, "tree": str(tree),
-           "viewport": VIEWPORT, "changes": a.changes, **res,
-           "load_average": [round(load0, 1), round(os.getloadavg()[0], 1)], "cpus": os.cpu_count()}
+           "viewport": VIEWPORT, "changes": a.changes, **res, "load_average": load.summary(), "cpus": os.cpu_count()}
     print(json.dumps(res, indent=1))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))

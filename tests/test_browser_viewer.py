@@ -8,6 +8,7 @@ These tests fail, never skip, when Chromium is missing: CI installs it (.ci/run)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -20,13 +21,17 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import process_support as P
 import pytest
 import viewer_support as V
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
+# WebGL2 through SwiftShader (software), the page composited in software: what Chrome does on a computer without
+# a usable GPU (compositing the page through SwiftShader as well makes every frame ~20x slower on 2 cores)
 ARGS = ["--no-sandbox", "--use-gl=angle", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+        "--disable-gpu-compositing", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -57,25 +62,57 @@ def world(tmp_path_factory):
     return V.make_scored_db(tmp_path_factory.mktemp("browser"))
 
 
+@contextlib.contextmanager
 def _serve(world: dict, tmp_path: Path, users: Path | None = None):
+    """The viewer in its own process group (its log in tmp_path); on exit the whole group is ended and the test
+    fails if any process of it survives (no orphaned streamlit server after a test, whatever happened in it)."""
     from medsuite.commands.view import streamlit_argv
 
     assert CHROMIUM.exists(), "Chromium is not installed at /usr/bin/chromium (apt-get install chromium)"
     port = _free_port()
     argv = streamlit_argv(world["db"], address="127.0.0.1", port=port, bundle=None, auth_users=users, oidc=False,
                           idle_minutes=15, cache=tmp_path / "cache")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log = tmp_path / "viewer.log"
+    with open(log, "wb") as out:  # a file, not a pipe nobody reads (a full pipe would block the server)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=tmp_path)
     url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, proc)
-    return url, proc
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
     try:
-        proc.wait(timeout=15)
+        _wait_healthy(url, proc)
+        yield url, proc
+    finally:
+        left = _stop_group(proc)
+    assert not left, f"viewer processes left running after the test: {sorted(left)}; log:\n{log.read_text()[-2000:]}"
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> set[int]:
+    """End the viewer's process group (SIGCONT first, it may be stopped; SIGTERM, then SIGKILL after ``grace_s``);
+    return the pids of the group that were still alive after that (should be none)."""
+    pgid = proc.pid  # start_new_session: the server leads its own group
+    members = P.descendants(proc.pid) | {proc.pid}
+    for sig in (signal.SIGCONT, signal.SIGTERM):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+    try:
+        proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)  # whatever of the group is still there (children included)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in members):
+        time.sleep(0.1)
+    return {p for p in members if _alive(p)}
 
 
 def _viewer_frame(page, timeout: float = 120.0):
@@ -102,9 +139,8 @@ def _slice(frame) -> int:
 
 
 def test_reading_in_chromium(world, tmp_path):
-    url, proc = _serve(world, tmp_path)
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
+    with _serve(world, tmp_path) as (url, proc):
+        ARTIFACTS.mkdir(exist_ok=True)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
@@ -161,8 +197,6 @@ def test_reading_in_chromium(world, tmp_path):
             page.get_by_role("button", name="Save review").click()
             page.get_by_text("Saved review").wait_for()
             browser.close()
-    finally:
-        _stop(proc)
     with sqlite3.connect(world["db"]) as conn:
         rows = conn.execute("SELECT reviewer, verdict, note FROM reviews WHERE reviewer = 'Dr Browser'").fetchall()
         actions = [a for (a,) in conn.execute("SELECT action FROM audit ORDER BY audit_id")]
@@ -175,9 +209,8 @@ def test_logins_and_no_image_urls(world, tmp_path):
 
     users = tmp_path / "users.json"
     set_password(users, "dr.ada", "long password")
-    url, proc = _serve(world, tmp_path, users)
-    requests: list[str] = []
-    try:
+    with _serve(world, tmp_path, users) as (url, proc):
+        requests: list[str] = []
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
             page = browser.new_page(viewport={"width": 1920, "height": 1080})
@@ -198,8 +231,6 @@ def test_logins_and_no_image_urls(world, tmp_path):
             page.get_by_label("User name").wait_for()
             assert page.locator("iframe").count() == 0
             browser.close()
-    finally:
-        _stop(proc)
     paths = {urllib.parse.urlsplit(u).path for u in requests if u.startswith(url)}
     assert not [p for p in paths if p.startswith("/media")]  # no image is served by URL
     allowed = re.compile(r"^/($|static/|_stcore/|component/medsuite\.viewer\.reading_view\.reading_view/(index\.html|viewer\.js)$|favicon)")

@@ -130,6 +130,7 @@ def render(cfg: Any, pid: int, identity: str | None) -> None:
     reference = reference_view(bpath, ref) if ref and loaded and loaded[0] is not None else None
     with left:
         scan_fragment(cfg, pred, vol, identity, reviewer, heat, reference)
+    _prefetch_next(cfg, pid, bpath)
     bundle, info = loaded or _bundle(bpath)
     with right:
         why.controls(pid, bundle is not None)
@@ -139,6 +140,35 @@ def render(cfg: Any, pid: int, identity: str | None) -> None:
         st.divider()
         review_panel.render(cfg, pred, identity, info)
     similar.section(cfg, pred, bpath, bundle, vol)
+
+
+def _prefetch_next(cfg: Any, pid: int, bpath: str | None) -> None:
+    """Prepare the next unreviewed cases while the reader reads this one: their scans (decoded and compressed)
+    and, for the very next one, its score's stability range and similar cases."""
+    with closing(connect(cfg.db)) as conn:
+        table = reviews.worklist(conn, statuses=["unreviewed"])
+        ids = [int(p) for p in table["prediction_id"] if int(p) != pid][:1]
+        nxt = [reviews.prediction(conn, p) for p in ids]
+    uids = [u for u in dict.fromkeys(table["series_uid"]) if u][:3]
+    resources.prefetch(str(cfg.db), str(cfg.cache_root), uids, bpath)
+    if bpath:
+        for row in nxt:
+            resources.prefetch_task(_warm_case, str(cfg.db), str(cfg.cache_root), row, bpath)
+
+
+def _warm_case(db: str, cache_root: str, pred: dict[str, Any], bpath: str) -> None:
+    """Fill the caches the case page of ``pred`` reads (run in the background warmer)."""
+    vol = resources.volume(db, cache_root, pred["series_uid"])
+    bundle = resources.bundle(bpath)
+    predictor = resources.predictor(bpath)
+    center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
+    pid = int(pred["prediction_id"])
+    score_panel.cached_stability(bpath, pid, predictor, bundle.block, vol, center)
+    index = resources.case_index(bpath)
+    if index is not None:
+        positive = str(predictor.positive or bundle.labels[-1])
+        similar.cached_neighbours(bpath, pid, similar.DEFAULT_K, predictor, bundle.block, index, vol, center,
+                                  list(predictor.labels), positive)
 
 
 def _bundle(bpath: str | None) -> tuple[Any, dict[str, str] | None]:

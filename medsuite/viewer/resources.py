@@ -134,3 +134,33 @@ def predictor(path: str) -> Any:
     from medsuite.learn.predict import Predictor
 
     return Predictor.from_bundle(bundle(path))
+
+
+@st.cache_resource(show_spinner=False)
+def _warmer() -> Any:
+    """One background thread, shared by all sessions, that prepares what a reader will probably open next."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsuite-viewer-prefetch")
+
+
+def _quietly(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - a prefetch that fails is simply not there; opening the case says why
+        pass
+
+
+def prefetch_task(fn: Any, *args: Any) -> None:
+    """Run ``fn(*args)`` in the background warmer (errors ignored: the real open reports them)."""
+    _warmer().submit(_quietly, fn, *args)
+
+
+def prefetch(db: str, cache_root: str, series_uids: list[str], bundle_path: str | None = None) -> None:
+    """In the background: decode these series into the volume cache and their browser payload, and load the
+    model bundle, so that opening the next case does not wait for them (failures are left to the real open)."""
+    ex = _warmer()
+    if bundle_path:
+        ex.submit(_quietly, predictor, bundle_path)
+    for uid in series_uids:
+        ex.submit(_quietly, scan_bytes, db, cache_root, uid)

@@ -19,6 +19,7 @@ import numpy as np
 import streamlit as st
 
 K_CHOICES = (5, 10, 20)
+DEFAULT_K = 10
 OPEN_KEY = "open_neighbour"
 PER_ROW = 7
 SCALE_MM = 10.0
@@ -120,7 +121,7 @@ def section(cfg: Any, pred: dict[str, Any], bpath: str | None, bundle: Any, volu
     predictor = resources.predictor(bpath)
     positive = str(predictor.positive or bundle.labels[-1])
     c1, c2 = st.columns([1, 5], vertical_alignment="center")
-    k = c1.segmented_control("How many", K_CHOICES, default=10, key="sim_k", label_visibility="collapsed") or 10
+    k = c1.segmented_control("How many", K_CHOICES, default=DEFAULT_K, key="sim_k", label_visibility="collapsed") or DEFAULT_K
     center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
     res = cached_neighbours(str(bpath), pid, int(k), predictor, bundle.block, index, volume, center,
                             list(predictor.labels), positive)

@@ -51,6 +51,13 @@ def render(cfg: Any, identity: str | None) -> None:
         table = reviews.worklist(conn, statuses=statuses, min_score=lo, max_score=hi, run_ids=run_ids or None,
                                  descending=order == "highest first")
         table = with_leases_and_flags(conn, table, holder)
+        free = table[(table["status"] == "unreviewed") & (table["in_review_by"] == "")]
+        prefetch_uids = list(dict.fromkeys(free["series_uid"].head(3)))
+        first = reviews.prediction(conn, int(free["prediction_id"].iloc[0])) if len(free) else None
+    from medsuite.viewer import resources
+
+    resources.prefetch(str(cfg.db), str(cfg.cache_root), prefetch_uids,
+                       resources.bundle_path_for(cfg.bundle, first) if first else None)
     b1, b2 = st.columns([2, 8], vertical_alignment="center")
     b1.button("Next unreviewed ▶", type="primary", key="wl_next", shortcut="n",
               help="opens the highest-scoring unreviewed case nobody else is reviewing, and claims it (N)",

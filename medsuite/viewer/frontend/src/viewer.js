@@ -630,7 +630,8 @@ export class ReadingView {
       const record = { kind: event.kind, t0: event.timeStamp, drawn: performance.now(), frame: null, slice: Math.round(this.c[2]) };
       this.stats.changes.push(record);
       if (this.stats.changes.length > 4000) this.stats.changes.splice(0, 2000);
-      requestAnimationFrame(() => requestAnimationFrame((t) => { record.frame = t; }));
+      // performance.now(), not the callback argument: that is the frame's scheduled time, which lags under load
+      requestAnimationFrame(() => requestAnimationFrame(() => { record.frame = performance.now(); }));
     }
     this.reportSoon();
   }
