@@ -10,6 +10,7 @@ a log file whose path is printed. ``Ctrl+C`` exits 130.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from importlib import import_module
@@ -19,11 +20,12 @@ import typer
 
 from medsuite.commands.errors import log_dir, one_line, write_error_log
 
-__all__ = ["COMMANDS", "EPILOG", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "INTERNAL_EXIT", "SHORT_HELP", "USAGE_EXIT", "app", "guarded",
-           "log_dir", "main"]
+__all__ = ["COMMANDS", "EPILOG", "EXIT_BROKEN_PIPE", "EXIT_INTERNAL", "GROUPS", "EXIT_INTERRUPTED", "INTERNAL_EXIT", "SHORT_HELP", "USAGE_EXIT", "app", "guarded",
+           "guarded_group", "log_dir", "main"]
 
 EXIT_INTERNAL = 70  # sysexits.h EX_SOFTWARE: an unexpected error inside medsuite (a bug): see the log
 EXIT_INTERRUPTED = 130  # Ctrl+C, as shells report SIGINT
+EXIT_BROKEN_PIPE = 141  # the output's reader closed the pipe (`| head`), as shells report SIGPIPE
 
 # (sub-command, module under medsuite.commands, purpose shown by its --help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
@@ -52,7 +54,7 @@ INTERNAL_EXIT = {"score": 4}
 
 EPILOG = ("Exit codes: 0 done; 1 some items failed (convert, inspect, score); 2 bad input or configuration "
           "(score: 2 nothing scored, 3 bad input); 70 an unexpected error, a bug (score: 4), with the path of a "
-          "log holding the details; 130 interrupted.")
+          "log holding the details; 130 interrupted; 141 the reader of the output closed it (| head).")
 
 
 def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2,
@@ -70,6 +72,9 @@ def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2,
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:  # the reader of the output went away (`medsuite ... | head`): nothing to tell
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except Exception as exc:  # the last line of defence: never a traceback on the terminal
             log = write_error_log(command, exc)
             where = f" (details: {log})" if log else ""
@@ -81,6 +86,19 @@ def guarded(function: Callable[..., Any], *, command: str, usage_code: int = 2,
             raise typer.Exit(internal_code) from None
 
     return run
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail again on the closed pipe."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (tests capture stdout)
+        pass
 
 
 def _show_version(value: bool) -> None:
@@ -114,16 +132,33 @@ for _name, _module, _help in COMMANDS:
     app.command(_name, help=_help, short_help=SHORT_HELP[_name])(
         guarded(_function, command=_name, usage_code=USAGE_EXIT.get(_name, 2),
                 internal_code=INTERNAL_EXIT.get(_name, EXIT_INTERNAL)))
-# command groups: (name, module under medsuite.commands holding a Typer `app`, one-line purpose)
-GROUPS: tuple[tuple[str, str, str], ...] = (
-    ("audit", "audit", "Verify (or anchor) the tamper-evident audit trail of a scoring database."),
+# command groups: (name, module under medsuite.commands holding a Typer `app`, one-line purpose, exit code
+# of a bad input: `medsuite audit` keeps 1 and 2 for what it finds, docs/guarantees.md)
+GROUPS: tuple[tuple[str, str, str, int], ...] = (
+    ("audit", "audit", "Verify (or anchor) the tamper-evident audit trail of a scoring database.", 3),
 )
-for _name, _module, _help in GROUPS:
-    app.add_typer(import_module(f"medsuite.commands.{_module}").app, name=_name, help=_help)
+
+
+def guarded_group(group: typer.Typer, *, name: str, help: str, usage_code: int) -> typer.Typer:
+    """A copy of the command group ``group`` whose every command runs inside `guarded` (the group's own
+    Typer object is left as it is)."""
+    wrapped = typer.Typer(help=help, no_args_is_help=True)
+    for info in group.registered_commands:
+        entry = copy.copy(info)
+        command = info.name or info.callback.__name__.replace("_", "-")
+        entry.name = command
+        entry.callback = guarded(info.callback, command=f"{name}-{command}", usage_code=usage_code)
+        wrapped.registered_commands.append(entry)
+    return wrapped
+
+
+for _name, _module, _help, _usage in GROUPS:
+    app.add_typer(guarded_group(import_module(f"medsuite.commands.{_module}").app, name=_name, help=_help,
+                                usage_code=_usage), name=_name, help=_help)
 
 
 def main() -> None:
-    """Console-script entry point; a last handler for what the sub-command handlers do not cover (groups)."""
+    """Console-script entry point; a last handler for what the sub-command handlers cannot catch (Typer itself)."""
     import sys
 
     try:

@@ -16,7 +16,7 @@ import typer
 from pipeline_cohort import make_cohort
 from typer.testing import CliRunner
 
-from medsuite.cli import EXIT_INTERNAL, EXIT_INTERRUPTED, app, guarded
+from medsuite.cli import EXIT_BROKEN_PIPE, EXIT_INTERNAL, EXIT_INTERRUPTED, app, guarded
 
 TINY = ["block.k=3", "block.size=24", "block.pixel_mm=1.0", "data.bs=8", "data.num_workers=0", "train.epochs=1",
         "train.lr=0.003", "report.n_boot=200", "report.top_losses=2", "report.baselines=[diameter]"]
@@ -125,6 +125,7 @@ def test_resume_needs_a_checkpoint_and_the_same_schedule(finished: tuple[Path, o
     nothing = train(cohort, tmp_path / "fresh", "--resume")
     assert nothing.exit_code == 2
     assert "holds no checkpoint to resume" in nothing.output
+    assert not (tmp_path / "fresh").exists()  # a refused run leaves nothing behind, not even its lock
     changed = train(cohort, out, "--resume", "train.epochs=2")
     assert changed.exit_code == 2
     assert "--resume: train.epochs is 2 now but 1 in the run being resumed" in changed.output
@@ -232,3 +233,80 @@ def test_progress_bars_only_on_a_terminal(tmp_path: Path) -> None:
         outputs[name] = stream.getvalue()
     assert "\r" not in outputs["log"] and "train_loss" in outputs["log"]  # the epoch row, no bar updates
     assert "\r" in outputs["tty"] and "train_loss" in outputs["tty"]
+
+
+def test_audit_commands_fail_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medsuite.records import store
+
+    monkeypatch.setenv("MEDSUITE_LOG_DIR", str(tmp_path / "logs"))
+    store.connect(tmp_path / "medsuite.db").close()
+    (tmp_path / "a_file").write_text("x")
+    result = CliRunner().invoke(app, ["audit", "anchor", "--db", str(tmp_path / "medsuite.db"),
+                                      "--anchor", str(tmp_path / "a_file" / "anchor.json")])
+    assert result.exit_code == 3, result.output  # the audit commands' usage code (docs/guarantees.md)
+    assert result.output.startswith("error: ") and "a_file" in result.output
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
+    assert list((tmp_path / "logs").glob("audit-anchor-*.log"))
+
+
+def test_score_answers_a_mistyped_path_before_loading_heavy_libraries(tmp_path: Path) -> None:
+    code = ("import sys\nfrom medsuite.cli import app\n"
+            "try:\n    app(['score', 'nope.bundle', '.', '--out', 'o'], prog_name='medsuite')\n"
+            "except SystemExit as exc:\n    print(exc.code, [m for m in ('torch', 'pandas', 'numpy') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "3 []", done.stdout + done.stderr
+    assert done.stderr.strip() == "error: nope.bundle: bundle not found"
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_closed_output_pipe_ends_quietly() -> None:
+    demo = typer.Typer()
+
+    def talk() -> None:
+        raise BrokenPipeError(32, "Broken pipe")  # what print() raises once `| head` has gone
+
+    demo.command("talk")(guarded(talk, command="talk"))
+    demo.command("other")(lambda: None)
+    result = CliRunner().invoke(demo, ["talk"])
+    assert result.exit_code == EXIT_BROKEN_PIPE and result.output == ""
+
+
+def test_a_numeric_positive_class_means_that_label(cohort: Path, tmp_path: Path) -> None:
+    from medsuite.pipelines.config import load_config
+
+    table = pd.read_csv(cohort / "nodules.csv")
+    table["label"] = (table["label"] == "malignant").astype(int)  # a 0/1 label column
+    table.to_csv(tmp_path / "01.csv", index=False)
+    cfg = load_config(ROOT / "configs/nodule_malignancy.yaml", [f"data.table={tmp_path / '01.csv'}",
+                                                                 f"data.dicom_root={cohort}", "data.positive=1"])
+    assert cfg.data.positive == "1"
+    wrong = train(cohort, tmp_path / "run", "data.positive=2", table=tmp_path / "01.csv")
+    assert wrong.exit_code == 2 and "data.positive: '2' is not one of the labels in 'label': ['0', '1']" in wrong.output
+
+
+def test_an_unstratifiable_split_names_its_fixes_and_stratify_false_is_used(cohort: Path, tmp_path: Path) -> None:
+    from medsuite.data.splitters import PatientSplitter
+    from medsuite.pipelines.config import load_config, splitter
+
+    table = pd.read_csv(cohort / "nodules.csv").drop(columns=["split"])
+    first = table["patient_id"].iloc[0]
+    table["label"] = ["malignant" if p == first else "benign" for p in table["patient_id"]]  # one malignant patient
+    table.to_csv(tmp_path / "one.csv", index=False)
+    refused = train(cohort, tmp_path / "run", table=tmp_path / "one.csv")
+    assert refused.exit_code == 2 and "cannot stratify" in refused.output
+    assert "set data.split.stratify to false" in refused.output and not (tmp_path / "run").exists()
+    cfg = load_config(ROOT / "configs/nodule_malignancy.yaml", [f"data.table={cohort / 'nodules.csv'}",
+                                                                 f"data.dicom_root={cohort}", "data.split.column=null",
+                                                                 "data.split.stratify=false"])
+    assert isinstance(splitter(cfg, table), PatientSplitter)
+
+
+def test_default_diameters_rule_out_the_size_baselines() -> None:
+    from medsuite.pipelines.train import baseline_problem
+
+    measured = pd.DataFrame({"diameter_mm": [4.0, 9.0], "label": ["benign", "malignant"]})
+    assert baseline_problem(measured) is None
+    assert baseline_problem(measured.assign(diameter_source=["annotation", "annotation"])) is None
+    candidates = measured.assign(diameter_source=["default", "annotation"])  # LUNA16 candidates.csv rows
+    assert "1 of 2 rows have a default diameter" in baseline_problem(candidates)

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+EXIT_USAGE = 3  # = medsuite.pipelines.scoring.EXIT_USAGE (not imported here: it loads pandas)
 
 def command(
     bundle: Annotated[Path, typer.Argument(help="Model bundle: a folder or a .zip made by export_bundle.")],
@@ -58,7 +59,11 @@ def command(
     """Score every eligible series under INPUT with BUNDLE; resumable (rerun with the same --out)."""
     import os
 
-    from medsuite.pipelines.scoring import EXIT_FAILED, EXIT_USAGE, ScoreConfig, UsageError, score
+    missing = _missing(bundle, inputs, nodules)
+    if missing:  # before the heavy imports: a mistyped path answers at once (runner.score checks the same)
+        typer.echo(f"error: {missing}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    from medsuite.pipelines.scoring import EXIT_FAILED, ScoreConfig, UsageError, score
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = ScoreConfig(
@@ -94,6 +99,18 @@ def command(
     for line in summary.lines():
         typer.echo(line, err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _missing(bundle: Path, inputs: list[Path], nodules: Path | None) -> str | None:
+    """The first path given that does not exist, said as the scoring runner says it; None if all exist."""
+    if not bundle.exists():
+        return f"{bundle}: bundle not found"
+    for path in inputs:
+        if not path.exists():
+            return f"{path.absolute()}: input not found"
+    if nodules is not None and not nodules.exists():
+        return f"{nodules}: table file not found"
+    return None
 
 
 def _terminate(signum: int, frame: object) -> None:
