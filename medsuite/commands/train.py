@@ -47,6 +47,8 @@ def command(
     for name, comp in result.metrics["comparisons"].items():
         b = comp["bootstrap"]
         typer.echo(f"  vs {name}: AUC difference {comp['difference']:+.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}], p={b['p_value']:.3g}")
+    if result.metrics.get("baselines_skipped"):
+        typer.echo(f"  baselines skipped: {result.metrics['baselines_skipped']}")
     typer.echo(f"bundle: {result.bundle}")
     typer.echo(f"report: {result.report}")
     typer.echo(f"log:    {result.run_dir / 'train.log'}")

@@ -80,8 +80,32 @@ def command(
     typer.echo(f"medsuite viewer: http://{host}:{port}  (Ctrl+C stops it)", err=True)
     argv = streamlit_argv(db, address=address, port=port, bundle=bundle, auth_users=auth_users, oidc=oidc,
                           idle_minutes=idle_minutes, cache=cache)
+    raise typer.Exit(run_viewer(argv))
+
+
+def _end_with_parent() -> None:
+    """In the viewer's process, before Streamlit starts: the kernel sends it SIGTERM when `medsuite view`
+    ends in any way (SIGTERM, kill -9), so that no server is left listening without its parent."""
+    import ctypes
+    import signal
+
     try:
-        code = subprocess.call(argv)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_viewer(argv: list[str]) -> int:
+    """Run the Streamlit server as a child that ends with this process; returns its exit status (Ctrl+C,
+    which reaches both processes, is the normal way to stop it: 0)."""
+    linux = sys.platform.startswith("linux")
+    proc = subprocess.Popen(argv, preexec_fn=_end_with_parent if linux else None)  # noqa: PLW1509 - no threads yet
+    try:
+        return proc.wait()
     except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait()
+        return 0

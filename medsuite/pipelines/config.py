@@ -54,6 +54,14 @@ class DataConfig(_Strict):
     def _none_is_off(cls, value: str | None) -> str | None:
         return None if value is None or value.strip().lower() in ("", "none", "off", "false") else value
 
+    @field_validator("positive", mode="before")
+    @classmethod
+    def _label_as_text(cls, value: Any) -> Any:
+        """Labels are compared as text: ``positive: 1`` (a 0/1 label column) means the label ``'1'``."""
+        if isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
+            return str(int(value))
+        return value
+
 
 class BlockConfig(_Strict):
     """The model's input; `type` names a block of `medsuite.data.blocks`, the rest are its arguments."""
@@ -190,15 +198,26 @@ def _resolve(path: Path | None, base: Path) -> Path | None:
     return path if path.is_absolute() else (base / path)
 
 
-def _check_inputs(cfg: PipelineConfig, source: str) -> None:
+def _where(given: Path | None, base: Path) -> str:
+    """How a relative path was read, for a 'not found' message (the user may have meant the config's folder)."""
+    if given is None or given.expanduser().is_absolute():
+        return ""
+    return f" ({str(given)!r} is taken from the folder the command runs in, {base}; give an absolute path, or run it from the folder the path is relative to)"
+
+
+def _check_inputs(cfg: PipelineConfig, source: str, given: dict[str, Path | None] | None = None,
+                  base: Path | None = None) -> None:
     from medsuite.data.tables import TableError, read_table
 
+    given, base = given or {}, base or Path.cwd()
     if not cfg.data.table.is_file():
-        raise ConfigError(f"{source}: data.table: file not found: {cfg.data.table}")
+        raise ConfigError(f"{source}: data.table: file not found: {cfg.data.table}{_where(given.get('table'), base)}")
     if cfg.data.dicom_root is not None and not cfg.data.dicom_root.exists():
-        raise ConfigError(f"{source}: data.dicom_root: folder not found: {cfg.data.dicom_root}")
+        raise ConfigError(f"{source}: data.dicom_root: folder not found: {cfg.data.dicom_root}"
+                          f"{_where(given.get('dicom_root'), base)}")
     if cfg.model.init_from is not None and not cfg.model.init_from.exists():
-        raise ConfigError(f"{source}: model.init_from: bundle not found: {cfg.model.init_from}")
+        raise ConfigError(f"{source}: model.init_from: bundle not found: {cfg.model.init_from}"
+                          f"{_where(given.get('init_from'), base)}")
     try:
         table = read_table(cfg.data.table)
     except TableError as exc:
@@ -254,11 +273,20 @@ def table_problems(cfg: PipelineConfig, table: Any) -> list[str]:
     return problems
 
 
+def splitter(cfg: PipelineConfig, table: Any) -> Any:
+    """The splitter the run uses (the one the check before it uses too): the table's split column when it has
+    it, else the seeded split by patient, stratified by label unless ``data.split.stratify`` is false."""
+    from medsuite.pipelines.nodule import splitter_for
+
+    split = cfg.data.split
+    return splitter_for(table, column=split.column, valid_pct=split.valid_pct, test_pct=split.test_pct, seed=split.seed,
+                        positive=cfg.data.positive, stratify=split.stratify)
+
+
 def _split_problems(cfg: PipelineConfig, table: Any, labels: list[str]) -> list[str]:
     """The split the run will use (the table's column, or the seeded random split by patient), checked:
     every class in train, in valid (it picks the operating threshold) and in test (the held-out report)."""
     from medsuite.data.splitters import SPLITS
-    from medsuite.pipelines.nodule import splitter_for
 
     split = cfg.data.split
     column = split.column
@@ -277,10 +305,10 @@ def _split_problems(cfg: PipelineConfig, table: Any, labels: list[str]) -> list[
     fix = ("move patients between the sets" if by_column else
            "change data.split.seed or the percentages, or give the table a split column")
     try:
-        sets = splitter_for(table, column=column, valid_pct=split.valid_pct, test_pct=split.test_pct, seed=split.seed,
-                            positive=cfg.data.positive)(table)
+        sets = splitter(cfg, table)(table)
     except ValueError as exc:
-        return [f"{key}: {exc}"]
+        unstratified = "" if by_column or not split.stratify else ", set data.split.stratify to false"
+        return [f"{key}: {exc}; {fix}{unstratified}"]
     problems = []
     for part in SPLITS:
         rows = sets.get(part, [])
@@ -307,12 +335,13 @@ def config_from_dict(raw: dict[str, Any], *, source: str = "config", base_dir: P
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
     base = base_dir or Path.cwd()
+    given = {"table": cfg.data.table, "dicom_root": cfg.data.dicom_root, "init_from": cfg.model.init_from}
     cfg.data.table = _resolve(cfg.data.table, base)
     cfg.data.dicom_root = _resolve(cfg.data.dicom_root, base)
     cfg.data.cache_dir = _resolve(cfg.data.cache_dir, base)
     cfg.model.init_from = _resolve(cfg.model.init_from, base)
     if check_inputs:
-        _check_inputs(cfg, source)
+        _check_inputs(cfg, source, given, base)
     return cfg
 
 

@@ -22,7 +22,7 @@ from medsuite.data.block import DataBlock, DataLoaders
 from medsuite.data.blocks import Category, InputBlock, SliceStack
 from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.source import VolumeSource
-from medsuite.data.splitters import ColumnSplitter, StratifiedPatientSplitter
+from medsuite.data.splitters import ColumnSplitter, PatientSplitter, StratifiedPatientSplitter
 from medsuite.data.tables import read_table, validate_nodule_table
 from medsuite.pipelines.tasks import TaskLearner, make_learner
 
@@ -42,11 +42,13 @@ def label_vocab(labels: pd.Series, positive: str) -> list[str]:
 
 
 def splitter_for(table: pd.DataFrame, *, column: str | None = "split", valid_pct: float = 0.2, test_pct: float = 0.2,
-                 seed: int = 0, positive: str | None = None) -> Any:
-    """The table's own split column when it has one, else a label-stratified split by patient (a patient
-    counts as ``positive`` when any of their rows is)."""
+                 seed: int = 0, positive: str | None = None, stratify: bool = True) -> Any:
+    """The table's own split column when it has one, else a split by patient: label-stratified (a patient
+    counts as ``positive`` when any of their rows is), or plain random with ``stratify=False``."""
     if column and column in table.columns:
         return ColumnSplitter(column)
+    if not stratify:
+        return PatientSplitter(valid_pct=valid_pct, test_pct=test_pct, seed=seed)
     return StratifiedPatientSplitter(valid_pct=valid_pct, test_pct=test_pct, seed=seed, positive=positive)
 
 

@@ -55,6 +55,16 @@ def default_arch(block: InputBlock, n_classes: int) -> tuple[str, dict[str, Any]
     raise ValueError(f"no default architecture for block {type(block).__name__}")
 
 
+def model_choice(block: InputBlock, n_classes: int, arch: str | None = None,
+                 arch_kwargs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The architecture to build and its arguments: ``arch`` (default: the block's own) with ``arch_kwargs``
+    over the arguments that fit the block. One choice for training and for checking a config before it."""
+    default_name, default_kwargs = default_arch(block, n_classes)
+    name = arch or default_name
+    base = default_kwargs if name == default_name else {"in_channels": default_kwargs["in_channels"], "n_classes": n_classes}
+    return name, {**base, **(arch_kwargs or {})}
+
+
 def plain_loader(dls: Any, split: str, bs: int | None = None) -> torch.utils.data.DataLoader:
     """The items of `split` in table order, without augmentation (for indexing and evaluation)."""
     source = {"train": dls.train, "valid": dls.valid, "test": dls.test}[split]
@@ -219,9 +229,7 @@ def make_learner(dls: Any, *, task: Task, arch: str | None = None, arch_kwargs: 
     With ``seed`` the initial weights are drawn from that seed inside a forked RNG: the caller's global
     random state is left exactly as it was.
     """
-    default_name, default_kwargs = default_arch(dls.block, len(dls.vocab))
-    name = arch or default_name
-    args = {**(default_kwargs if name == default_name else {"in_channels": default_kwargs["in_channels"], "n_classes": len(dls.vocab)}), **(arch_kwargs or {})}
+    name, args = model_choice(dls.block, len(dls.vocab), arch, arch_kwargs)
     positive = resolve_positive(dls, positive)
     seed = kwargs.get("seed")
     with torch.random.fork_rng(devices=[]):

@@ -37,7 +37,7 @@ from medsuite.pipelines.baselines import (
     largest_diameter_baseline,
     radiomics_baseline,
 )
-from medsuite.pipelines.config import ConfigError, PipelineConfig
+from medsuite.pipelines.config import ConfigError, PipelineConfig, splitter
 from medsuite.pipelines.evaluation import Evaluation, compare_with_baselines, evaluate, write_report
 from medsuite.pipelines.radiomics import feature_table
 from medsuite.pipelines.tasks import TaskLearner
@@ -75,10 +75,7 @@ def build_dataloaders(cfg: PipelineConfig, source: VolumeSource, table: Any = No
     extra = {"soft_targets": cfg.data.soft_targets} if cfg.task == "nodule" else {}
     return module.dataloaders(
         table, block=block, positive=cfg.data.positive, source=source, bs=cfg.data.bs,
-        num_workers=cfg.data.num_workers, seed=cfg.data.split.seed, **extra,
-        splitter=nodule.splitter_for(table, column=cfg.data.split.column, valid_pct=cfg.data.split.valid_pct,
-                                     test_pct=cfg.data.split.test_pct, seed=cfg.data.split.seed,
-                                     positive=cfg.data.positive),
+        num_workers=cfg.data.num_workers, seed=cfg.data.split.seed, **extra, splitter=splitter(cfg, table),
     )
 
 
@@ -148,6 +145,19 @@ def choose_lr(learn: TaskLearner, cfg: PipelineConfig, run_dir: Path, resume: bo
     return lr, result
 
 
+def baseline_problem(table: Any) -> str | None:
+    """Why the size and radiomics baselines cannot be fitted on this table, or None: where some diameters are a
+    default rather than a measurement (LUNA16 candidates: column ``diameter_source``), the diameter tells the
+    label apart (both baselines read it), so a comparison with them would be meaningless."""
+    if "diameter_source" not in table.columns:
+        return None
+    assumed = int((table["diameter_source"].astype(str) != "annotation").sum())
+    if not assumed:
+        return None
+    return (f"{assumed} of {len(table)} rows have a default diameter, not a measured one (column diameter_source): "
+            "the diameter says nothing of their nodule, or gives their label away; no size or radiomics baseline")
+
+
 def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: str) -> list[BaselineResult]:
     """Diameter-only and radiomics + random forest, fitted on train, scored on the held-out split."""
     train, test = dls.items("train"), dls.items(split)
@@ -189,15 +199,12 @@ def _check_model(cfg: PipelineConfig, table: Any) -> None:
     import torch
 
     from medsuite.learn.models import build_model
-    from medsuite.pipelines.tasks import default_arch
+    from medsuite.pipelines.tasks import model_choice
 
     block = block_from_spec(cfg.block.model_dump())
-    n_classes = int(table["label"].astype(str).nunique())
-    default_name, default_kwargs = default_arch(block, n_classes)
-    name = cfg.model.arch or default_name
-    base = default_kwargs if name == default_name else {"in_channels": default_kwargs["in_channels"], "n_classes": n_classes}
+    name, args = model_choice(block, int(table["label"].astype(str).nunique()), cfg.model.arch, cfg.model.kwargs)
     try:
-        model = build_model(name, **{**base, **cfg.model.kwargs})
+        model = build_model(name, **args)
     except (TypeError, ValueError, KeyError) as exc:
         raise ConfigError(f"model: cannot build {name!r} with kwargs {cfg.model.kwargs}: {exc}") from None
     try:
@@ -242,6 +249,8 @@ def run_folder(run_dir: Path, cfg: PipelineConfig, *, resume: bool, force: bool,
     """Lock ``run_dir`` for this run (a second run into it stops at once) and check what it holds: an
     earlier run is resumed (``resume``), replaced (``force``: its files go, the volume cache stays) or
     refused. The lock is released when the block ends, or by the system if the process dies."""
+    if resume and not run_dir.is_dir():  # nothing to resume: refused before the folder is made
+        raise RunFolderError("\n".join(_resume_problems(run_dir, cfg)))
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_NAME
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -350,7 +359,10 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
         with stage("evaluate"):
             evaluation: Evaluation = evaluate(learn, split, predictor=predictor, n_boot=cfg.report.n_boot,
                                               index=CaseIndex.from_bundle(exported))
-        if cfg.report.baselines:
+        skipped = baseline_problem(table) if cfg.report.baselines else None
+        if skipped:
+            log.warning("baselines skipped: %s", skipped)
+        elif cfg.report.baselines:
             with stage("baselines"):
                 baselines = run_baselines(cfg, dls, source, split)
                 compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
@@ -358,7 +370,8 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
             report = write_report(run_dir, title=f"medsuite — {cfg.name} ({cfg.task})", learn=learn, evaluation=evaluation,
                                   lr_result=lr_result, lr=lr, top_losses=cfg.report.top_losses)
         metrics = {"split": split, "lr": lr, "threshold": threshold, "report": evaluation.report,
-                   "knn_agreement": evaluation.knn_agreement, "comparisons": evaluation.comparisons, "timings": timings}
+                   "knn_agreement": evaluation.knn_agreement, "comparisons": evaluation.comparisons, "timings": timings,
+                   **({"baselines_skipped": skipped} if skipped else {})}
         _atomic_json(run_dir / "metrics.json", metrics)
         log.info("done: bundle %s, report %s", bundle, report)
         return TrainResult(run_dir, bundle, report, metrics)

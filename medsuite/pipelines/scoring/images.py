@@ -20,7 +20,7 @@ import pandas as pd
 
 from medsuite.io.sitk_io import image_suffix, is_image_file
 
-__all__ = ["DATA_FILE_SUFFIXES", "image_parts", "image_series_table", "split_image_inputs", "table_image_names"]
+__all__ = ["DATA_FILE_SUFFIXES", "image_data_files", "image_parts", "image_series_table", "split_image_inputs", "table_image_names"]
 
 # data files that sit beside a header file (MetaImage .raw/.zraw, detached NRRD .raw/.raw.gz): not inputs
 DATA_FILE_SUFFIXES = (".raw", ".zraw", ".raw.gz", ".gz")
@@ -70,15 +70,57 @@ def table_image_names(inputs: list[str | Path]) -> dict[Path, dict[str, str]]:
 
 
 def image_parts(images: list[Path] | tuple[Path, ...]) -> set[str]:
-    """Absolute paths of the image files and of their data files (``x.raw`` / ``x.zraw`` beside ``x.mhd``):
-    inputs read as images, which the DICOM scan must neither read nor list as "not DICOM"."""
+    """Absolute paths of the image files and of their data files (``x.raw`` / ``x.zraw`` beside ``x.mhd``,
+    or whatever the header names): inputs read as images, which the DICOM scan must neither read nor list
+    as "not DICOM"."""
     parts: set[str] = set()
     for path in images:
         parts.add(os.path.abspath(path))
         stem = path.name[: -len(image_suffix(path) or "")]
         for suffix in DATA_FILE_SUFFIXES:
             parts.add(os.path.abspath(path.with_name(stem + suffix)))
+        try:
+            parts.update(os.path.abspath(f) for f in image_data_files(path))
+        except (OSError, ValueError):  # an unreadable header: the series becomes an error row when read
+            pass
     return parts
+
+
+_HEADER_KEYS = {".mhd": ("elementdatafile",), ".nhdr": ("data file", "datafile")}
+
+
+def image_data_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files holding the voxels of a detached header (MetaImage ``.mhd``: its ``ElementDataFile``,
+    NRRD ``.nhdr``: its ``data file``), as SimpleITK finds them (relative to the header's folder); ``[]``
+    for a format that keeps the voxels in the file itself. Handles a single name, ``LIST`` (one name a
+    line after it) and a numbered pattern (``slice%03d.raw 1 40 1``)."""
+    path = Path(path)
+    keys = _HEADER_KEYS.get(image_suffix(path) or "")
+    if keys is None:
+        return []
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)  # headers are text and small; a detached header holds no voxels
+    lines = head.decode("latin-1").splitlines()
+    for i, line in enumerate(lines):
+        key, sep, value = line.partition("=" if keys[0] == "elementdatafile" else ":")
+        if not sep or key.strip().lower() not in keys:
+            continue
+        value = value.strip()
+        words = value.split()
+        if not words or value.upper() == "LOCAL":
+            return []
+        if words[0].upper() == "LIST":
+            names = [x.strip() for x in lines[i + 1:] if x.strip()]
+        elif "%" in words[0] and len(words) >= 3:
+            first, last = int(words[1]), int(words[2])
+            step = int(words[3]) if len(words) > 3 else 1
+            if step == 0:
+                raise ValueError(f"{path}: data file pattern {value!r} has step 0")
+            names = [words[0] % n for n in range(first, last + (1 if step > 0 else -1), step)]
+        else:
+            names = [value]
+        return [Path(n) if Path(n).is_absolute() else path.parent / n for n in names]
+    raise ValueError(f"{path}: the header names no data file ({' / '.join(keys)})")
 
 
 def _header(path: Path) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from medsuite.pipelines.scoring.stages import (
 
 log = logging.getLogger("medsuite.scoring")
 
-__all__ = ["RayEngine", "RayOptions", "discover_on_ray"]
+__all__ = ["RayEngine", "RayOptions", "discover_on_ray", "ship_payload"]
 
 
 @dataclass(frozen=True)
@@ -62,14 +62,42 @@ def scan_task(files: list[str]) -> tuple[str, list[Any]]:
     return ray.get_runtime_context().get_node_id(), scan_chunk(files)
 
 
+def ship_payload(files: Sequence[str]) -> list[tuple[str, bytes]]:
+    """What ``--ray-ship-inputs`` sends of one series, read on the driver: each DICOM file; or an image file
+    with the data files its header names (``x.mhd`` + ``x.raw``), under their names relative to the header,
+    so that the header finds them in the node's copy. A data file outside the header's folder is refused
+    (the copy could not put it where the header says)."""
+    from medsuite.io.sitk_io import is_image_file
+    from medsuite.pipelines.scoring.images import image_data_files
+
+    if len(files) == 1 and is_image_file(files[0]):
+        header = Path(files[0])
+        names = [header.name]
+        for data in image_data_files(header):
+            relative = os.path.relpath(data, header.parent)
+            if os.path.isabs(relative) or relative.split(os.sep)[0] == os.pardir:
+                raise ValueError(f"{header}: its data file {data} is outside the header's folder, so it cannot be "
+                                 "shipped to the Ray nodes; put it beside the header, or score without "
+                                 "--ray-ship-inputs on storage every node sees")
+            names.append(relative)
+        return [(name, (header.parent / name).read_bytes()) for name in names]
+    return [(os.path.basename(f), Path(f).read_bytes()) for f in files]
+
+
 def _materialise(item: WorkItem, payload: list[tuple[str, bytes]], folder: str) -> WorkItem:
+    """The shipped files written into ``folder``: an image file and its data files under their own
+    (relative) names, DICOM files numbered (two files of a series may share a name in different folders)."""
+    from medsuite.io.sitk_io import is_image_file
+
+    image = len(item.files) == 1 and is_image_file(item.files[0])
     paths = []
     for i, (name, data) in enumerate(payload):
-        path = os.path.join(folder, f"{i:06d}_{name}")
+        path = os.path.join(folder, name if image else f"{i:06d}_{name}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as fh:
             fh.write(data)
         paths.append(path)
-    return replace(item, files=tuple(paths))
+    return replace(item, files=tuple(paths[:1] if image else paths))
 
 
 def _restore_paths(prepared: Prepared, folder: str, source: str) -> Prepared:
@@ -350,6 +378,7 @@ class RayEngine:
         self.ready: deque[_Job] = deque()
         self.calls: dict[Any, _Call] = {}
         self.done: set[str] = set()
+        self.refused: deque[SeriesResult] = deque()  # series whose files could not be shipped
         self._last_progress = self._last_health = self.stats.started = time.monotonic()
         total = len({i.series_uid for i in items})
         try:
@@ -357,6 +386,8 @@ class RayEngine:
                 now = time.monotonic()
                 self._scale(now)
                 self._submit()
+                while self.refused:
+                    yield self.refused.popleft()
                 self._dispatch()
                 yield from self._collect()
                 if time.monotonic() - self._last_health > 2.0:
@@ -383,7 +414,12 @@ class RayEngine:
                 continue
             payload = None
             if self.options.ship_inputs:
-                payload = ray.put([(os.path.basename(f), Path(f).read_bytes()) for f in job.item.files])
+                try:
+                    payload = ray.put(ship_payload(job.item.files))
+                except (OSError, ValueError) as exc:  # unreadable here, or cannot travel: that series' error
+                    self.done.add(job.item.series_uid)
+                    self.refused.append(SeriesResult(job.item.series_uid, errors=[("read", _describe(exc))]))
+                    continue
             meta, data = self.task.remote(job.item, self.spec, self.read_options, payload, self.prepare_fn)
             job.data = data
             self.preparing[meta] = (job, time.monotonic())

@@ -391,7 +391,7 @@ def _run(cfg: ScoreConfig, bundle: Any, nodules: pd.DataFrame | None, rules: Rul
     args["inputs"] = [scrub(str(p)) for p in cfg.inputs]
     args["rules_applied"] = rules.as_dict()
     decisions = decide(series, rules)
-    db.start_run(run_id, bundle_name=bundle.name, bundle_sha256=bundle.sha256, bundle_path=str(cfg.bundle),
+    db.start_run(run_id, bundle_name=bundle.name, bundle_sha256=bundle.sha256, bundle_path=str(Path(cfg.bundle).resolve()),
                  task=bundle.task, engine=cfg.engine, args=args)
     n_scored = n_failed = 0
     status = "failed"
@@ -504,8 +504,34 @@ class _Engine:
         return self.ray.stats.lines() if self.ray is not None else []
 
 
+class _LineProgress:
+    """Progress where stderr is a log, not a terminal (a scheduler's file, a pipe): a plain line at most
+    every ``every_s`` seconds, never a carriage-return bar update."""
+
+    def __init__(self, total: int, every_s: float = 60.0) -> None:
+        self.total, self.every_s, self.done = total, every_s, 0
+        self.start = self.last = time.monotonic()
+        self.postfix: dict[str, Any] = {}
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9) * 60
+            extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            print(f"scoring: {self.done}/{self.total} series ({rate:.1f}/min{extra})", file=sys.stderr, flush=True)
+
+    def set_postfix(self, refresh: bool = False, **values: Any) -> None:
+        self.postfix = values
+
+    def close(self) -> None:
+        pass
+
+
 class _progress:
-    """A tqdm bar on stderr (counts, rate, ETA), or nothing when disabled."""
+    """A tqdm bar on stderr (counts, rate, ETA) when it is a terminal, else a line a minute; or nothing when
+    disabled."""
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.total, self.enabled = total, enabled
@@ -514,6 +540,9 @@ class _progress:
         if not self.enabled:
             self.bar = None
             return None
+        if not sys.stderr.isatty():
+            self.bar = _LineProgress(self.total)
+            return self.bar
         from tqdm import tqdm
 
         self.bar = tqdm(total=self.total, unit="series", file=sys.stderr, dynamic_ncols=True, desc="scoring",

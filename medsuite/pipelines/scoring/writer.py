@@ -42,12 +42,16 @@ def _meta(row: dict[str, Any], key: str) -> Any:
 
 
 def _source(row: dict[str, Any]) -> str | None:
+    """Where the series' files are, as an absolute path with no ``..`` or symlink left (the viewer opens it
+    from whatever folder it was started in); this runs on the driver, whose paths the discovery listed."""
     files = row.get("files")
     if files is None or len(files) == 0:
-        return _meta(row, "path")
+        path = _meta(row, "path")
+        return None if path is None else str(Path(str(path)).resolve())
     if len(files) == 1 and is_image_file(str(files[0])):
-        return str(files[0])  # an image file (.mhd, .nrrd, .nii.gz) is the whole series
-    return str(Path(os.path.commonpath([str(f) for f in files])) if len(files) > 1 else Path(str(files[0])).parent)
+        return str(Path(str(files[0])).resolve())  # an image file (.mhd, .nrrd, .nii.gz) is the whole series
+    where = Path(os.path.commonpath([str(f) for f in files])) if len(files) > 1 else Path(str(files[0])).parent
+    return str(where.resolve())
 
 
 class ScoreStore:
