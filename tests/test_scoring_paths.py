@@ -11,6 +11,7 @@ import pytest
 import scoring_support as S
 
 from medsuite.data.source import read_path
+from medsuite.io.phi import Pseudonymizer
 from medsuite.pipelines.scoring import ScoreConfig, score
 
 
@@ -31,9 +32,12 @@ def test_sources_and_bundle_are_stored_resolved(tmp_path: Path, monkeypatch: pyt
                              rules=["modality=any"]))
     assert done.exit_code == 0
     with sqlite3.connect("out/medsuite.db") as db:
-        sources = dict(db.execute("SELECT series_uid, source FROM series"))
+        sealed = dict(db.execute("SELECT series_uid, source FROM series"))
         (bundle_path,) = db.execute("SELECT bundle_path FROM runs").fetchone()
-    assert set(sources) == {*cohort["good"], "1.2.826.0.1.7"}
+    assert set(sealed) == {*cohort["good"], "1.2.826.0.1.7"}
+    assert all(s.startswith("phi1:") for s in sealed.values())  # locations are sealed in the outputs
+    keys = Pseudonymizer.from_key_file()
+    sources = {uid: keys.unseal(s) for uid, s in sealed.items()}
     real = data.resolve()
     assert sources["1.2.826.0.1.7"] == str(real / "images" / "1.2.826.0.1.7.mhd")
     assert all(os.path.isabs(s) and ".." not in Path(s).parts and s.startswith(str(real)) for s in sources.values())
