@@ -145,3 +145,13 @@ def test_centred_similarities_spread_and_travel_with_facts_and_stacks():
     faint[0, 2:6, 2:6] = 0.3
     t = thumbnail(faint, 8, preview=lambda s: s[0], value_range=(0.0, 1.0))
     assert t.max() == round(0.3 * 255) and t.min() == round(0.2 * 255)
+
+
+@pytest.mark.parametrize(("field", "images"), [
+    ("thumbnails", np.zeros((3, 8, 8), dtype=np.float32)),   # not uint8
+    ("thumbnails", np.zeros((2, 8, 8), dtype=np.uint8)),     # one short
+    ("stacks", np.zeros((3, 8, 8), dtype=np.uint8)),         # no depth axis
+])
+def test_case_index_refuses_images_of_the_wrong_kind(field, images):
+    with pytest.raises(ValueError, match=f"CaseIndex: {field} must be uint8 \\(n=3"):
+        CaseIndex(np.eye(3, 4, dtype=np.float32), ["a", "b", "c"], **{field: images})

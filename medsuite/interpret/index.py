@@ -44,6 +44,16 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return v / np.where(unit, 1.0, norms)
 
 
+def _images(images: np.ndarray | None, name: str, n: int, axes: str) -> np.ndarray | None:
+    """``images`` as a uint8 array of shape ``(n, *axes)``, or a ValueError naming what is wrong (None stays None)."""
+    if images is None:
+        return None
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 1 + len(axes.split(",")) or len(images) != n:
+        raise ValueError(f"CaseIndex: {name} must be uint8 (n={n}, {axes}), got {images.dtype} {images.shape}")
+    return images
+
+
 class CaseIndex:
     """Reference cases: L2-normalised float32 embeddings ``(n, D)``, ids, labels, uint8 thumbnails ``(n, h, w)``.
 
@@ -78,22 +88,14 @@ class CaseIndex:
         self.labels = list(labels) if labels is not None else [None] * n
         if len(self.labels) != n:
             raise ValueError(f"CaseIndex: {len(self.labels)} labels for {n} embeddings")
-        if thumbnails is not None:
-            thumbnails = np.asarray(thumbnails)
-            if thumbnails.dtype != np.uint8 or thumbnails.ndim != 3 or len(thumbnails) != n:
-                raise ValueError(f"CaseIndex: thumbnails must be uint8 (n={n}, h, w), got {thumbnails.dtype} {thumbnails.shape}")
-        self.thumbnails = thumbnails
+        self.thumbnails = _images(thumbnails, "thumbnails", n, "h, w")
         self.centre = None if centre is None else np.asarray(centre, dtype=np.float32).reshape(-1)
         if self.centre is not None and self.centre.shape[0] != self.embeddings.shape[1]:
             raise ValueError(f"CaseIndex: centre has {self.centre.shape[0]} values for {self.embeddings.shape[1]}-d embeddings")
         self.info = [dict(v or {}) for v in info] if info is not None else [{} for _ in range(n)]
         if len(self.info) != n:
             raise ValueError(f"CaseIndex: {len(self.info)} info entries for {n} embeddings")
-        if stacks is not None:
-            stacks = np.asarray(stacks)
-            if stacks.dtype != np.uint8 or stacks.ndim != 4 or len(stacks) != n:
-                raise ValueError(f"CaseIndex: stacks must be uint8 (n={n}, d, h, w), got {stacks.dtype} {stacks.shape}")
-        self.stacks = stacks
+        self.stacks = _images(stacks, "stacks", n, "d, h, w")
         self.meta = dict(meta or {})
         self._ann: Any = None
         self._ef: int = 64
