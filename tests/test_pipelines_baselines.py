@@ -92,3 +92,18 @@ def test_largest_diameter_baseline_for_series() -> None:
     assert config_from_dict(base, check_inputs=False).report.baselines == ["largest_diameter"]
     with pytest.raises(ConfigError, match="largest_diameter"):
         config_from_dict({**base, "task": "nodule", "block": {"type": "SliceStack"}}, check_inputs=False)
+
+
+def test_patch3d_baseline_scores_the_held_out_items_and_says_its_cost(tmp_path) -> None:
+    from pipeline_cohort import make_cohort
+
+    from medsuite.data.source import VolumeSource
+    from medsuite.pipelines.baselines import PATCH3D_SPEC, patch3d_baseline
+
+    table = make_cohort(tmp_path, patients=8, nodules_per_patient=2)
+    source = VolumeSource(tmp_path, cache_dir=tmp_path / "cache")
+    splits = {name: table[table["split"] == name].reset_index(drop=True) for name in ("train", "valid", "test")}
+    result = patch3d_baseline(splits, "test", source, "malignant", epochs=1, bs=4)
+    assert result.name == "patch3d_cnn" and result.probs.shape == (len(splits["test"]),)
+    assert np.all((result.probs >= 0) & (result.probs <= 1))
+    assert result.cost["epochs"] == 1 and result.cost["train_min"] > 0 and result.cost["block"] == PATCH3D_SPEC

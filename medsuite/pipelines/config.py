@@ -113,8 +113,10 @@ class PredictorConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    # nodule task: diameter, radiomics; series task: largest_diameter (needs a max_diameter_mm column)
-    baselines: list[Literal["diameter", "radiomics", "largest_diameter"]] = Field(default_factory=lambda: ["diameter", "radiomics"])
+    # nodule task: diameter, radiomics, patch3d (a 3D CNN trained on the same items: minutes more);
+    # series task: largest_diameter (needs a max_diameter_mm column)
+    baselines: list[Literal["diameter", "radiomics", "patch3d", "largest_diameter"]] = Field(
+        default_factory=lambda: ["diameter", "radiomics"])
     n_boot: int = Field(1000, ge=100)
     top_losses: int = Field(12, ge=0)
     tta: bool = False  # kept for older configs: the same as predictor.tta (the report measures the bundle's predictor)

@@ -358,12 +358,16 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
     if evaluation.comparisons:
         s = rep.section("Against the baselines (paired, same items)")
         rows = []
+        costs = {b.name: b.cost for b in evaluation.baselines if b.cost}
         for name, c in evaluation.comparisons.items():
             rows.append({"baseline": name, "baseline AUC": c["auc_b"], "model AUC": c["auc_a"], "difference": c["difference"],
                          "DeLong 95% CI": f"[{c['delong']['ci_low']:.3f}, {c['delong']['ci_high']:.3f}]", "DeLong p": c["delong"]["p_value"],
                          "bootstrap 95% CI": f"[{c['bootstrap']['ci_low']:.3f}, {c['bootstrap']['ci_high']:.3f}]",
-                         "bootstrap p": c["bootstrap"]["p_value"]})
+                         "bootstrap p": c["bootstrap"]["p_value"],
+                         **({"training (min)": costs[name].get("train_min")} if costs else {})})
         rep.table(s, pd.DataFrame(rows))
+        for name, cost in costs.items():
+            rep.text(s, f"{name}: " + ", ".join(f"{k} {v}" for k, v in cost.items()) + ".")
         rep.text(s, "The difference is the model's AUC minus the baseline's on the same held-out items; a CI that excludes 0 "
                     "means the model is better (or worse) than the baseline beyond sampling noise. Two overlapping CIs alone say nothing.")
     radiomics = next((b for b in evaluation.baselines if b.importance is not None), None)

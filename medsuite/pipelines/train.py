@@ -35,6 +35,7 @@ from medsuite.pipelines.baselines import (
     BaselineResult,
     diameter_baseline,
     largest_diameter_baseline,
+    patch3d_baseline,
     radiomics_baseline,
 )
 from medsuite.pipelines.config import ConfigError, PipelineConfig, splitter
@@ -159,7 +160,8 @@ def baseline_problem(table: Any) -> str | None:
 
 
 def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: str) -> list[BaselineResult]:
-    """Diameter-only and radiomics + random forest, fitted on train, scored on the held-out split."""
+    """The configured baselines (diameter, radiomics + random forest, the Patch3D 3D CNN; the series' largest
+    nodule diameter), fitted on train, scored on the held-out split."""
     train, test = dls.items("train"), dls.items(split)
     results = []
     if "diameter" in cfg.report.baselines:
@@ -169,6 +171,10 @@ def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: st
     if "radiomics" in cfg.report.baselines:
         f_train, f_test = feature_table(train, source.get), feature_table(test, source.get)
         results.append(radiomics_baseline(f_train, train["label"], f_test, test["label"], cfg.data.positive, seed=cfg.train.seed))
+    if "patch3d" in cfg.report.baselines:
+        splits = {"train": train, "valid": dls.items("valid"), split: test}
+        results.append(patch3d_baseline(splits, split, source, cfg.data.positive, bs=cfg.data.bs,
+                                        num_workers=cfg.data.num_workers, seed=cfg.train.seed))
     return results
 
 
