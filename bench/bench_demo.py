@@ -38,7 +38,7 @@ def per_patient(n: int, seed: int) -> tuple[float, float, list[float], list[int]
 
     make_patient, plan_cohort = demo.make_patient, demo.plan_cohort
     # older checkouts (to compare against: PYTHONPATH=<old tree>) have no indexed database copy
-    indexed = getattr(demo, "_indexed_copy", nullcontext)
+    indexed = getattr(demo, "indexed_lidc_copy", None)
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -47,7 +47,8 @@ def per_patient(n: int, seed: int) -> tuple[float, float, list[float], list[int]
         specs = plan_cohort(out, n + 1, seed)
         plan_s = time.process_time() - t0
         times, slices = [], []
-        with indexed(specs[0].db_path) as db_path:  # as make_demo_cohort does, once per cohort
+        copy = indexed(specs[0].db_path, out) if indexed else nullcontext(specs[0].db_path)
+        with copy as db_path:  # as make_demo_cohort does, once per cohort
             specs = [replace(s, db_path=db_path) for s in specs]
             make_patient(specs[0])  # warm-up: imports, page cache
             for spec in specs[1:]:

@@ -11,9 +11,9 @@ that they were not tuned to that generator. Everything that makes the image diff
   straight vessel segments, a rib ring, a mediastinum) instead of the demo's branching trees;
 - **acquisition**: a grid of its own (0.6-0.8 mm pixels, 0.625-2.5 mm slices; not the source scan's), a sharper
   reconstruction kernel (edge enhancement, less smoothing of the noise) and other noise levels;
-- **split**: 70 % / 30 % of patients train / test (no separate valid split; the pipeline makes its own).
+- **split**: by patient, 60 % / 12 % / 28 % train / valid / test (``--valid``, ``--test``).
 
-    python bench/cohort_b.py /tmp/cohort_b -n 800 -w 2
+    python bench/cohort_b.py /tmp/cohort_b -n 1000 -w 2
 
 Writes ``dicom/<patient>/``, ``nodules.csv`` (the nodule table with ``malignancy``, ``malignancy_mean``,
 ``malignancy_r1..r4``, ``n_readers``, ``split``) and ``series.csv`` like the demo cohort.
@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from medsuite.data.demo.cohort import MAX_DIAMETER_MM, _indexed_copy, _uid, reader_ratings
+from medsuite.data.demo import MAX_DIAMETER_MM, indexed_lidc_copy, reader_ratings
 from medsuite.data.lidc import LidcDatabase, annotation_mask, lidc_nodules
 
 
@@ -206,7 +207,7 @@ def make_patient(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
                      "slice_thickness": thickness, "pixel_spacing": ps, "manufacturer": spec["manufacturer"]})
     noise = float(rng.uniform(18, 55) * np.sqrt(1.25 / thickness))
     array = scanner(hu, spacing, noise, rng)
-    study_uid, series_uid = _uid("cohort-b", spec["seed"], "study"), _uid("cohort-b", spec["seed"], "series")
+    study_uid, series_uid = (str(generate_uid(entropy_srcs=["cohort-b", str(spec["seed"]), part])) for part in ("study", "series"))
     volume = Volume(array, spacing=spacing, origin=tuple(origin), series_uid=series_uid, study_uid=study_uid, modality="CT",
                     meta={"manufacturer": spec["manufacturer"], "slice_thickness": thickness})
     out = Path(spec["out"]) / "dicom" / spec["patient_id"]
@@ -223,6 +224,11 @@ def make_patient(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     return rows, series
 
 
+def split_of(u: float, valid: float, test: float) -> str:
+    """The split of a patient drawn ``u`` ~ U(0, 1): test, valid, else train."""
+    return "test" if u < test else "valid" if u < test + valid else "train"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
@@ -230,6 +236,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-nodules", type=int, default=6)
     ap.add_argument("-w", "--workers", type=int, default=2)
+    ap.add_argument("--valid", type=float, default=0.12, help="fraction of patients in the valid split")
+    ap.add_argument("--test", type=float, default=0.28, help="fraction of patients in the test split")
     args = ap.parse_args()
     t0 = time.time()
     rng = np.random.default_rng(args.seed)
@@ -252,10 +260,10 @@ def main() -> None:
                             "n_readers": row["n_readers"], "texture": row["texture"], "calcification": row["calcification"],
                             "ratings": reader_ratings(ann, ids)})
         specs.append({"patient_id": f"B-{i + 1:04d}", "seed": int(rng.integers(2**31)), "nodules": nodules,
-                      "split": "test" if rng.random() < 0.3 else "train", "out": str(args.out),
+                      "split": split_of(rng.random(), args.valid, args.test), "out": str(args.out),
                       "manufacturer": str(rng.choice(["VENDOR-A", "VENDOR-B", "VENDOR-C"]))})
     (args.out / "dicom").mkdir(parents=True, exist_ok=True)
-    with _indexed_copy(db_path) as fast:
+    with indexed_lidc_copy(db_path, args.out) as fast:
         for s in specs:
             s["db"] = fast
         with ProcessPoolExecutor(args.workers) as pool:

@@ -20,7 +20,9 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     test = nodules[nodules["split"] == "test"]
     assert result.bundle == tmp_path / "malignancy.bundle" and (result.bundle / "bundle.json").is_file()
     assert result.report == tmp_path / "run" / "report.html" and "Against the baselines" in result.report.read_text()
-    assert set(result.metrics["comparisons"]) == {"diameter", "radiomics_rf"}
+    # the demo fuses the table's diameter: the image model alone is compared too, and the 3D CNN with its cost
+    assert set(result.metrics["comparisons"]) == {"diameter", "radiomics_rf", "patch3d_cnn", "image only (no covariates)"}
+    assert "patch3d_cnn: train_min" in result.report.read_text()
     assert result.score_exit_code == 0
     scores = pd.read_csv(tmp_path / "scores" / "scores.csv")
     # held-out nodules only, each once; their ids (which hold the patient ids) as keyed pseudonyms

@@ -66,7 +66,8 @@ def test_cli_train_writes_bundle_report_and_baseline_comparison(cohort: Path, tm
     for heading in ("Data", "Training", "Held-out performance", "Against the baselines", "radiomics random forest", "Top losses"):
         assert heading in html
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["comparisons"]) == {"diameter", "radiomics_rf"}
+    # the default config fuses the diameter: the image model alone is compared too
+    assert set(metrics["comparisons"]) == {"diameter", "radiomics_rf", "image only (no covariates)"}
     assert metrics["report"]["n"] == len(pd.read_csv(cohort / "nodules.csv").query("split == 'test'"))
     assert (out / "malignancy.bundle" / "bundle.json").is_file()
     assert (out / "roc.png").is_file() and (out / "calibration.png").is_file()

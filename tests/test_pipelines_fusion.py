@@ -119,3 +119,22 @@ def test_explain_a_fused_bundle_with_and_without_the_covariates(fused_bundle):
     # the same map up to the fusion's image weight (float32 log-odds: the constant covariate term costs a few digits)
     assert np.corrcoef(a, b)[0, 1] > 0.999
     assert np.median(a[b != 0] / b[b != 0]) == pytest.approx(fusion.image_weight, rel=0.02)
+
+
+def test_viewer_stability_of_a_fused_bundle_uses_the_nodule_covariates(fused_bundle):
+    from medsuite.io.load import read_volume
+    from medsuite.viewer.score_panel import stability
+
+    root, path = fused_bundle
+    bundle = load_bundle(path)
+    predictor = Predictor.from_bundle(bundle)
+    row = pd.read_csv(root / "nodules.csv").iloc[0]
+    volume = read_volume(root / row["patient_id"])
+    center = (row["x_mm"], row["y_mm"], row["z_mm"])
+    cov = (("diameter_mm", float(row["diameter_mm"])), ("density", float(row["density"])))
+    res = stability(predictor, bundle.block, volume, center, covariates=cov)
+    sample = bundle.block.sample(volume, np.array(center))[None]
+    assert res["centre"] == pytest.approx(predictor.positive_score(sample, covariates={k: [v] for k, v in cov})[0], abs=1e-6)
+    assert res["low"] <= res["centre"] <= res["high"] and res["n_flips"] == len(predictor.tta)
+    with pytest.raises(PredictorError, match="density"):  # without the covariates a fused score cannot be recomputed
+        stability(predictor, bundle.block, volume, center)

@@ -364,7 +364,7 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
                          "DeLong 95% CI": f"[{c['delong']['ci_low']:.3f}, {c['delong']['ci_high']:.3f}]", "DeLong p": c["delong"]["p_value"],
                          "bootstrap 95% CI": f"[{c['bootstrap']['ci_low']:.3f}, {c['bootstrap']['ci_high']:.3f}]",
                          "bootstrap p": c["bootstrap"]["p_value"],
-                         **({"training (min)": costs[name].get("train_min")} if costs else {})})
+                         **({"training (min)": costs.get(name, {}).get("train_min")} if costs else {})})
         rep.table(s, pd.DataFrame(rows))
         for name, cost in costs.items():
             rep.text(s, f"{name}: " + ", ".join(f"{k} {v}" for k, v in cost.items()) + ".")

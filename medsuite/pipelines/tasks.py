@@ -150,7 +150,11 @@ class TaskLearner(Learner):
             missing = [c for c in fuse if c not in items.columns]
             if missing:
                 raise ValueError(f"fuse: the table has no column(s) {missing} to fuse with the image")
-            base = base.with_settings(fusion=fit_fusion(image, targets, items, list(fuse), positive_index=self.positive_index))
+            if len(np.unique(targets)) < 2:
+                log.warning("the validation split has a single class: no fusion with %s fitted", list(fuse))
+                items = None
+            else:
+                base = base.with_settings(fusion=fit_fusion(image, targets, items, list(fuse), positive_index=self.positive_index))
         raw = base.fuse(image, items)
         cal = fit_calibration(raw, targets, calibration, positive_index=self.positive_index) if calibration else None
         predictor = base.with_settings(calibration=cal)
@@ -223,7 +227,7 @@ def validation_metrics(probs: np.ndarray, targets: np.ndarray, vocab: list[Any],
 
 def make_learner(dls: Any, *, task: Task, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
                  positive: str | None = None, metrics: list[Any] | None = None, init_from: str | Path | None = None,
-                 **kwargs: Any) -> TaskLearner:
+                 learner_cls: type[TaskLearner] = TaskLearner, **kwargs: Any) -> TaskLearner:
     """A TaskLearner with the default architecture for the block (or the one named) and an AUC metric.
 
     With ``seed`` the initial weights are drawn from that seed inside a forked RNG: the caller's global
@@ -240,5 +244,5 @@ def make_learner(dls: Any, *, task: Task, arch: str | None = None, arch_kwargs: 
         from medsuite.learn.bundle import init_from_bundle
 
         init_from_bundle(model, init_from)
-    return TaskLearner(dls, model, arch=name, arch_kwargs=args, task=task, positive=positive,
+    return learner_cls(dls, model, arch=name, arch_kwargs=args, task=task, positive=positive,
                        metrics=metrics if metrics is not None else [roc_auc], **kwargs)

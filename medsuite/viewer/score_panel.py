@@ -103,9 +103,10 @@ def threshold_sentences(op: Mapping[str, Any]) -> list[str]:
 
 
 def stability(predictor: Any, block: Any, volume: Any, center: tuple[float, float, float] | None,
-              shift_mm: float = SHIFT_MM) -> dict[str, Any]:
+              shift_mm: float = SHIFT_MM, covariates: tuple[tuple[str, float], ...] | None = None) -> dict[str, Any]:
     """P(positive) of every test-time view alone (each TTA flip) at the centre and at the centre moved
-    ``shift_mm`` along x, y and z: their range, and the full (TTA, calibrated) probability at the centre."""
+    ``shift_mm`` along x, y and z: their range, and the full (TTA, calibrated) probability at the centre.
+    ``covariates``: the nodule's table values a fusing predictor needs (e.g. ``(("diameter_mm", 8.2),)``)."""
     centres: list[Any] = [None] if center is None else [np.asarray(center, dtype=float)]
     if center is not None:
         for axis in range(3):
@@ -120,17 +121,22 @@ def stability(predictor: Any, block: Any, volume: Any, center: tuple[float, floa
         except ValueError:  # a shifted centre outside the scan: that position is left out
             continue
     x = np.stack(samples).astype(np.float32)
-    views = [predictor.with_settings(tta=(flip,)).positive_score(x) for flip in predictor.tta]
+
+    def cov(n: int) -> dict[str, list[float]] | None:
+        return None if covariates is None else {name: [value] * n for name, value in covariates}
+
+    views = [predictor.with_settings(tta=(flip,)).positive_score(x, covariates=cov(len(x))) for flip in predictor.tta]
     values = np.concatenate(views)
     return {"low": float(values.min()), "high": float(values.max()), "n_views": int(values.size),
             "n_flips": len(views), "n_positions": len(samples), "shift_mm": shift_mm,
-            "centre": float(predictor.positive_score(x[:1])[0])}
+            "centre": float(predictor.positive_score(x[:1], covariates=cov(1))[0])}
 
 
 @st.cache_data(max_entries=256, show_spinner="Checking how stable the score is …")
 def cached_stability(bundle_path: str, prediction_id: int, _predictor: Any, _block: Any, _volume: Any,
-                     center: tuple[float, float, float] | None) -> dict[str, Any]:
-    return stability(_predictor, _block, _volume, center)
+                     center: tuple[float, float, float] | None,
+                     covariates: tuple[tuple[str, float], ...] | None = None) -> dict[str, Any]:
+    return stability(_predictor, _block, _volume, center, covariates=covariates)
 
 
 def interval_text(st_: Mapping[str, Any]) -> str:
@@ -155,8 +161,12 @@ def render(pred: dict[str, Any], bundle: Any, info: dict[str, str] | None, volum
 
         center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
         try:
-            res = cached_stability(bundle_path, int(pred["prediction_id"]), resources.predictor(bundle_path),
-                                   bundle.block, volume, center)
+            predictor = resources.predictor(bundle_path)
+            fusion = predictor.settings.fusion
+            fused = fusion.covariates if fusion is not None else ()
+            covariates = tuple((name, float(pred[name])) for name in fused if pred.get(name) is not None) or None
+            res = cached_stability(bundle_path, int(pred["prediction_id"]), predictor, bundle.block, volume, center,
+                                   covariates)
         except Exception as exc:  # noqa: BLE001 - the panel still shows the recorded score
             st.caption(f"Stability range not available: {type(exc).__name__}: {exc}")
         else:

@@ -288,7 +288,7 @@ def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, worker
     specs = plan_cohort(out, patients, seed, size=size, max_nodules=max_nodules, slab_mm=slab_mm,
                         rle_share=rle_share, shuffle_share=shuffle_share, db_path=db_path)
     workers = (os.cpu_count() or 1) if workers is None else max(1, int(workers))
-    with _indexed_copy(specs[0].db_path, out) as fast_db:
+    with indexed_lidc_copy(specs[0].db_path, out) as fast_db:
         jobs = [replace(s, db_path=fast_db) for s in specs]
         if workers == 1 or len(jobs) == 1:
             results = list(_progress(map(make_patient, jobs), len(jobs), progress))
@@ -316,7 +316,7 @@ def make_demo_cohort(out: str | Path, patients: int = 180, seed: int = 0, worker
 
 
 @contextmanager
-def _indexed_copy(db_path: str, out: Path) -> Iterator[str]:
+def indexed_lidc_copy(db_path: str | Path, out: Path) -> Iterator[str]:
     """A temporary copy of the LIDC database with indexes on the columns a patient's outlines are looked
     up by (contours by annotation, slice positions by scan): the shipped file has none, so each look-up
     scanned the tables (~30 ms CPU an outline). Falls back to ``db_path`` if the copy cannot be made.
@@ -339,7 +339,7 @@ def _indexed_copy(db_path: str, out: Path) -> Iterator[str]:
                 src.close()
                 dst.close()
         except sqlite3.Error:
-            yield db_path
+            yield str(db_path)
             return
         yield str(copy)
     finally:
