@@ -96,6 +96,9 @@ def find_markers(root: Path) -> list[str]:
         found = [m.decode() for m in marks if m in data.lower()]
         if found:
             hits.append(f"{rel}: {found}")
+        for label, text in _decoded(path, data):  # compressed text: gzip (NIfTI headers), Parquet pages
+            if any(m in text.lower() for m in marks):
+                hits.append(f"{rel} ({label})")
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
@@ -112,3 +115,21 @@ def find_markers(root: Path) -> list[str]:
             finally:
                 conn.close()
     return hits
+
+
+def _decoded(path: Path, data: bytes) -> list[tuple[str, bytes]]:
+    """What a file holds once decompressed, where its bytes on disk may hide text: gzip members (``.nii.gz``)
+    and Parquet (values, column names and schema metadata; pages may be compressed)."""
+    import gzip
+
+    out: list[tuple[str, bytes]] = []
+    if data[:2] == b"\x1f\x8b":
+        out.append(("gunzipped", gzip.decompress(data)))
+    if data[:4] == b"PAR1":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        text = [str(table.schema), str(table.schema.metadata or {})]
+        text += [str(v) for col in table.columns for v in col.to_pylist()]
+        out.append(("parquet values", "\n".join(text).encode()))
+    return out

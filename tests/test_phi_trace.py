@@ -1,16 +1,33 @@
 """PHI trace (issue 17 item 8): distinctive patient markers planted in the inputs (PatientName, PatientID,
 folder names, file names, patient ids inside nodule ids) must appear in no output of the demo-like path
-cohort -> train -> export (bundle with its case index) -> score (Parquet, CSV, database) -> viewer review,
-unless the user asks for them (``--include-phi``), and pseudonymised ids stay joinable with the key."""
+cohort -> train -> export (bundle with its case index) -> score (Parquet, CSV, database, its log) -> evaluate
+(report.html, metrics, scores) -> explain (one case, and the sanity checks) -> viewer review, nor in what the
+commands print or log, unless the user asks for them (``--include-phi``), and pseudonymised ids stay joinable
+with the key."""
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from phi_trace_support import add_broken_patient, find_markers, make_marked_cohort
+from process_support import env
+
+
+def _medsuite(out: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    """``medsuite ARGS`` with what it prints (and its error log folder) kept under ``out/logs`` for the grep."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run([sys.executable, "-m", "medsuite", *args], capture_output=True, text=True, timeout=900,
+                         env={**env(), "MEDSUITE_LOG_DIR": str(logs / "errors")})
+    (logs / f"{name}.log").write_text(f"{res.stdout}\n{res.stderr}")  # (the command line holds input paths)
+    return res
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +56,39 @@ def trace(tmp_path_factory):
     test = pd.concat([table[table["split"] == "test"], broken], ignore_index=True)
     held_out = inputs / "held_out_nodules.csv"  # an input, as the demo keeps it with its cohort
     test.to_csv(held_out, index=False)
-    summary = score(ScoreConfig(bundle=out / "malignancy.bundle", inputs=[inputs / "dicom"], out=out / "scores",
-                                nodules=held_out, workers=1, progress=False))
+    (out / "logs").mkdir(parents=True)
+    handler = logging.FileHandler(out / "logs" / "score.log")
+    handler.setLevel(logging.DEBUG)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.DEBUG)
+    try:  # everything scoring logs, at every level, goes to a file the trace greps
+        summary = score(ScoreConfig(bundle=out / "malignancy.bundle", inputs=[inputs / "dicom"],
+                                    out=out / "scores", nodules=held_out, workers=1, progress=False))
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(level)
+        handler.close()
+    bundle = str(out / "malignancy.bundle")
+    labelled = inputs / "test_nodules.csv"  # evaluate refuses a table whose series it cannot find: readable ones
+    table[table["split"] == "test"].to_csv(labelled, index=False)
+    evaluated = _medsuite(out, "evaluate", "evaluate", bundle, str(labelled), "--dicom-root", str(inputs / "dicom"),
+                          "--out", str(out / "evaluation"), "--n-boot", "20")
+    case = table[table["split"] == "test"].iloc[0]
+    folder = next(p for p in (inputs / "dicom").iterdir() if p.name.endswith(case["patient_id"]))
+    explained = _medsuite(out, "explain", "explain", bundle, "--series", str(folder), "--nodule",
+                          f"{case['x_mm']},{case['y_mm']},{case['z_mm']}", "--methods", "ig,occlusion",
+                          "--steps", "4", "--out", str(out / "explain"))
+    sanity = _medsuite(out, "sanity", "explain", bundle, str(labelled), "--sanity", "--data", str(inputs / "dicom"),
+                       "--methods", "ig", "--steps", "4", "--max-cases", "3", "--max-layers", "2",
+                       "--curve-steps", "3", "--out", str(out / "sanity"))
     with closing(store.connect(out / "scores" / "medsuite.db", create=False)) as conn:
         top = reviews.next_unreviewed(conn)
         reviews.append_audit(conn, "dr a", "open", series_uid=reviews.prediction(conn, top)["series_uid"])
         reviews.add_review(conn, top, reviewer="dr a", verdict="agree")
-    return {"root": root, "out": out, "inputs": inputs, "table": table, "summary": summary, "result": result}
+    return {"root": root, "out": out, "inputs": inputs, "table": table, "summary": summary, "result": result,
+            "evaluate": evaluated, "explain": explained, "sanity": sanity}
 
 
 def test_the_inputs_do_carry_the_markers(trace):
@@ -55,6 +98,12 @@ def test_the_inputs_do_carry_the_markers(trace):
 def test_no_marker_in_any_output(trace):
     summary = trace["summary"]
     assert summary.exit_code == 1 and summary.n_scored == 2 and summary.n_error_series == 1, summary.lines()
+    for name in ("evaluate", "explain", "sanity"):  # they ran, so their outputs are there to be searched
+        res = trace[name]
+        assert res.returncode == 0, f"{name}: {res.stdout}\n{res.stderr}"
+    out = trace["out"]
+    assert (out / "evaluation" / "report.html").is_file() and (out / "explain" / "summary.json").is_file()
+    assert (out / "sanity" / "sanity.json").is_file() and (out / "logs" / "score.log").stat().st_size > 0
     hits = find_markers(trace["out"])
     assert hits == [], "\n".join(hits[:40])
 
@@ -103,3 +152,23 @@ def test_include_phi_keeps_identifiers(trace, tmp_path):
     assert summary.n_scored == 2
     df = pd.read_csv(out / "scores.csv")
     assert df["nodule_id"].str.startswith("QXWZID").all() and df["patient_id"].str.startswith("QXWZID").all()
+
+
+def test_explain_sanity_pseudonymises_case_ids_unless_include_phi(trace, tmp_path):
+    import json
+
+    from medsuite.io.phi import Pseudonymizer
+
+    table = trace["table"]
+    pz = Pseudonymizer.from_key_file(patient_ids=table["patient_id"])
+    test_ids = set(table.loc[table["split"] == "test", "nodule_id"])
+    default = json.loads((trace["out"] / "sanity" / "sanity.json").read_text())
+    text = json.dumps(default)
+    assert any(pz.id(n) in text for n in test_ids) and not any(n in text for n in test_ids)
+    res = _medsuite(tmp_path, "sanity", "explain", str(trace["out"] / "malignancy.bundle"),
+                    str(trace["inputs"] / "test_nodules.csv"), "--sanity", "--include-phi", "--data",
+                    str(trace["inputs"] / "dicom"), "--methods", "ig", "--steps", "2", "--max-cases", "2",
+                    "--max-layers", "1", "--curve-steps", "2", "--out", str(tmp_path / "sanity"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    kept = (tmp_path / "sanity" / "sanity.json").read_text()
+    assert any(n in kept for n in test_ids), kept[:400]
