@@ -4,6 +4,7 @@ no partial output after kill -9."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -299,8 +300,72 @@ def test_convert_never_silently_drops_an_unreadable_end_slice(tmp_path, monkeypa
     monkeypatch.setattr(dicom, "open_regular", open_regular)
     row = scan_folder(tmp_path / "in").series.iloc[0]
     assert row.status == "warning" and "unreadable_neighbour" in row.codes and paths[-1].name in row.problems
-    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), str(tmp_path / "o.nii.gz")])
+    volume = read_volume(tmp_path / "in")  # every consumer of the volume is told
+    assert volume.shape[0] == 7 and volume.meta["unread_files"] == 1
+    assert any("may lack them" in n for n in volume.meta["notes"])
+    out = tmp_path / "o.nii.gz"
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), str(out)])
+    assert result.exit_code == 1 and not out.exists(), result.output  # refused by default, naming the file
+    assert paths[-1].name in result.output and "--allow-missing-files" in result.output
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), str(out), "--allow-missing-files"])
     assert result.exit_code == 0 and "warning" in result.output and paths[-1].name in result.output
+    sidecar = json.loads((tmp_path / "o.json").read_text())
+    assert sidecar["complete"] is False and sidecar["unread_files"] == 1 and sidecar["nifti"] == "o.nii.gz"
+    assert paths[-1].name not in json.dumps(sidecar)  # facts, not file names (they may carry patient data)
+    folder = tmp_path / "each"  # one NIfTI per stack: the stack is refused, the batch exits 1
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), str(folder)])
+    assert result.exit_code == 1 and "FAILED" in result.output and not list(folder.glob("*.nii.gz"))
+
+
+def test_a_complete_stack_gets_no_sidecar_and_a_stale_one_is_removed(tmp_path):
+    _series(tmp_path / "in", n=5)
+    out = tmp_path / "o.nii.gz"
+    (tmp_path / "o.json").write_text(json.dumps({"written_by": "medsuite convert", "complete": False}))
+    result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), str(out)])
+    assert result.exit_code == 0 and out.is_file() and not (tmp_path / "o.json").exists(), result.output
+
+
+def _bad_rle(path: Path) -> Path:
+    """MR_small_RLE.dcm whose first RLE segment ends in two 128-byte runs: pylibjpeg-rle (Rust) panics."""
+    import struct
+
+    from pydicom.encaps import generate_frames
+
+    src = pydicom_file("MR_small_RLE.dcm")
+    data = bytearray(Path(src).read_bytes())
+    frame = next(generate_frames(pydicom.dcmread(src).PixelData, number_of_frames=1))
+    start = data.find(frame)
+    end_of_first = start + struct.unpack("<3I", frame[:12])[2]
+    data[end_of_first - 4:end_of_first] = b"\x81\x7f\x81\x7f"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_rust_decoder_panic_is_one_clean_line_naming_the_file(tmp_path):
+    bad = _bad_rle(tmp_path / "in" / "bad.dcm")
+    res = subprocess.run([sys.executable, "-m", "medsuite", "convert", str(bad), str(tmp_path / "o.nii.gz")],
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "bad.dcm" in errors[0] and "RLE Lossless" in errors[0], res.stderr
+    assert "panicked" not in res.stderr and "backtrace" not in res.stderr and "src/lib.rs" not in res.stderr
+    assert all(line.startswith(("error:", "warning:", "note:")) for line in res.stderr.splitlines() if line.strip())
+
+
+def test_other_text_written_while_a_decoder_runs_is_passed_on(tmp_path):
+    script = (
+        "import os\n"
+        "from medsuite.io.native_stderr import native_stderr_captured\n"
+        "with native_stderr_captured():\n"
+        "    os.write(2, b\"before\\n\\nthread '<unnamed>' panicked at src/lib.rs:1:2:\\nboom\\n"
+        "note: run with `RUST_BACKTRACE=1`\\nafter\\n\")\n"
+        "    with native_stderr_captured():\n"
+        "        os.write(2, b\"nested\\n\")\n"
+        "os.write(2, b\"outside\\n\")\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == 0 and res.stderr == "before\nafter\nnested\noutside\n", repr(res.stderr)
 
 
 # -------------------------------------------------------------------------- 11: no partial output

@@ -48,9 +48,14 @@ def command(
         typer.Option("--z-step", help="Slice step (mm) for irregularly spaced stacks (default: the smallest acquired step)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+    allow_missing_files: Annotated[bool, typer.Option(
+        "--allow-missing-files",
+        help="Convert a stack even though files beside it could not be read (they may be its slices); "
+             "the NIfTI's .json sidecar records it. Default: refuse such a stack (exit status 1).")] = False,
 ) -> None:
     """Convert SRC to NIfTI. A folder with several stacks and an output folder converts every stack,
-    carries on past a bad one and exits with status 1 if any failed."""
+    carries on past a bad one and exits with status 1 if any failed (also a stack refused because files
+    beside it could not be read, unless --allow-missing-files)."""
     from medsuite.io.sitk_io import NIFTI_SUFFIXES, image_suffix
 
     try:
@@ -62,7 +67,7 @@ def command(
         which = _volume_choice(volume)
         if z_step is not None and not z_step > 0:
             raise _Failure(f"--z-step {z_step}: must be a positive number of mm")
-        options = {"z_spacing": z_step}
+        options = {"z_spacing": z_step, "allow_missing": allow_missing_files}
         if not src.is_dir():
             if not to_file:
                 raise _Failure(f"{out}: SRC is one file, so OUT must be a .nii.gz or .nii file")
@@ -148,7 +153,17 @@ def _convert_path(src: Path, out: Path, *, series, stack, which, options, force:
 
 
 def _convert_row(row: pd.Series, target: Path, *, which, options, force: bool) -> None:
-    """Convert one series-table row (one volume, or all volumes as 4D); warnings are printed first."""
+    """Convert one series-table row (one volume, or all volumes as 4D); warnings are printed first.
+
+    A stack whose folder holds files that could not be read is refused unless ``allow_missing``: such a
+    file may be a slice, and a lost *end* slice leaves a regular-looking, shorter volume that nothing
+    downstream could tell from a complete one (a lost middle slice at least shows as a gap)."""
+    from medsuite.io.dicom import unread_neighbours
+
+    if unread_neighbours(row) and not options.get("allow_missing"):
+        raise _Failure(f"stack {row['stack_id']}: {row['problems']}; not converted, since the volume may lack "
+                       "these slices (pass --allow-missing-files to convert the files that could be read; the "
+                       "NIfTI's .json sidecar then records it)")
     if row.get("status") == "warning" and row.get("problems"):
         typer.echo(f"warning: stack {row['stack_id']}: {row['problems']}", err=True)
     _convert_files(row, target, stack=None, which=which, options=options, force=force)
@@ -160,12 +175,14 @@ def _convert_files(source, target: Path, *, stack, which, options, force: bool) 
 
     if target.exists() and not force:
         raise _Failure(f"{target}: already exists (use --force to overwrite)")
+    read_options = {"z_spacing": options.get("z_spacing")}
     if which == "all":
-        volumes = _guard(lambda: read_series_volumes(source, stack=stack, **options))
+        volumes = _guard(lambda: read_series_volumes(source, stack=stack, **read_options))
+        _sidecar(volumes[0], target)
         _guard(lambda: write_nifti_4d(volumes, target))
         _report(target, volumes[0], f"; {len(volumes)} volumes (4D)")
         return
-    volume = _guard(lambda: read_series(source, stack=stack, volume=which, **options))
+    volume = _guard(lambda: read_series(source, stack=stack, volume=which, **read_options))
     info = volume.meta.get("volume")
     extra = ""
     if info and info["count"] > 1:
@@ -180,8 +197,45 @@ def _write(read: Callable[[], Volume], target: Path, *, force: bool, what: str) 
     if target.exists() and not force:
         raise _Failure(f"{target}: already exists (use --force to overwrite)")
     volume = _guard(read)
+    _sidecar(volume, target)
     _guard(lambda: write_nifti(volume, target))
     _report(target, volume, what)
+
+
+# facts about the voxels, never file names (the notes may hold them; the terminal shows those)
+SIDECAR_KEYS = ("unread_files", "interpolated_slices", "resampled", "gantry_tilt_deg", "volume", "mosaic")
+
+
+def sidecar_path(target: Path) -> Path:
+    """``out.nii.gz`` -> ``out.json`` (beside it, as dcm2niix names its sidecars)."""
+    name = target.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return target.with_name(name + ".json")
+
+
+def _sidecar(volume: Volume, target: Path) -> None:
+    """Write ``<out>.json`` when the volume is not simply what was acquired (files that could not be read,
+    interpolated or regridded slices, a tilt correction, one volume of a 4D stack): what NIfTI cannot say.
+    Written before the NIfTI, so that a NIfTI never stands without it; an older sidecar of ours that no
+    longer applies is removed."""
+    from medsuite.io.atomic import atomic_write_json
+
+    path = sidecar_path(target)
+    meta = volume.meta
+    facts = {k: meta[k] for k in SIDECAR_KEYS if meta.get(k) not in (None, [], "", 0)}
+    if facts:
+        _guard(lambda: atomic_write_json(path, {"written_by": "medsuite convert", "nifti": target.name,
+                                                "complete": not meta.get("unread_files"), **facts}))
+        return
+    try:
+        import json
+
+        if json.loads(path.read_text(encoding="utf-8")).get("written_by") == "medsuite convert":
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _report(target: Path, volume: Volume, extra: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from pydicom import uid as uids
 
 from medsuite.io.errors import MissingDecoderError, PixelDataError
+from medsuite.io.native_stderr import native_stderr_captured
 
 NATIVE_SYNTAXES = frozenset(
     {uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian, uids.ExplicitVRBigEndian}
@@ -141,7 +142,8 @@ def decode_dataset(ds, *, path: str | Path, transfer_syntax: str) -> np.ndarray:
     if "PixelData" not in ds:
         raise PixelDataError(f"{path}: no Pixel Data element")
     try:
-        arr = ds.pixel_array
+        with native_stderr_captured():  # a Rust decoder's panic text stays off the terminal: one clean error
+            arr = ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001 - plugins raise many types; Rust ones panic (a BaseException)

@@ -10,6 +10,7 @@ a bad file: a scan of thousands of series carries on and reports.
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,7 @@ __all__ = [
     "scan_file",
     "scan_folder",
     "scan_headers",
+    "unread_neighbours",
 ]
 
 SERIES_COLUMNS = [
@@ -384,6 +386,18 @@ def stack_row(stack_id: str, stack: Stack, extra: Sequence[Problem] = ()) -> dic
         "image_type": image_type_of(stack.planes[0]),  # an enhanced object's FrameType where frames differ
         **geometry,
     }
+
+
+_NEIGHBOUR_COUNT = re.compile(r"(\d+) file\(s\) in this folder could not be read")
+
+
+def unread_neighbours(row: Any) -> int:
+    """How many files in a series-table row's folder(s) could not be read and may be slices of its stack
+    (the ``unreadable_neighbour`` warning; 0 when there is none)."""
+    codes = row.get("codes")
+    if codes is None or Code.UNREADABLE_NEIGHBOUR not in [str(c) for c in codes]:
+        return 0
+    return sum(int(n) for n in _NEIGHBOUR_COUNT.findall(str(row.get("problems") or ""))) or 1
 
 
 def _neighbour_problems(skipped: list[Skip]) -> dict[str, list[Problem]]:

@@ -577,6 +577,7 @@ def read_series(
     if not 0 <= index < n:
         raise DicomError(f"{label}: volume {volume} does not exist (the stack has {n} volume(s), 0 to {n - 1})")
     out = _read_volume(stack_obj, index, label, instances, on_irregular, on_tilt, z_spacing, _workers(workers, stack_obj))
+    _record_unread(out, source)
     if n > 1 and volume is None:
         log.warning("%s: 4D stack of %d volumes; read the first (pass volume=N for another)", label, n)
     return out
@@ -594,10 +595,27 @@ def read_series_volumes(
     """Every volume of a (4D) stack, in order: time points, b-values/directions, mosaic files (see `read_series`)."""
     stack_obj, label, instances = _open_stack(source, stack, on_irregular, on_tilt, z_spacing)
     w = _workers(workers, stack_obj)
-    return [
+    volumes = [
         _read_volume(stack_obj, v, label, instances, on_irregular, on_tilt, z_spacing, w)
         for v in range(stack_obj.n_volumes)
     ]
+    for v in volumes:
+        _record_unread(v, source)
+    return volumes
+
+
+def _record_unread(volume: Volume, source: Any) -> None:
+    """A row whose folder held files that could not be read (they may be its slices): every consumer of the
+    volume is told (``meta["unread_files"]``, a note), since the geometry alone cannot show a lost end slice."""
+    if not _row_like(source):
+        return
+    from medsuite.io.dicom import unread_neighbours
+
+    n = unread_neighbours(source)
+    if n:
+        volume.meta["unread_files"] = n
+        volume.meta.setdefault("notes", []).append(
+            f"{n} file(s) beside this stack could not be read and may be slices of it: the volume may lack them")
 
 
 def _open_stack(
