@@ -71,14 +71,22 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout_s: float = 300.0)
     raise AssertionError(f"no {prefix!r} line from {proc.args}; stderr:\n{proc.stderr.read()[-4000:]}")
 
 
-def kill9_and_check_orphans(proc: subprocess.Popen, *, grace_s: float = 20.0) -> set[int]:
+def kill9_and_check_orphans(proc: subprocess.Popen, *, grace_s: float = 20.0, then_continue: bool = False) -> set[int]:
     """SIGKILL ``proc``; return the pids of its descendants still alive after ``grace_s`` (should be none).
 
     The descendants are listed just before the kill. Processes that died are reaped by init; we only look.
+    ``then_continue``: the caller froze the process group (SIGSTOP); after the kill its survivors get SIGCONT,
+    so that they can notice (a stopped worker's watchdog thread cannot run).
     """
     before = descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
+    if then_continue:
+        for p in before:
+            try:
+                os.kill(p, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         alive = {p for p in before if _alive(p)}

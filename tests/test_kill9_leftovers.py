@@ -5,6 +5,8 @@ tests/test_learn_resume_workers.py; convert is the io tests' (test_io_convert_*)
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -52,29 +54,54 @@ def _scored(db) -> int:
         return 0
 
 
+def _run_started(db) -> bool:
+    """The run row is committed: scoring has begun (its reader workers start with the first series)."""
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] > 0
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+
+
 @pytest.mark.slow
 def test_kill9_score_leaves_no_orphan_workers_and_a_rerun_completes(tmp_path):
+    """Killed at a moment fixed by the test, not by timing: as soon as the run row is committed the test takes
+    the database's write lock, so the run cannot commit a single series (let alone finish) however slow the
+    machine; its workers start and prepare series meanwhile; the process group is then frozen (SIGSTOP),
+    checked, and the driver SIGKILLed while its workers are alive."""
     n = 24
     cohort = S.make_cohort(tmp_path / "cohort", n_good=n, extras=False)
     bundle = S.make_bundle(tmp_path / "bundle", "series")
     out = tmp_path / "out"
+    db = out / "medsuite.db"
     args = ["-m", "medsuite", "score", str(bundle), str(tmp_path / "cohort"), "--out", str(out), "--workers", "2",
             "--batch-size", "1", "--device", "cpu", "--quiet"]
     proc = start(args, start_new_session=True)
+    lock = None
     try:
-        deadline = time.monotonic() + 120
-        while (_scored(out / "medsuite.db") < 2 or len(descendants(proc.pid)) < 2) and proc.poll() is None \
-                and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert len(descendants(proc.pid)) >= 2  # its worker processes are at work
-        survivors = kill9_and_check_orphans(proc)
+        deadline = time.monotonic() + 600  # a hang guard, not a speed check
+        while not _run_started(db) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        lock = sqlite3.connect(db, timeout=60, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # from here no series can be committed: the run cannot end normally
+        assert _scored(db) == 0
+        while len(descendants(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # its worker processes start and prepare series
+        os.killpg(proc.pid, signal.SIGSTOP)  # freeze the group: nothing moves between the checks and the kill
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-3000:]
+        assert len(descendants(proc.pid)) >= 2
+        survivors = kill9_and_check_orphans(proc, then_continue=True)
     finally:
         if proc.poll() is None:
             proc.kill()
+        if lock is not None:
+            lock.close()  # the open transaction is rolled back
     assert not survivors, f"worker process(es) {survivors} outlived the killed `medsuite score`"
-    at_kill = _scored(out / "medsuite.db")
-    assert at_kill < n
+    assert _scored(db) == 0
 
     stale = _stale_temp(out / "scores.csv")  # as an export killed mid-write would leave
     rerun = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env(), timeout=300)
@@ -93,13 +120,15 @@ def test_kill9_demo_data_leaves_no_orphans_and_overwrite_finishes_the_job(tmp_pa
     proc = start(args, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
-        while proc.poll() is None and time.monotonic() < deadline:
+        while proc.poll() is None and time.monotonic() < deadline:  # (a hang guard, not a speed check)
             made = [p for p in (out / "dicom").glob("DEMO-*")] if (out / "dicom").is_dir() else []
             if made and len(descendants(proc.pid)) >= 2:
+                os.killpg(proc.pid, signal.SIGSTOP)  # frozen at once: nothing moves between the check and the kill
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "demo-data ended before it could be killed"
-        survivors = kill9_and_check_orphans(proc)
+        assert not (out / "nodules.csv").exists() and len(descendants(proc.pid)) >= 2
+        survivors = kill9_and_check_orphans(proc, then_continue=True)
     finally:
         if proc.poll() is None:
             proc.kill()
