@@ -117,3 +117,16 @@ def resume_main(argv: list[str]) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     resume_main(sys.argv[1:])
+
+
+def ddp_hang(marker: str) -> None:
+    """A rank that reports it started (a file per rank) and then waits for ever, deaf to SIGINT as a rank
+    blocked in native code (a collective, a kernel) is: torch's own parent-death signal is SIGINT."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Path(f"{marker}.{os.environ['RANK']}").write_text(str(os.getpid()))
+    time.sleep(3600)

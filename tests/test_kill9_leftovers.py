@@ -167,3 +167,27 @@ def test_writers_remove_temporaries_of_killed_writers(tmp_path):
     stale_zip = _stale_temp(zipped)
     S.make_bundle(zipped, "nodule")
     assert not stale_zip.exists() and temp_leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_kill9_of_a_ddp_launcher_takes_its_ranks_with_it(tmp_path):
+    """`medsuite.learn.distributed.launch` (torch.distributed, gloo, 2 ranks): the launcher SIGKILLed once both
+    ranks have started (each writes a marker file); no rank survives it, even one deaf to SIGINT (torch's own
+    parent-death signal; a rank blocked in a collective does not act on it). Before: 3 survivors."""
+    marker = tmp_path / "rank"
+    script = ("import sys; from learn_core_helpers import ddp_hang; from medsuite.learn.distributed import launch; "
+              f"launch(ddp_hang, 2, {str(marker)!r}, backend='gloo')")
+    proc = start(["-c", script], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600  # a hang guard, not a speed check
+        while not all((tmp_path / f"rank.{r}").exists() for r in (0, 1)) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        ranks = {int((tmp_path / f"rank.{r}").read_text()) for r in (0, 1)}
+        assert ranks <= descendants(proc.pid)
+        survivors = kill9_and_check_orphans(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not survivors, f"rank process(es) {survivors} outlived the killed launcher"

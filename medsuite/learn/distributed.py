@@ -281,7 +281,10 @@ def _free_port() -> int:
 
 
 def _worker(local: int, fn: Callable[..., Any], nprocs: int, port: int, backend: str,
-            args: tuple, queue: Any, received: Any) -> None:
+            args: tuple, queue: Any, received: Any, owner: int | None = None) -> None:
+    from medsuite.io.workers import die_with_parent
+
+    die_with_parent(owner)  # a SIGKILLed launcher takes its ranks with it (no orphans holding devices)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(local),
                       LOCAL_RANK=str(local), WORLD_SIZE=str(nprocs))
     if backend == "nccl":
@@ -309,7 +312,7 @@ def launch(fn: Callable[..., Any], nprocs: int, *args: Any, backend: str | None 
         backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= nprocs else "gloo"
     ctx = mp.get_context("spawn")
     queue, received = ctx.SimpleQueue(), ctx.Event()
-    context = mp.start_processes(_worker, args=(fn, nprocs, _free_port(), backend, args, queue, received),
+    context = mp.start_processes(_worker, args=(fn, nprocs, _free_port(), backend, args, queue, received, os.getpid()),
                                  nprocs=nprocs, join=False, start_method="spawn")
     result = None
     # Read the result while the processes run: a large result must not block rank 0 on a full pipe.
