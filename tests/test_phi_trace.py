@@ -8,7 +8,6 @@ with the key."""
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from contextlib import closing
