@@ -248,8 +248,11 @@ class CaseIndex:
             stacks = load(files[STACKS_FILE])["stacks"] if files.get(STACKS_FILE) else None
         except Exception as exc:  # safetensors raises its own error types for a corrupt header
             raise ValueError(f"{source}: cannot read the case index tensors ({exc})") from exc
-        index = cls(emb, cases["case_ids"], cases.get("labels"), thumbs, cases.get("meta"),
-                    centre=tensors.get("centre"), info=cases.get("info"), stacks=stacks)
+        try:
+            index = cls(emb, cases["case_ids"], cases.get("labels"), thumbs, cases.get("meta"),
+                        centre=tensors.get("centre"), info=cases.get("info"), stacks=stacks)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: the case index is inconsistent ({exc})") from None
         raw_graph = files.get(HNSW_FILE)
         if raw_graph is not None:
             index._load_ann(raw_graph, source)
@@ -279,7 +282,7 @@ class CaseIndex:
     def from_bundle(cls, bundle: Any) -> CaseIndex | None:
         """The index stored in a loaded bundle (``bundle.read_extra``), or None when it has none."""
         files = {name: bundle.read_extra(name) for name in INDEX_FILES}
-        return cls.from_extra_files(files, source=str(getattr(bundle, "name", "bundle")))
+        return cls.from_extra_files(files, source=str(getattr(bundle, "path", None) or getattr(bundle, "name", "bundle")))
 
 
 def _jsonable(value: Any) -> Any:

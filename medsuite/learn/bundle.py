@@ -587,6 +587,22 @@ def _check_block(where: str, block: Any) -> tuple[int, ...] | None:
     return shape
 
 
+def _check_predictor(where: str, meta: dict[str, Any], sample_shape: tuple[int, ...] | None) -> None:
+    """The predictor section parsed at load (not first when scoring), and its test-time flips checked
+    against the axes a sample has (a flip of axis -99 would fail on every series)."""
+    from medsuite.learn.predict import PredictorError, PredictorSettings
+
+    try:
+        settings = PredictorSettings.from_bundle_meta(meta)
+    except PredictorError as exc:
+        raise BundleError(f"{where}: bundle.json {exc}") from None
+    if sample_shape is not None:
+        for flip in settings.tta:
+            if any(axis < -len(sample_shape) for axis in flip):
+                raise BundleError(f"{where}: predictor.tta flip {list(flip)} names an axis a sample does not have "
+                                  f"(samples have {len(sample_shape)} axes, shape {sample_shape})")
+
+
 def _meta_model(where: str, meta: dict[str, Any]) -> nn.Module:
     """The architecture built on the ``meta`` device: shapes only, no memory, no random init."""
     import torch
@@ -722,6 +738,7 @@ def load_bundle(
     except Exception as exc:  # a user's factory may raise anything: it is this bundle's block_spec at fault
         raise BundleError(f"{where}: cannot rebuild the input block from block_spec: {str(exc)[:300]}") from None
     sample_shape = _check_block(where, block)
+    _check_predictor(where, meta, sample_shape)
     model = _meta_model(where, meta)
     _check_model(where, meta, model, _safetensors_header(where, files[MODEL_FILE]), sample_shape)
     state = _state_dict(path, files)  # allocates what the weights file holds, nothing more

@@ -134,7 +134,11 @@ def rules_from_bundle(meta: dict[str, Any]) -> Rules:
         if key not in RULE_PARSERS:
             continue  # a newer bundle may carry rules this version does not know; they stay unenforced
         text = ",".join(map(str, value)) if isinstance(value, list | tuple) else ("none" if value is None else str(value))
-        values[key] = RULE_PARSERS[key](key, text)
+        try:
+            values[key] = RULE_PARSERS[key](key, text)
+        except RuleError as exc:  # the parsers speak of --rule; here the bundle's own rule is at fault
+            raise RuleError(f"the bundle's eligibility rule {key}={text[:80]!r} is invalid: "
+                            f"{str(exc).split(': ', 1)[-1]}") from None
     return replace(rules, **values)
 
 
