@@ -25,3 +25,10 @@ def _volume_cache_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> 
 def _error_logs_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The CLI's error logs (the user's log folder) go to a session temp folder too."""
     os.environ["MEDSUITE_LOG_DIR"] = str(tmp_path_factory.mktemp("medsuite-logs"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _phi_key_in_a_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The pseudonymisation key (`medsuite.io.phi`, default: the user's config folder) is a session temp file,
+    shared by the tests and the commands they start."""
+    os.environ["MEDSUITE_PHI_KEY"] = str(tmp_path_factory.mktemp("medsuite-phi") / "phi.key")
