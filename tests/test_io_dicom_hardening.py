@@ -427,3 +427,24 @@ def test_deflate_bomb_is_refused_before_inflating(tmp_path):
                     memory_gb=1.0)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "bomb.dcm" in done.stdout and "inflates to more than" in done.stdout and "unparsable" in done.stdout
+
+
+def test_score_says_when_a_scored_series_may_lack_slices(tmp_path):
+    """The unreadable end slice, as `medsuite score` meets it: the series is scored (the batch carries on) and
+    its row in the database says it may lack slices."""
+    import sqlite3
+
+    import scoring_support as S
+
+    from medsuite.pipelines.scoring import ScoreConfig, score
+
+    cohort = S.make_cohort(tmp_path / "cohort", n_good=2, extras=False)
+    files = sorted((tmp_path / "cohort" / "case000").rglob("*.dcm"))
+    files[-1].write_bytes(files[-1].read_bytes()[:200])  # cut: unparsable, maybe a slice
+    summary = score(ScoreConfig(bundle=S.make_bundle(tmp_path / "b", "series"), inputs=[tmp_path / "cohort"],
+                                out=tmp_path / "out", workers=1, progress=False))
+    assert summary.n_scored == 2, summary.lines()
+    with sqlite3.connect(tmp_path / "out" / "medsuite.db") as conn:
+        rows = dict(conn.execute("SELECT series_uid, reason FROM series WHERE status='scored'").fetchall())
+    flagged = [uid for uid, reason in rows.items() if reason and "may lack slices" in reason]
+    assert len(flagged) == 1 and flagged[0] in cohort["good"], rows

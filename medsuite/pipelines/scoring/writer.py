@@ -147,6 +147,8 @@ class ScoreStore:
         reason = None
         if result.errors:
             reason = clean(result.errors[0][1]) + (f" (+{len(result.errors) - 1} more)" if len(result.errors) > 1 else "")
+        elif _unread_neighbours(row):  # scored, but files beside it could not be read: it may lack slices
+            reason = clean(f"scored, but it may lack slices: {row.get('problems')}")
         created = now()
         with self.conn:
             self.conn.execute("BEGIN IMMEDIATE")
@@ -208,3 +210,12 @@ def _atomic(target: Path, write: Any) -> Path:
     with atomic_path(target) as tmp:
         write(tmp)
     return target
+
+
+def _unread_neighbours(row: Any) -> int:
+    """How many files beside a scan row's stack could not be read (0 for rows that are not scan rows)."""
+    if not isinstance(row, dict) or "codes" not in row:
+        return 0
+    from medsuite.io.dicom import unread_neighbours
+
+    return unread_neighbours(row)
