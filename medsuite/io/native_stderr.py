@@ -61,7 +61,10 @@ class _Redirect:
             self._close()
         rest = drop_panic_text(text)
         if rest:
-            os.write(2, rest.encode("utf-8", "replace"))
+            try:
+                os.write(2, rest.encode("utf-8", "replace"))
+            except OSError:  # stderr closed meanwhile: nothing to pass on to
+                pass
 
     def _close(self) -> None:
         if self.saved is not None:
