@@ -150,3 +150,17 @@ def fake_prepare(item, block_spec_json, read_options):
         return Prepared(item.series_uid, error=("read", f"{item.files[0]}: truncated"))
     value = float(item.series_uid.split("-", 1)[1])
     return Prepared(item.series_uid, samples=np.full((1, 3, 4, 4), value, np.float32), keys=[None], n_slices=4)
+
+
+def scored_count(db: Path) -> int:
+    """Series marked scored in a scoring database, read-only (0 before its tables exist or while it is locked)."""
+    import sqlite3
+
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM series WHERE status='scored'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0

@@ -43,15 +43,6 @@ def _stale_temp(target, *, folder: bool = False):
     return stale
 
 
-def _scored(db) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM series WHERE status='scored'").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
 
 
 def _run_started(db) -> bool:
@@ -88,7 +79,7 @@ def test_kill9_score_leaves_no_orphan_workers_and_a_rerun_completes(tmp_path):
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         lock = sqlite3.connect(db, timeout=60, isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")  # from here no series can be committed: the run cannot end normally
-        assert _scored(db) == 0
+        assert S.scored_count(db) == 0
         while len(descendants(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)  # its worker processes start and prepare series
         os.killpg(proc.pid, signal.SIGSTOP)  # freeze the group: nothing moves between the checks and the kill
@@ -101,7 +92,7 @@ def test_kill9_score_leaves_no_orphan_workers_and_a_rerun_completes(tmp_path):
         if lock is not None:
             lock.close()  # the open transaction is rolled back
     assert not survivors, f"worker process(es) {survivors} outlived the killed `medsuite score`"
-    assert _scored(db) == 0
+    assert S.scored_count(db) == 0
 
     stale = _stale_temp(out / "scores.csv")  # as an export killed mid-write would leave
     rerun = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env(), timeout=300)

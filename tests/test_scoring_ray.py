@@ -64,17 +64,6 @@ def _errors(db: Path) -> set:
         conn.close()
 
 
-def _scored(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM series WHERE status='scored'").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0
 
 
 def test_cluster_listens_on_loopback_only(cluster):
@@ -157,14 +146,14 @@ def test_losing_the_node_of_the_inference_actor_mid_run_scores_every_series_once
                       "--batch-size", "2", "--ray-actors", "1:1", "--quiet", "--ray-ship-inputs")
     try:
         deadline = time.monotonic() + 180
-        while _scored(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        while S.scored_count(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before the node could be killed: {proc.stdout.read()}"
         hosts = [node for node in cluster.nodes[1:] if node.processes("ray::InferenceActor")]
         assert len(hosts) == 1, "one worker node hosts the inference actor"
         hosts[0].kill()  # the machine is gone: raylet, object store, the actor and every worker at once
         killed_at = time.monotonic()
-        at_kill = _scored(db)
+        at_kill = S.scored_count(db)
         text, _ = proc.communicate(timeout=240)
         took = time.monotonic() - killed_at
     finally:

@@ -18,17 +18,6 @@ from medsuite.pipelines.scoring import ScoreConfig, score
 N_SERIES = 20
 
 
-def _scored(db) -> int:
-    if not db.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM series WHERE status='scored'").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # tables not created yet
-        return 0
 
 
 @pytest.mark.slow
@@ -44,12 +33,12 @@ def test_sigkill_then_resume_scores_each_series_once(tmp_path):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while _scored(db) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        while S.scored_count(db) < 3 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the run finished before it could be killed"
         proc.send_signal(signal.SIGKILL)  # the main process only, as the OOM killer would
         proc.wait(timeout=10)
-        at_kill = _scored(db)
+        at_kill = S.scored_count(db)
         assert 3 <= at_kill < N_SERIES
     finally:
         try:
@@ -86,7 +75,7 @@ def test_sigterm_closes_the_run_row_and_exits_130(tmp_path):
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while _scored(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        while S.scored_count(db) < 2 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert proc.poll() is None, "the run finished before it could be stopped"
         proc.send_signal(signal.SIGTERM)
