@@ -8,6 +8,9 @@ kept per nodule, so ensembles can be scored afterwards without training again.
     python bench/nodule_cv.py COHORT --variants base soft_mix --folds 5 --out /tmp/cv
     python bench/nodule_cv.py COHORT --summary --out /tmp/cv          # the table of every run so far
 
+The summary also scores each variant's out-of-fold predictions fused late with the diameter, as exported
+predictors do (cross-fitted, `late_fused`): the "fuse" variant instead trains the diameter into the network.
+
 COHORT is a folder with ``nodules.csv`` (and the scans under it), e.g. `medsuite demo-data` output.
 """
 
@@ -307,7 +310,27 @@ def baselines(table: pd.DataFrame, folds: np.ndarray, feats: pd.DataFrame) -> pd
     return pd.concat(rows, ignore_index=True)
 
 
-def summarize(out: Path) -> pd.DataFrame:
+def late_fused(runs: pd.DataFrame, diameters: pd.Series) -> np.ndarray:
+    """Out-of-fold P(malignant) of the late fusion that exported nodule predictors use (logistic regression on
+    the image's log-odds and the log diameter), cross-fitted: fold f's fusion is fitted on the other folds'
+    out-of-fold predictions, so no nodule's own label is used to score it."""
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(runs["p"].to_numpy(float), 1e-6, 1 - 1e-6)
+    d = np.log(np.clip(runs["nodule_id"].map(diameters).to_numpy(float), 0.5, None))
+    x = np.c_[np.log(p / (1 - p)), d]
+    y, fold = runs["y"].to_numpy(int), runs["fold"].to_numpy()
+    out = np.zeros(len(runs))
+    for f in np.unique(fold):
+        fit = LogisticRegression(C=1e6, max_iter=1000).fit(x[fold != f], y[fold != f])
+        out[fold == f] = fit.predict_proba(x[fold == f])[:, 1]
+    return out
+
+
+def summarize(out: Path, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row a baseline and a variant (per seed): mean and SD of the per-fold AUCs, the mean per-fold
+    difference to each baseline on the same folds; with ``table`` (for the diameters) and two or more folds
+    also the cross-fitted late fusion with the diameter (`late_fused`): ``fused_auc`` and its differences."""
     from sklearn.metrics import roc_auc_score
 
     base = pd.read_csv(out / "baselines.csv", dtype={"nodule_id": str})
@@ -326,10 +349,20 @@ def summarize(out: Path) -> pd.DataFrame:
             dd = [roc_auc_score(h["y"], h["p"]) - roc_auc_score(h["y"], h["diameter"]) for _, h in m.groupby("fold")]
             dr = [roc_auc_score(h["y"], h["p"]) - roc_auc_score(h["y"], h["radiomics"]) for _, h in m.groupby("fold")]
             secs = [x["train_s"] for x in meta if x["seed"] == seed]
-            rows.append({"variant": name, "seed": seed, "folds": len(aucs), "cv_auc_mean": np.mean(aucs),
-                         "cv_auc_sd": np.std(aucs, ddof=1) if len(aucs) > 1 else np.nan,
-                         "minus_diameter": np.mean(dd), "minus_radiomics": np.mean(dr),
-                         "pooled_auc": roc_auc_score(g["y"], g["p"]), "train_min": np.mean(secs) / 60})
+            row = {"variant": name, "seed": seed, "folds": len(aucs), "cv_auc_mean": np.mean(aucs),
+                   "cv_auc_sd": np.std(aucs, ddof=1) if len(aucs) > 1 else np.nan,
+                   "minus_diameter": np.mean(dd), "minus_radiomics": np.mean(dr),
+                   "pooled_auc": roc_auc_score(g["y"], g["p"]), "train_min": np.mean(secs) / 60}
+            if table is not None and len(aucs) > 1 and not VARIANTS.get(name, {}).get("fuse"):
+                diameters = table.set_index(table["nodule_id"].astype(str))["diameter_mm"]
+                m = m.assign(fused=late_fused(m, diameters))
+                fa = [roc_auc_score(h["y"], h["fused"]) for _, h in m.groupby("fold")]
+                row.update(fused_auc=np.mean(fa),
+                           fused_minus_diameter=np.mean([roc_auc_score(h["y"], h["fused"]) - roc_auc_score(h["y"], h["diameter"])
+                                                         for _, h in m.groupby("fold")]),
+                           fused_minus_radiomics=np.mean([roc_auc_score(h["y"], h["fused"]) - roc_auc_score(h["y"], h["radiomics"])
+                                                          for _, h in m.groupby("fold")]))
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -371,7 +404,7 @@ def main() -> None:
                       f"({meta['train_s']:.0f} s, lr {meta['lr']:.2e}, load {os.getloadavg()[0]:.1f})", flush=True)
     if args.summary or args.variants:
         pd.set_option("display.width", 200)
-        print(summarize(args.out).round(4).to_string(index=False))
+        print(summarize(args.out, table).round(4).to_string(index=False))
 
 
 if __name__ == "__main__":
