@@ -31,7 +31,7 @@ from medsuite.pipelines.tasks import TaskLearner, default_arch, make_learner
 
 # Seven axial planes 2 mm apart (12 mm deep), 40x40 pixels of 0.8 mm (a 32 mm field), lung and mediastinum windows.
 DEFAULT_BLOCK = SliceStack(k=7, size=40, spacing_mm=2.0, pixel_mm=0.8, window=("lung", "mediastinum"))
-# The residual slice CNN for it: 16 channels, three strided blocks of one unit (40 -> 5 pixels), ~60k weights.
+# The residual slice CNN for it: 16 channels, three strided blocks of one unit (40 -> 5 pixels), 53k weights.
 DEFAULT_ARCH_KWARGS: dict[str, Any] = {"width": 16, "depth": 3, "subunits": 1}
 DEFAULT_EPOCHS = 60
 # Size is what readers weigh most, and the table's diameter (readers' own measurement) is more than one outline
