@@ -23,6 +23,8 @@ def test_demo_runs_every_stage(tmp_path: Path) -> None:
     # the demo fuses the table's diameter: the image model alone is compared too, and the 3D CNN with its cost
     assert set(result.metrics["comparisons"]) == {"diameter", "radiomics_rf", "patch3d_cnn", "image only (no covariates)"}
     assert "patch3d_cnn: train_min" in result.report.read_text()
+    cost = result.metrics["baseline_costs"]["patch3d_cnn"]
+    assert cost["train_min"] > 0 and cost["epochs"] == 30 and cost["parameters"] > 0
     assert result.score_exit_code == 0
     scores = pd.read_csv(tmp_path / "scores" / "scores.csv")
     # held-out nodules only, each once; their ids (which hold the patient ids) as keyed pseudonyms
