@@ -69,7 +69,25 @@ def prepare_db(src: Path, dst: Path, tree: Path) -> None:
     if version == src_version:
         with sqlite3.connect(src) as s, sqlite3.connect(dst) as d:
             s.backup(d)
-        return
+    else:
+        _rebuild(src, dst, code, env)
+    if not (tree / "medsuite" / "io" / "phi.py").is_file():
+        _unseal_sources(dst)
+
+
+def _unseal_sources(db: Path) -> None:
+    """Plain series locations for a tree older than sealed locations (it would read ``phi1:...`` as a path)."""
+    sys.path.insert(0, str(HERE))
+    from medsuite.io.phi import Pseudonymizer
+
+    key = Pseudonymizer.from_key_file()
+    with sqlite3.connect(db) as d:
+        rows = d.execute("SELECT rowid, source FROM series WHERE source IS NOT NULL").fetchall()
+        d.executemany("UPDATE series SET source = ? WHERE rowid = ?", [(key.unseal(src), rid) for rid, src in rows])
+
+
+def _rebuild(src: Path, dst: Path, code: str, env: dict[str, str]) -> None:
+    """The tree's own (older) schema, filled with the runs, series and predictions of ``src``."""
     subprocess.check_call([sys.executable, "-c", code, str(dst)], env=env, cwd=str(dst.parent), stdout=subprocess.DEVNULL)
     with sqlite3.connect(dst) as d:
         d.execute("ATTACH DATABASE ? AS src", (str(src),))

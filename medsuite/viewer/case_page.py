@@ -163,7 +163,7 @@ def _warm_case(db: str, cache_root: str, pred: dict[str, Any], bpath: str) -> No
     predictor = resources.predictor(bpath)
     center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
     pid = int(pred["prediction_id"])
-    score_panel.cached_stability(bpath, pid, predictor, bundle.block, vol, center)
+    score_panel.stability_for(pred, bpath, bundle.block, vol)
     index = resources.case_index(bpath)
     if index is not None:
         positive = str(predictor.positive or bundle.labels[-1])
@@ -175,7 +175,8 @@ def _bundle(bpath: str | None) -> tuple[Any, dict[str, str] | None]:
     if not bpath:
         return None, None
     try:
-        b = resources.bundle(bpath)
+        with st.spinner("Loading the model bundle …"):  # shown only if it takes over half a second
+            b = resources.bundle(bpath)
         return b, resources.model_info(b)
     except Exception as exc:  # noqa: BLE001 - the reading works without the model; say why it is missing
         st.warning(f"Model bundle could not be loaded: {type(exc).__name__}: {exc}")

@@ -29,7 +29,8 @@ def connect(db: Path) -> sqlite3.Connection:
     return store.connect(db, create=False)
 
 
-@st.cache_resource(show_spinner="Loading the model bundle ...")
+# no spinner of its own (the background warmer calls it too, outside any page): callers show one
+@st.cache_resource(show_spinner=False)
 def bundle(path: str) -> Any:
     """The loaded bundle (model in eval mode), shared by every session."""
     from medsuite.learn.bundle import load_bundle
@@ -160,7 +161,7 @@ def prefetch(db: str, cache_root: str, series_uids: list[str], bundle_path: str 
     """In the background: decode these series into the volume cache and their browser payload, and load the
     model bundle, so that opening the next case does not wait for them (failures are left to the real open)."""
     ex = _warmer()
+    for uid in series_uids:  # the scans first: the next case's reading view needs them before anything else
+        ex.submit(_quietly, scan_bytes, db, cache_root, uid)
     if bundle_path:
         ex.submit(_quietly, predictor, bundle_path)
-    for uid in series_uids:
-        ex.submit(_quietly, scan_bytes, db, cache_root, uid)

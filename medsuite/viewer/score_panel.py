@@ -132,11 +132,24 @@ def stability(predictor: Any, block: Any, volume: Any, center: tuple[float, floa
             "centre": float(predictor.positive_score(x[:1], covariates=cov(1))[0])}
 
 
-@st.cache_data(max_entries=256, show_spinner="Checking how stable the score is …")
+@st.cache_data(max_entries=256, show_spinner=False)  # the page shows a spinner; the background warmer has no page
 def cached_stability(bundle_path: str, prediction_id: int, _predictor: Any, _block: Any, _volume: Any,
                      center: tuple[float, float, float] | None,
                      covariates: tuple[tuple[str, float], ...] | None = None) -> dict[str, Any]:
     return stability(_predictor, _block, _volume, center, covariates=covariates)
+
+
+def stability_for(pred: Mapping[str, Any], bundle_path: str, block: Any, volume: Any) -> dict[str, Any]:
+    """`cached_stability` of a prediction row: its centre, and its nodule-table covariates when the bundle's
+    predictor fuses them (the case page and the background warmer call this, so they share one cache entry)."""
+    from medsuite.viewer import resources
+
+    predictor = resources.predictor(bundle_path)
+    fusion = predictor.settings.fusion
+    fused = fusion.covariates if fusion is not None else ()
+    covariates = tuple((name, float(pred[name])) for name in fused if pred.get(name) is not None) or None
+    center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
+    return cached_stability(bundle_path, int(pred["prediction_id"]), predictor, block, volume, center, covariates)
 
 
 def interval_text(st_: Mapping[str, Any]) -> str:
@@ -157,16 +170,9 @@ def render(pred: dict[str, Any], bundle: Any, info: dict[str, str] | None, volum
     st.metric(f"P({positive})", f"{p:.3f}", delta=f"{p - float(pred['threshold']):+.3f} vs threshold",
               delta_color="off")
     if bundle is not None and bundle_path is not None:
-        from medsuite.viewer import resources
-
-        center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
         try:
-            predictor = resources.predictor(bundle_path)
-            fusion = predictor.settings.fusion
-            fused = fusion.covariates if fusion is not None else ()
-            covariates = tuple((name, float(pred[name])) for name in fused if pred.get(name) is not None) or None
-            res = cached_stability(bundle_path, int(pred["prediction_id"]), predictor, bundle.block, volume, center,
-                                   covariates)
+            with st.spinner("Checking how stable the score is …"):
+                res = stability_for(pred, bundle_path, bundle.block, volume)
         except Exception as exc:  # noqa: BLE001 - the panel still shows the recorded score
             st.caption(f"Stability range not available: {type(exc).__name__}: {exc}")
         else:

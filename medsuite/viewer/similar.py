@@ -85,7 +85,7 @@ def neighbours(predictor: Any, block: Any, index: Any, volume: Any, center: Any,
             "openable": index.stacks is not None}
 
 
-@st.cache_data(max_entries=256, show_spinner="Finding similar cases …")
+@st.cache_data(max_entries=256, show_spinner=False)  # the page shows a spinner; the background warmer has no page
 def cached_neighbours(bundle_path: str, prediction_id: int, k: int, _predictor: Any, _block: Any, _index: Any,
                       _volume: Any, center: tuple[float, float, float] | None, _labels: Sequence[str],
                       positive: str) -> dict[str, Any]:
@@ -123,8 +123,9 @@ def section(cfg: Any, pred: dict[str, Any], bpath: str | None, bundle: Any, volu
     c1, c2 = st.columns([1, 5], vertical_alignment="center")
     k = c1.segmented_control("How many", K_CHOICES, default=DEFAULT_K, key="sim_k", label_visibility="collapsed") or DEFAULT_K
     center = None if pred.get("x_mm") is None else (pred["x_mm"], pred["y_mm"], pred["z_mm"])
-    res = cached_neighbours(str(bpath), pid, int(k), predictor, bundle.block, index, volume, center,
-                            list(predictor.labels), positive)
+    with st.spinner("Finding similar cases …"):
+        res = cached_neighbours(str(bpath), pid, int(k), predictor, bundle.block, index, volume, center,
+                                list(predictor.labels), positive)
     c2.markdown(f"**{summary([c['label'] for c in res['cases']], positive, res['base_rate'])}** "
                 f"({res['n_reference']} reference cases)")
     width = 132
