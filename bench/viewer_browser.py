@@ -99,6 +99,35 @@ def _rebuild(src: Path, dst: Path, code: str, env: dict[str, str]) -> None:
         d.commit()
 
 
+# the lowest-scored nodule of another series than the "missing" one (the lowest-scored case)
+GAP_CASE = ("SELECT prediction_id, series_uid, z_mm FROM predictions WHERE z_mm IS NOT NULL AND series_uid != "
+            "(SELECT series_uid FROM predictions ORDER BY probability LIMIT 1) ORDER BY probability LIMIT 1")
+
+
+def with_gap(db: Path, folder: Path, n: int = 3) -> int:
+    """For the "interpolated slices" view: copy the DICOM series of the `GAP_CASE` nodule to ``folder``
+    without its ``n`` slices nearest the nodule, and point the (copied) database at the copy; the reader then
+    fills the gap by interpolation. Returns the case's prediction id."""
+    import shutil
+
+    import pydicom
+
+    sys.path.insert(0, str(HERE))
+    from medsuite.io.phi import Pseudonymizer
+
+    with sqlite3.connect(db) as conn:
+        pid, uid, z = conn.execute(GAP_CASE).fetchone()
+        src = Path(Pseudonymizer.from_key_file().unseal(conn.execute(
+            "SELECT source FROM series WHERE series_uid = ? AND source IS NOT NULL", (uid,)).fetchone()[0]))
+        shutil.copytree(src, folder)
+        files = sorted(folder.rglob("*.dcm"))
+        zs = {f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files}
+        for f in sorted(files, key=lambda f: abs(zs[f] - z))[:n]:
+            f.unlink()
+        conn.execute("UPDATE series SET source = ? WHERE series_uid = ?", (str(folder), uid))
+    return int(pid)
+
+
 def start(tree: Path, db: Path, bundle: Path, cache: Path, users: Path | None = None,
           log: Path | None = None) -> tuple[subprocess.Popen, str, float]:
     """The tree's viewer on a free loopback port, in its own process group (`stop` ends the whole group); its
@@ -450,6 +479,20 @@ def _idle(page, settle_ms: int = 800) -> None:
     page.wait_for_timeout(settle_ms)
 
 
+def _frame_where(page, condition: str, timeout_s: float):
+    """The first frame of the page where the JavaScript ``condition`` holds (Streamlit may replace the iframe)."""
+    end = time.time() + timeout_s
+    while time.time() < end:
+        for f in page.frames:
+            try:
+                if f.evaluate(condition):
+                    return f
+            except Exception:  # noqa: BLE001 - frames come and go while Streamlit renders
+                continue
+        time.sleep(0.2)
+    raise TimeoutError(f"no frame where {condition} after {timeout_s} s")
+
+
 def shots(url: str, out: Path, db: Path) -> None:
     """Each view of this tree's viewer, for docs/viewer-clinicians.md."""
     from playwright.sync_api import sync_playwright
@@ -463,6 +506,14 @@ def shots(url: str, out: Path, db: Path) -> None:
         page.screenshot(path=str(out / "viewer-login.png"))
         page.get_by_role("button", name="Log in").click()
         page.get_by_role("button", name="Next unreviewed ▶").first.wait_for()
+
+        def goto(query: str) -> None:
+            """A link opened in a new session: the log-in first, then the linked case."""
+            page.goto(f"{url}/?{query}")
+            page.get_by_label("User name").fill("dr.demo")
+            page.get_by_role("textbox", name="Password").fill("demo password")
+            page.get_by_role("button", name="Log in").click()
+
         _idle(page)
         page.screenshot(path=str(out / "viewer-worklist.png"))
         v.open_first()
@@ -489,16 +540,18 @@ def shots(url: str, out: Path, db: Path) -> None:
         frame.locator("[data-preset='1']").click()
         page.get_by_text("Why (attributions)").click()
         page.get_by_role("button", name="Show attribution").click()
-        frame.wait_for_function("() => !!window.medsuiteViewer.overlays.heat", timeout=300_000)
+        frame = _frame_where(page, "!!(window.medsuiteViewer && window.medsuiteViewer.overlays.heat)", 600)  # may be new
+        frame.locator("button.nodule.current").click()  # the crosshair back on the nodule: the map on every plane
         _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-heat.png"))
         page.get_by_text("What the threshold means").click()
         _idle(page)
         page.screenshot(path=str(out / "viewer-score.png"))
-        page.get_by_text("Similar cases", exact=True).scroll_into_view_if_needed()
+        page.get_by_text("Similar cases", exact=True).evaluate("e => e.scrollIntoView({block: 'start'})")  # the heading at the top: all cards in view
         _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-similar.png"))
-        page.get_by_role("button", name="Open", exact=True).first.click()
+        # the first neighbour's Open button, by its widget key (a select box's arrow is also a button named "open")
+        page.locator("[class*='st-key-sim_open_'] button").first.click()
         page.get_by_text("the model's input patch as stored").wait_for(timeout=300_000)
         page.mouse.wheel(0, -4000)
         _idle(page, 2000)
@@ -507,10 +560,16 @@ def shots(url: str, out: Path, db: Path) -> None:
         _idle(page)
         with sqlite3.connect(db) as conn:
             broken = conn.execute("SELECT p.prediction_id FROM predictions p ORDER BY p.probability LIMIT 1").fetchone()[0]
-        page.goto(f"{url}/?case={broken}")
+        goto(f"case={broken}")
         page.get_by_text("cannot be shown").wait_for(timeout=300_000)
         _idle(page)
         page.screenshot(path=str(out / "viewer-missing.png"))
+        with sqlite3.connect(db) as conn:
+            gap = conn.execute(GAP_CASE).fetchone()[0]
+        goto(f"case={gap}")
+        _frame_where(page, "document.body && document.body.dataset.ready || ''", 300)
+        _idle(page, 1500)
+        page.screenshot(path=str(out / "viewer-interpolated.png"))
         page.get_by_text("Audit trail", exact=True).click()
         _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-audit.png"))
@@ -544,6 +603,7 @@ def main() -> None:
             with sqlite3.connect(db) as conn:  # one case whose images are gone, for the "missing" view
                 conn.execute("UPDATE series SET source = '/nonexistent/series' WHERE series_uid = (SELECT series_uid FROM "
                              "predictions ORDER BY probability LIMIT 1)")
+            with_gap(db, Path(tmp) / "gap")
         proc, url, t0 = start(tree, db, a.bundle, Path(tmp) / "cache", users, a.log)
         try:
             if a.shots:
