@@ -283,7 +283,7 @@ def test_interpolated_slices_are_marked(app, world):
     assert not at.exception
     spec, sent = _view(at)
     assert spec["interpolated"] == [3, 4] and "marks" in spec["overlays"] and "marks" in sent
-    assert any("2 of 12 slices were interpolated" in w.value and "3–4" in w.value for w in at.warning)
+    assert any("2 of 12 slices were interpolated" in w.value and "axial slices 4–5" in w.value for w in at.warning)
 
 
 def test_score_interval_threshold_words_and_similar_cases(app):

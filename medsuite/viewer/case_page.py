@@ -287,7 +287,8 @@ def scan_fragment(cfg: Any, pred: dict[str, Any], vol: Volume, identity: str | N
     interp = spec["interpolated"]
     if interp:
         st.warning(f"{len(interp)} of {vol.shape[0]} slices were interpolated or filled, not acquired "
-                   f"(slices {_ranges(interp)}); they are marked amber in the views. "
+                   f"(axial slices {_ranges([z + 1 for z in interp])}, numbered from 1 as in the views); they are "
+                   "marked amber in the views. "
                    + (vol.meta.get("resampled") or ""))
     elif vol.meta.get("resampled"):
         st.warning(f"This scan was resampled when it was read: {vol.meta['resampled']}.")

@@ -243,7 +243,7 @@ export class Tile {
     const interp = interpolated && pl.n === 2 && interpolated.has(s);
     this.badge.style.display = interp ? "block" : "none";
     if (interp) {
-      this.badge.textContent = `INTERPOLATED slice ${s}: not acquired`;
+      this.badge.textContent = `INTERPOLATED slice ${s + 1}/${pl.ns}: not acquired`;  // numbered as the label, from 1
       this.badge.dataset.interpolated = String(s);
     }
     const f = this.frame();

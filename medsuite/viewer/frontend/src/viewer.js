@@ -683,7 +683,7 @@ export class ReadingView {
     }
     const c = this.c.map((v) => Math.round(v));
     const w = this.vol.toWorld(c);
-    parts.push(`slice z ${c[2]} · crosshair (${fmt(-w[0], 1)}, ${fmt(-w[1], 1)}, ${fmt(w[2], 1)}) mm LPS`);
+    parts.push(`axial slice ${c[2] + 1}/${this.vol.dims[2]} · crosshair (${fmt(-w[0], 1)}, ${fmt(-w[1], 1)}, ${fmt(w[2], 1)}) mm LPS`);
     if (this.window) parts.push(`W${fmt(this.window[0])} L${fmt(this.window[1])}`);
     parts.push(`<span class="hint">${TOOLS[this.tool].hint} · right drag: W/L · middle or Ctrl+drag: pan · Shift+drag: ruler · wheel or ↑↓: slices · Ctrl+wheel: zoom</span>`);
     this.status.innerHTML = parts.join(" · ");
