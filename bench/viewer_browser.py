@@ -517,6 +517,7 @@ def shots(url: str, out: Path, db: Path) -> None:
         _idle(page)
         page.screenshot(path=str(out / "viewer-worklist.png"))
         v.open_first()
+        page.get_by_text("Similar cases", exact=True).wait_for(timeout=600_000)  # the whole case page, not a part of it
         _idle(page, 1500)
         page.screenshot(path=str(out / "viewer-case.png"))
         v.focus()
