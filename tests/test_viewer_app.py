@@ -316,3 +316,28 @@ def test_score_interval_threshold_words_and_similar_cases(app):
     assert ref["volume"]["shape"] == [3, 16, 16] and any("Similar case #1" in i.value for i in at.info)
     at.button(key="ref_back").click().run()
     assert _view(at)[0]["volume"]["id"] == scan_id
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+def test_background_warmer_thread_runs_at_lower_priority():
+    """Preparing the next case must not compete with the pages being read: the warmer's thread is niced, the
+    server's other threads are not."""
+    import os
+    import threading
+
+    from medsuite.viewer import resources
+
+    seen: dict[str, int] = {}
+
+    def warmer_thread() -> None:
+        tid = threading.get_native_id()
+        seen["before"] = os.getpriority(os.PRIO_PROCESS, tid)
+        resources._lower_priority()
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, tid)
+
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=warmer_thread)
+    t.start()
+    t.join()
+    assert seen["after"] == min(19, seen["before"] + resources.WARMER_NICE)  # relative to the server's own nice value
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before  # this thread is untouched

@@ -137,12 +137,29 @@ def predictor(path: str) -> Any:
     return Predictor.from_bundle(bundle(path))
 
 
+WARMER_NICE = 10  # added to the server's nice value for the background warmer's thread
+
+
+def _lower_priority() -> None:
+    """Run this (the warmer's) thread at a lower CPU priority: on a small server that also runs a browser, or
+    serves several readers, preparing the next case must not slow the pages being read (Linux nice values are
+    per thread; elsewhere this does nothing)."""
+    import os
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WARMER_NICE))
+    except (AttributeError, OSError):  # not Linux, or not allowed: the warmer runs at normal priority
+        pass
+
+
 @st.cache_resource(show_spinner=False)
 def _warmer() -> Any:
     """One background thread, shared by all sessions, that prepares what a reader will probably open next."""
     from concurrent.futures import ThreadPoolExecutor
 
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsuite-viewer-prefetch")
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsuite-viewer-prefetch", initializer=_lower_priority)
 
 
 def _quietly(fn: Any, *args: Any) -> None:
