@@ -112,7 +112,11 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 15.0) -> set[int]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in members):
         time.sleep(0.1)
-    return {p for p in members if _alive(p)}
+    left = {p for p in members if _alive(p)}
+    for pid in left:  # escaped the group (a new session of its own): report it, but do not leave it running
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def _viewer_frame(page, timeout: float = 120.0):
