@@ -440,7 +440,7 @@ def reviewer(kind: str, url: str, n: int, barrier: Any, out: Any, who: int) -> N
         browser.close()
 
 
-def measure(kind: str, url: str, n: int, t_start: float) -> dict[str, Any]:
+def measure(kind: str, url: str, n: int, t_start: float, dwell_s: float = 0.0) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     res: dict[str, Any] = {}
@@ -453,7 +453,12 @@ def measure(kind: str, url: str, n: int, t_start: float) -> dict[str, Any]:
         res["key_alone"] = stats(key_series(v, n))
         res["wheel_alone"] = stats(wheel_series(v, n)) if kind == "new" else "no wheel scrolling: the wheel scrolls the page"
         res["bursts"] = bursts(v)
-        opens = [v.open_next() for _ in range(5)]
+        opens = []
+        for _ in range(5):  # dwell_s: the time a reader spends on a case before asking for the next one
+            if dwell_s:
+                v.settle()
+                time.sleep(dwell_s)
+            opens.append(v.open_next())
         res["next_case_s"] = {"median": round(statistics.median(opens), 2), "min": round(min(opens), 2), "max": round(max(opens), 2)}
         browser.close()
     ctx = mp.get_context("spawn")
@@ -584,6 +589,7 @@ def main() -> None:
     ap.add_argument("--tree", type=Path, default=HERE, help="source tree whose viewer to run (default: this one)")
     ap.add_argument("--label", default=None, help="name of this run in the output (default: before/after by viewer kind)")
     ap.add_argument("--changes", type=int, default=40, help="slice changes per measurement (>= 40)")
+    ap.add_argument("--dwell", type=float, default=0.0, help="seconds on each case before 'Next unreviewed' (default 0: back to back)")
     ap.add_argument("--shots", type=Path, default=None, help="save screenshots of every view here instead of measuring")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--log", type=Path, default=None, help="save the viewer server's output here")
@@ -612,11 +618,11 @@ def main() -> None:
                 print(f"screenshots in {a.shots}")
                 return
             with LoadSampler() as load:
-                res = measure(kind, url, a.changes, t0)
+                res = measure(kind, url, a.changes, t0, a.dwell)
         finally:
             stop(proc)
     res = {"label": a.label or ("after" if kind == "new" else "before"), "viewer": kind, "tree": str(tree),
-           "viewport": VIEWPORT, "changes": a.changes, **res, "load_average": load.summary(), "cpus": os.cpu_count()}
+           "viewport": VIEWPORT, "changes": a.changes, "dwell_s": a.dwell, **res, "load_average": load.summary(), "cpus": os.cpu_count()}
     print(json.dumps(res, indent=1))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1))
