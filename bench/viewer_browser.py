@@ -6,12 +6,14 @@ Works on this tree's viewer and on an older one (``--tree``), so before/after ru
     python bench/viewer_browser.py --db DEMO/scores/medsuite.db --bundle DEMO/malignancy.bundle          # this tree
     git archive bc9a864 | tar -x -C /tmp/before                                                           # the old viewer
     python bench/viewer_browser.py --db ... --bundle ... --tree /tmp/before --label before
+    python bench/viewer_browser.py --db ... --bundle ... --dwell 3          # 3 s on each case before "Next unreviewed"
     python bench/viewer_browser.py --db ... --bundle ... --shots docs/img                                 # screenshots
 
 Latency is measured in the page: from the input event's timestamp to the second animation frame after the new
 slice is drawn (this viewer: its own counters; the old one: the slice caption changed and the three view images
 loaded). The database is copied first (into the tree's schema when it is older), so the inputs stay untouched.
-Prints medians and p90 with the machine's load average; ``--json`` saves everything.
+Prints medians and p90 with the machine's load average (sampled every 5 s during the run); ``--json`` saves
+everything. The viewer runs in its own process group, ended with the bench.
 """
 
 from __future__ import annotations
