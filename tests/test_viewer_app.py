@@ -202,6 +202,7 @@ def test_open_case_sends_the_scan_once_and_the_url_follows(app, world):
     assert "case" not in at.query_params and at.dataframe  # back on the worklist
     at.radio(key="page").set_value("Audit trail").run()
     assert at.success and "Hash chain intact" in at.success[0].value
+    assert "medsuite.db.anchor.json" in at.success[0].value and str(at.db.parent) not in at.success[0].value
 
 
 def test_url_restores_case_slice_and_window(app):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import closing
+from pathlib import Path
 
 import streamlit as st
 
@@ -46,9 +47,11 @@ def audit_page(cfg: ViewerConfig) -> None:
     with closing(connect(cfg.db)) as conn:
         check = reviews.verify_records(conn)  # chain + every review's content hash + the anchored head
         rows = reviews.audit_rows(conn, limit=500)
-    details = "\n".join(f"- {p}" for p in check.problems + check.notes)
+    text = "\n".join([check.summary, "", *(f"- {p}" for p in check.problems + check.notes)]).strip()
+    if check.anchor:  # the reader sees the anchor's file name, never the server's folders
+        text = text.replace(str(check.anchor), Path(check.anchor).name)
     show = st.success if check.ok else st.warning if check.status == "unanchored" else st.error
-    show(check.summary + (f"\n\n{details}" if details else ""))
+    show(text)
     st.dataframe(rows, hide_index=True, width="stretch")
 
 
