@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from medsuite.cli import app
 from medsuite.data.blocks import SeriesSlices, SliceStack
 from medsuite.interpret.index import CaseIndex
+from medsuite.learn import roc_auc
 from medsuite.learn.bundle import load_bundle
 from medsuite.pipelines import classify, nodule
 
@@ -69,6 +70,14 @@ def test_cli_train_writes_bundle_report_and_baseline_comparison(cohort: Path, tm
     # the default config fuses the diameter: the image model alone is compared too
     assert set(metrics["comparisons"]) == {"diameter", "radiomics_rf", "image only (no covariates)"}
     assert metrics["report"]["n"] == len(pd.read_csv(cohort / "nodules.csv").query("split == 'test'"))
+    # the image-only comparison is reproduced from what the run wrote, as every other figure is
+    scores = pd.read_parquet(out / "scores.parquet")
+    truth = pd.read_csv(cohort / "nodules.csv").query("split == 'test'")
+    y = (truth["label"] == "malignant").to_numpy()
+    fused_auc, image_auc = (roc_auc(y, scores[c].to_numpy()) for c in ("probability", "image_probability"))
+    image_row = metrics["comparisons"]["image only (no covariates)"]
+    assert fused_auc == pytest.approx(image_row["auc_a"], abs=1e-12)
+    assert image_auc == pytest.approx(image_row["auc_b"], abs=1e-12)
     assert (out / "malignancy.bundle" / "bundle.json").is_file()
     assert (out / "roc.png").is_file() and (out / "calibration.png").is_file()
 

@@ -72,12 +72,18 @@ def _ids(items: pd.DataFrame, task: str) -> tuple[list[str], list[str]]:
     return uids, nodules
 
 
-def scores_frame(predictor: Predictor, probs: np.ndarray, items: pd.DataFrame, task: str) -> pd.DataFrame:
+def scores_frame(predictor: Predictor, probs: np.ndarray, items: pd.DataFrame, task: str,
+                 image_probs: np.ndarray | None = None) -> pd.DataFrame:
     """The rows `medsuite score` writes for these items: ``series_uid, nodule_id, probability, label``
-    (``probability`` = `Predictor.score_of`, ``label`` = `Predictor.decide`; ``nodule_id`` '' for series)."""
+    (``probability`` = `Predictor.score_of`, ``label`` = `Predictor.decide`; ``nodule_id`` '' for series).
+    With ``image_probs`` (a fusing predictor's image model alone) also ``image_probability``, so that the
+    report's image-only row is reproduced from this table too."""
     uids, nodules = _ids(items, task)
-    return pd.DataFrame({"series_uid": uids, "nodule_id": nodules,
-                         "probability": predictor.score_of(probs).astype(np.float64), "label": predictor.decide(probs)})
+    frame = pd.DataFrame({"series_uid": uids, "nodule_id": nodules,
+                          "probability": predictor.score_of(probs).astype(np.float64), "label": predictor.decide(probs)})
+    if image_probs is not None:
+        frame["image_probability"] = np.asarray(image_probs, dtype=np.float64)[:, predictor.positive_index]
+    return frame
 
 
 def report_from_scores(scores: pd.DataFrame, truth: pd.DataFrame, settings: PredictorSettings, *, task: str,
@@ -144,14 +150,15 @@ def evaluate_predictor(predictor: Predictor, batches: Iterable[Any], items: pd.D
     vocab = predictor.labels
     losses = loss_table(probs, targets, ids, vocab, decisions=predictor.decide_index(probs),
                         positive_index=predictor.positive_index)
-    scores = scores_frame(predictor, probs, items, task)
     settings = predictor.settings
+    image_alone = image if settings.fusion is not None else None
+    scores = scores_frame(predictor, probs, items, task, image_alone)
     if settings.binary:
         report = report_from_scores(scores, items, settings, task=task, n_boot=n_boot)
     else:
         report = classification_report(targets, probs, vocab, None, n_boot=n_boot)
     evaluation = Evaluation(split, items.reset_index(drop=True), probs, raw, targets, losses, report, scores, settings,
-                            image_probs=image if settings.fusion is not None else None)
+                            image_probs=image_alone)
     if index is not None:
         evaluation.knn_agreement = float(knn_agreement(index, np.concatenate(embeddings), [vocab[t] for t in targets], k=k))
     return evaluation
