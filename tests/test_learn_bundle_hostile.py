@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hostile_bundles import member_fifo, member_symlink_to_dev_zero
 from process_support import env
 
 from medsuite.data.blocks import SliceStack
@@ -231,18 +232,6 @@ def _symlinked_subfolder(good: Path, tmp: Path) -> Path:
     return good
 
 
-def _symlink_to_dev_zero(good: Path, tmp: Path) -> Path:
-    (good / "index" / "cases.json").unlink()
-    (good / "index" / "cases.json").symlink_to("/dev/zero")
-    return good
-
-
-def _fifo_member(good: Path, tmp: Path) -> Path:
-    (good / "index" / "cases.json").unlink()
-    os.mkfifo(good / "index" / "cases.json")
-    return good
-
-
 def _symlinked_zip(good: Path, tmp: Path) -> Path:
     z = tmp / "real.zip"
     export_bundle(z, build_model("slice_cnn", **KW), arch="slice_cnn", arch_kwargs=KW, block_spec=BLOCK.spec(),
@@ -275,8 +264,8 @@ def _fifo_bundle(good: Path, tmp: Path) -> Path:
     (_symlinked_weights, "model.safetensors is a symbolic link"),
     (_symlinked_meta, "bundle.json is a symbolic link"),
     (_symlinked_subfolder, "index is a symbolic link"),
-    (_symlink_to_dev_zero, "index/cases.json is a symbolic link"),
-    (_fifo_member, "not a regular file"),
+    (member_symlink_to_dev_zero, "index/cases.json is a symbolic link"),
+    (member_fifo, "not a regular file"),
     (_symlinked_zip, "is a symbolic link"),
     (_zip_with_symlink_entry, "symbolic link inside the zip"),
     (_fifo_bundle, "not a regular file or folder"),
