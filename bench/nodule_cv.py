@@ -7,6 +7,7 @@ kept per nodule, so ensembles can be scored afterwards without training again.
 
     python bench/nodule_cv.py COHORT --variants base soft_mix --folds 5 --out /tmp/cv
     python bench/nodule_cv.py COHORT --summary --out /tmp/cv          # the table of every run so far
+    python bench/nodule_cv.py COHORT --summary --out /tmp/cv --ensemble base_tta soft_mix soft_ms2
 
 The summary also scores each variant's out-of-fold predictions fused late with the diameter, as exported
 predictors do (cross-fitted, `late_fused`): the "fuse" variant instead trains the diameter into the network.
@@ -327,10 +328,35 @@ def late_fused(runs: pd.DataFrame, diameters: pd.Series) -> np.ndarray:
     return out
 
 
-def summarize(out: Path, table: pd.DataFrame | None = None) -> pd.DataFrame:
+def _run_row(name: str, seed: Any, g: pd.DataFrame, base: pd.DataFrame, table: pd.DataFrame | None,
+             train_min: float, fuse: bool) -> dict[str, Any]:
+    """The summary row of one variant's out-of-fold predictions ``g`` (columns nodule_id, y, p, fold)."""
+    from sklearn.metrics import roc_auc_score
+
+    def per_fold(frame: pd.DataFrame, a: str, b: str | None = None) -> float:
+        return float(np.mean([roc_auc_score(h["y"], h[a]) - (roc_auc_score(h["y"], h[b]) if b else 0.0)
+                              for _, h in frame.groupby("fold")]))
+
+    aucs = [roc_auc_score(h["y"], h["p"]) for _, h in g.groupby("fold")]
+    m = base.merge(g[["nodule_id", "p"]], on="nodule_id")
+    row = {"variant": name, "seed": seed, "folds": len(aucs), "cv_auc_mean": np.mean(aucs),
+           "cv_auc_sd": np.std(aucs, ddof=1) if len(aucs) > 1 else np.nan,
+           "minus_diameter": per_fold(m, "p", "diameter"), "minus_radiomics": per_fold(m, "p", "radiomics"),
+           "pooled_auc": roc_auc_score(g["y"], g["p"]), "train_min": train_min}
+    if table is not None and len(aucs) > 1 and fuse:
+        diameters = table.set_index(table["nodule_id"].astype(str))["diameter_mm"]
+        m = m.assign(fused=late_fused(m, diameters))
+        row.update(fused_auc=per_fold(m, "fused"), fused_minus_diameter=per_fold(m, "fused", "diameter"),
+                   fused_minus_radiomics=per_fold(m, "fused", "radiomics"))
+    return row
+
+
+def summarize(out: Path, table: pd.DataFrame | None = None, ensembles: list[list[str]] | None = None) -> pd.DataFrame:
     """One row a baseline and a variant (per seed): mean and SD of the per-fold AUCs, the mean per-fold
     difference to each baseline on the same folds; with ``table`` (for the diameters) and two or more folds
-    also the cross-fitted late fusion with the diameter (`late_fused`): ``fused_auc`` and its differences."""
+    also the cross-fitted late fusion with the diameter (`late_fused`): ``fused_auc`` and its differences.
+    Each of ``ensembles`` (a list of variant names) adds a row for the mean of those variants' out-of-fold
+    probabilities (seed 0, the nodules all of them scored), at the sum of their training times."""
     from sklearn.metrics import roc_auc_score
 
     base = pd.read_csv(out / "baselines.csv", dtype={"nodule_id": str})
@@ -339,30 +365,27 @@ def summarize(out: Path, table: pd.DataFrame | None = None) -> pd.DataFrame:
         aucs = [roc_auc_score(g["y"], g[col]) for _, g in base.groupby("fold")]
         rows.append({"variant": name, "runs": 1, "cv_auc_mean": np.mean(aucs), "cv_auc_sd": np.std(aucs, ddof=1),
                      "pooled_auc": roc_auc_score(base["y"], base[col]), "train_min": 0.0})
+    minutes: dict[tuple[str, Any], float] = {}
+    runs_of: dict[str, pd.DataFrame] = {}
     for path in sorted(out.glob("runs_*.csv")):
         name = path.stem[len("runs_"):]
-        runs = pd.read_csv(path, dtype={"nodule_id": str})
+        runs_of[name] = runs = pd.read_csv(path, dtype={"nodule_id": str})
         meta = [json.loads(line) for line in (out / f"meta_{name}.jsonl").read_text().splitlines()]
         for seed, g in runs.groupby("seed"):
-            aucs = [roc_auc_score(h["y"], h["p"]) for _, h in g.groupby("fold")]
-            m = base.merge(g[["nodule_id", "p"]], on="nodule_id")
-            dd = [roc_auc_score(h["y"], h["p"]) - roc_auc_score(h["y"], h["diameter"]) for _, h in m.groupby("fold")]
-            dr = [roc_auc_score(h["y"], h["p"]) - roc_auc_score(h["y"], h["radiomics"]) for _, h in m.groupby("fold")]
-            secs = [x["train_s"] for x in meta if x["seed"] == seed]
-            row = {"variant": name, "seed": seed, "folds": len(aucs), "cv_auc_mean": np.mean(aucs),
-                   "cv_auc_sd": np.std(aucs, ddof=1) if len(aucs) > 1 else np.nan,
-                   "minus_diameter": np.mean(dd), "minus_radiomics": np.mean(dr),
-                   "pooled_auc": roc_auc_score(g["y"], g["p"]), "train_min": np.mean(secs) / 60}
-            if table is not None and len(aucs) > 1 and not VARIANTS.get(name, {}).get("fuse"):
-                diameters = table.set_index(table["nodule_id"].astype(str))["diameter_mm"]
-                m = m.assign(fused=late_fused(m, diameters))
-                fa = [roc_auc_score(h["y"], h["fused"]) for _, h in m.groupby("fold")]
-                row.update(fused_auc=np.mean(fa),
-                           fused_minus_diameter=np.mean([roc_auc_score(h["y"], h["fused"]) - roc_auc_score(h["y"], h["diameter"])
-                                                         for _, h in m.groupby("fold")]),
-                           fused_minus_radiomics=np.mean([roc_auc_score(h["y"], h["fused"]) - roc_auc_score(h["y"], h["radiomics"])
-                                                          for _, h in m.groupby("fold")]))
-            rows.append(row)
+            minutes[(name, seed)] = np.mean([x["train_s"] for x in meta if x["seed"] == seed]) / 60
+            rows.append(_run_row(name, seed, g, base, table, minutes[(name, seed)],
+                                 fuse=not VARIANTS.get(name, {}).get("fuse")))
+    for members in ensembles or []:
+        missing = [v for v in members if v not in runs_of]
+        if missing:
+            raise SystemExit(f"--ensemble: no runs of {missing} in {out}")
+        parts = [runs_of[v].query("seed == 0")[["nodule_id", "y", "fold", "p"]].rename(columns={"p": v}) for v in members]
+        joined = parts[0]
+        for part in parts[1:]:
+            joined = joined.merge(part.drop(columns=["y", "fold"]), on="nodule_id")
+        joined = joined.assign(p=joined[members].mean(axis=1))
+        rows.append(_run_row("+".join(members), 0, joined, base, table,
+                             sum(minutes[(v, 0)] for v in members), fuse=True))
     return pd.DataFrame(rows)
 
 
@@ -375,6 +398,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--summary", action="store_true")
+    ap.add_argument("--ensemble", nargs="+", action="append", metavar="VARIANT",
+                    help="with --summary: also score the mean of these variants' out-of-fold predictions (repeatable)")
     args = ap.parse_args()
     import torch
 
@@ -404,7 +429,7 @@ def main() -> None:
                       f"({meta['train_s']:.0f} s, lr {meta['lr']:.2e}, load {os.getloadavg()[0]:.1f})", flush=True)
     if args.summary or args.variants:
         pd.set_option("display.width", 200)
-        print(summarize(args.out, table).round(4).to_string(index=False))
+        print(summarize(args.out, table, args.ensemble).round(4).to_string(index=False))
 
 
 if __name__ == "__main__":
