@@ -9,7 +9,6 @@ import os
 import re
 import resource
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hostile_bundles import member_fifo, member_symlink_to_dev_zero
+from hostile_bundles import member_fifo, member_symlink_to_dev_zero, patch_zip_size
 from process_support import env
 
 from medsuite.data.blocks import SliceStack
@@ -119,20 +118,6 @@ print('DELTA_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
     assert delta_kb < 100_000, f"peak RSS grew by {delta_kb / 1024:.0f} MB"
 
 
-def _patch_zip_size(path: Path, member: str, size: int) -> None:
-    """Make the zip's local header and central directory declare ``size`` bytes for ``member``."""
-    data = bytearray(path.read_bytes())
-    name = member.encode()
-    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local header / central directory entry
-        pos = 0
-        while (pos := data.find(sig, pos)) >= 0:
-            name_at = pos + (30 if sig == b"PK\x03\x04" else 46)
-            if data[name_at:name_at + len(name)] == name:
-                data[pos + off:pos + off + 4] = struct.pack("<I", size)
-            pos += 4
-    path.write_bytes(bytes(data))
-
-
 def test_zip_bomb_member_is_refused_from_the_central_directory(good, tmp_path):
     z = tmp_path / "bomb.zip"
     with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -140,7 +125,7 @@ def test_zip_bomb_member_is_refused_from_the_central_directory(good, tmp_path):
             if f.is_file():
                 zf.writestr(f.relative_to(good).as_posix(), f.read_bytes())
         zf.writestr("bomb.bin", b"\0" * 2**20)
-    _patch_zip_size(z, "bomb.bin", 3 * 2**30)  # an unlisted 3 GiB member, as the central directory says
+    patch_zip_size(z, "bomb.bin", 3 * 2**30)  # an unlisted 3 GiB member, as the central directory says
     assert zipfile.ZipFile(z).getinfo("bomb.bin").file_size == 3 * 2**30
     with pytest.raises(BundleError, match=r"at most .* are read \(refused before reading them\)"):
         load_bundle(z)
@@ -163,7 +148,7 @@ def test_listed_member_that_inflates_beyond_its_declared_size_stops_there(good, 
     with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(good.rglob("*")):
             zf.writestr(f.relative_to(good).as_posix(), f.read_bytes()) if f.is_file() else None
-    _patch_zip_size(z, "index/cases.json", 1000)  # declares 1000 bytes, inflates to 64 MiB
+    patch_zip_size(z, "index/cases.json", 1000)  # declares 1000 bytes, inflates to 64 MiB
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(BundleError, match="index/cases.json"):
         load_bundle(z)
