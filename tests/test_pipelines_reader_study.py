@@ -75,6 +75,9 @@ def test_reader_and_model_operating_points_on_the_same_pairs():
     rep = Report("t")
     add_reader_study_section(rep, study)
     assert "reader study" in rep.sections[0][0].lower() and rep.figures
+    (fig,) = rep.figures.values()  # the readers' average and the model drawn at their operating points
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "average reader (95% CI)" in labels and any(label.startswith("model at its threshold") for label in labels)
 
 
 def test_tables_without_reader_ratings_and_bad_ratings():

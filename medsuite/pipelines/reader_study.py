@@ -220,20 +220,21 @@ def _figure(study: ReaderStudy) -> Figure:
     for r in readers.itertuples():
         ax.annotate(r.who.split()[-1], (1 - r.specificity, r.sensitivity), textcoords="offset points", xytext=(5, -3),
                     fontsize=8, color="C3")
-    avg = pts[pts["who"] == "average of readers"]
-    if len(avg):
-        a = avg.iloc[0]
-        ax.errorbar(1 - a["specificity"], a["sensitivity"],
-                    xerr=[[a["specificity_ci"][1] - a["specificity"]], [a["specificity"] - a["specificity_ci"][0]]],
-                    yerr=[[a["sensitivity"] - a["sensitivity_ci"][0]], [a["sensitivity_ci"][1] - a["sensitivity"]]],
-                    fmt="D", color="C3", mfc="white", ms=8, zorder=4, label="average reader (95% CI)")
-    model = pts[pts["who"] == "model on all pairs"]
-    if len(model):
-        m = model.iloc[0]
-        ax.errorbar(1 - m["specificity"], m["sensitivity"],
-                    xerr=[[m["specificity_ci"][1] - m["specificity"]], [m["specificity"] - m["specificity_ci"][0]]],
-                    yerr=[[m["sensitivity"] - m["sensitivity_ci"][0]], [m["sensitivity_ci"][1] - m["sensitivity"]]],
-                    fmt="*", color="C0", ms=13, zorder=5, label=f"model at its threshold {study.threshold:.3f} (95% CI)")
+    def operating_point(who: str, **style: Any) -> None:
+        """One row of ``pts`` as a point on the ROC plane with its sensitivity and specificity CIs."""
+        row = pts[pts["who"] == who]
+        if not len(row):
+            return
+        r = row.iloc[0]
+        ax.errorbar(1 - r["specificity"], r["sensitivity"],
+                    xerr=[[r["specificity_ci"][1] - r["specificity"]], [r["specificity"] - r["specificity_ci"][0]]],
+                    yerr=[[r["sensitivity"] - r["sensitivity_ci"][0]], [r["sensitivity_ci"][1] - r["sensitivity"]]],
+                    **style)
+
+    operating_point("average of readers", fmt="D", color="C3", mfc="white", ms=8, zorder=4,
+                    label="average reader (95% CI)")
+    operating_point("model on all pairs", fmt="*", color="C0", ms=13, zorder=5,
+                    label=f"model at its threshold {study.threshold:.3f} (95% CI)")
     ax.plot([0, 1], [0, 1], ":", color="lightgrey")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
