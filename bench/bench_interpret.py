@@ -15,22 +15,13 @@ import time
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from medsuite.data.blocks import SliceStack
 from medsuite.interpret.attributions import integrated_gradients
 from medsuite.interpret.index import CaseIndex, l2_normalise
 from medsuite.io.volume import Volume
 from medsuite.learn.models import build_model
-
-
-def _median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
 
 
 def bench_ig(repeat: int = 5) -> None:
@@ -48,8 +39,8 @@ def bench_ig(repeat: int = 5) -> None:
             inp = xt.clone().requires_grad_(True)
             model(inp)[0, 1].backward()
 
-    ig_ms = _median_ms(lambda: integrated_gradients(model, x, base, target=1, n_steps=50), repeat)
-    loop_ms = _median_ms(loop, repeat)
+    ig_ms = 1000 * median_seconds(lambda: integrated_gradients(model, x, base, target=1, n_steps=50), repeat)
+    loop_ms = 1000 * median_seconds(loop, repeat)
     print(f"IG 50 steps (batched) on slice_cnn {tuple(x.shape)}: {ig_ms:.0f} ms; "
           f"50 x forward+backward: {loop_ms:.0f} ms; ratio {ig_ms / loop_ms:.2f}x (threads={torch.get_num_threads()})")
 
@@ -74,8 +65,8 @@ def bench_exact(n: int = 100_000, dim: int = 128, repeat: int = 200) -> None:
     index = CaseIndex(_clustered(n, dim, rng), [str(i) for i in range(n)])
     queries = l2_normalise(_clustered(repeat, dim, rng))
     it = iter(range(10**9))
-    ms = _median_ms(lambda: index.exact_query(queries[next(it) % repeat], 10), repeat)
-    full = _median_ms(lambda: np.argsort(-(index.embeddings @ queries[0]))[:10], 20)
+    ms = 1000 * median_seconds(lambda: index.exact_query(queries[next(it) % repeat], 10), repeat)
+    full = 1000 * median_seconds(lambda: np.argsort(-(index.embeddings @ queries[0]))[:10], 20)
     print(f"exact cosine top-10, {n:,} x {dim}: {ms:.2f} ms/query (median of {repeat}); full argsort: {full:.2f} ms")
 
 

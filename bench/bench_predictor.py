@@ -12,23 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from medsuite.learn.models import build_model
 from medsuite.learn.predict import FLIPS, NO_TTA, Calibration, Predictor, PredictorSettings
-
-
-def _median_s(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def main() -> None:
@@ -54,7 +44,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.n} samples 5x64x64, slice_cnn")
     ref = None
     for name, fn in rows:
-        s = _median_s(fn, args.repeat)
+        s = median_seconds(fn, args.repeat)
         ref = ref or s
         print(f"  {name:<42} {1000 * s / args.n:7.3f} ms/sample   x{s / ref:4.2f}")
     p = Predictor(model, PredictorSettings(labels, "malignant", FLIPS, Calibration("temperature", 1.3)), batch_size=64)
