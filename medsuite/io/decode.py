@@ -9,6 +9,7 @@ installed for a syntax the error names the syntax and the package that decodes i
 from __future__ import annotations
 
 import struct
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO
@@ -141,8 +142,11 @@ def decode_dataset(ds, *, path: str | Path, transfer_syntax: str) -> np.ndarray:
     check_decoder(transfer_syntax, str(path))
     if "PixelData" not in ds:
         raise PixelDataError(f"{path}: no Pixel Data element")
+    # RLE is decoded by pylibjpeg-rle, written in Rust: its panic text on corrupt data is kept off the terminal
+    # (one clean error instead). Only there: the capture redirects the whole process's stderr while it runs.
+    captured = native_stderr_captured() if transfer_syntax == uids.RLELossless else nullcontext()
     try:
-        with native_stderr_captured():  # a Rust decoder's panic text stays off the terminal: one clean error
+        with captured:
             arr = ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
