@@ -275,11 +275,19 @@ def table_problems(cfg: PipelineConfig, table: Any) -> list[str]:
     return problems
 
 
+# The sets a run drew on the table's real patient ids, carried through pseudonymisation (`train._table`).
+DRAWN_SPLIT_COLUMN = "_drawn_split"
+
+
 def splitter(cfg: PipelineConfig, table: Any) -> Any:
     """The splitter the run uses (the one the check before it uses too): the table's split column when it has
-    it, else the seeded split by patient, stratified by label unless ``data.split.stratify`` is false."""
+    it, else the seeded split by patient, stratified by label unless ``data.split.stratify`` is false. A table
+    carrying the sets already drawn (``DRAWN_SPLIT_COLUMN``) keeps them."""
+    from medsuite.data.splitters import ColumnSplitter
     from medsuite.pipelines.nodule import splitter_for
 
+    if DRAWN_SPLIT_COLUMN in table.columns:
+        return ColumnSplitter(DRAWN_SPLIT_COLUMN)
     split = cfg.data.split
     return splitter_for(table, column=split.column, valid_pct=split.valid_pct, test_pct=split.test_pct, seed=split.seed,
                         positive=cfg.data.positive, stratify=split.stratify)

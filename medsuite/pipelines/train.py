@@ -38,7 +38,7 @@ from medsuite.pipelines.baselines import (
     patch3d_baseline,
     radiomics_baseline,
 )
-from medsuite.pipelines.config import ConfigError, PipelineConfig, splitter
+from medsuite.pipelines.config import DRAWN_SPLIT_COLUMN, ConfigError, PipelineConfig, splitter
 from medsuite.pipelines.evaluation import Evaluation, compare_with_baselines, evaluate, write_report
 from medsuite.pipelines.radiomics import feature_table
 from medsuite.pipelines.tasks import TaskLearner
@@ -89,7 +89,13 @@ def _table(cfg: PipelineConfig) -> Any:
     if not cfg.data.include_phi:  # ids holding patient ids would reach the report, scores and the case index
         from medsuite.io.phi import Pseudonymizer
 
-        table = Pseudonymizer.pseudonymize_table(table)
+        # Draw the sets on the real patient ids first, as the check before the run did: a seeded random split
+        # of keyed pseudonyms would depend on the key (another machine, another split, unchecked).
+        sets = splitter(cfg, table)(table)
+        drawn = np.empty(len(table), dtype=object)
+        for name, rows in sets.items():
+            drawn[rows] = name
+        table = Pseudonymizer.pseudonymize_table(table.assign(**{DRAWN_SPLIT_COLUMN: drawn}))
     return table
 
 
