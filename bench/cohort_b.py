@@ -34,7 +34,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from medsuite.data.demo import MAX_DIAMETER_MM, indexed_lidc_copy, reader_ratings
-from medsuite.data.lidc import LidcDatabase, annotation_mask, lidc_nodules
+from medsuite.data.lidc import RATING_COLUMNS, LidcDatabase, annotation_mask, lidc_nodules
 
 
 def consensus_mask(db: LidcDatabase, annotation_ids: list[int]) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -204,7 +204,11 @@ def make_patient(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
                      "malignancy": float(n["malignancy_median"]), "malignancy_mean": float(n["malignancy_mean"]),
                      "n_readers": int(n["n_readers"]), "split": spec["split"],
                      **{f"malignancy_r{j + 1}": v for j, v in enumerate(n["ratings"])},
-                     "slice_thickness": thickness, "pixel_spacing": ps, "manufacturer": spec["manufacturer"]})
+                     "slice_thickness": thickness, "pixel_spacing": ps, "manufacturer": spec["manufacturer"],
+                     # what the image was drawn from (bench/nodule_ceiling.py): the median ratings, the consensus outline
+                     **n["characteristics"], "rendered_texture": int(round(n["texture"])),
+                     "rendered_calcification": int(round(n["calcification"])),
+                     "rendered_diameter_mm": round(caliper_mm(occ > 0.5, ps), 3)})
     noise = float(rng.uniform(18, 55) * np.sqrt(1.25 / thickness))
     array = scanner(hu, spacing, noise, rng)
     study_uid, series_uid = (str(generate_uid(entropy_srcs=["cohort-b", str(spec["seed"]), part])) for part in ("study", "series"))
@@ -222,6 +226,14 @@ def make_patient(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, 
     tmp.write_text(json.dumps({"rows": rows, "series": series}))
     tmp.replace(done)
     return rows, series
+
+
+def caliper_mm(inside: np.ndarray, pixel_mm: float) -> float:
+    """The largest in-plane extent (mm) of a rendered nodule over 36 directions, as the demo cohort records it."""
+    if not inside.any():
+        return 0.0
+    pts = np.argwhere(inside)[:, 1:] * pixel_mm
+    return float(np.max([np.ptp(pts @ np.array([np.cos(a), np.sin(a)])) for a in np.linspace(0, np.pi, 36)]))
 
 
 def split_of(u: float, valid: float, test: float) -> str:
@@ -258,7 +270,8 @@ def main() -> None:
             nodules.append({"annotation_ids": ids, "diameter_mm": row["diameter_mm"], "label": row["label"],
                             "malignancy_median": row["malignancy_median"], "malignancy_mean": row["malignancy_mean"],
                             "n_readers": row["n_readers"], "texture": row["texture"], "calcification": row["calcification"],
-                            "ratings": reader_ratings(ann, ids)})
+                            "ratings": reader_ratings(ann, ids),
+                            "characteristics": {c: row[c] for c in RATING_COLUMNS if c != "malignancy"}})
         specs.append({"patient_id": f"B-{i + 1:04d}", "seed": int(rng.integers(2**31)), "nodules": nodules,
                       "split": split_of(rng.random(), args.valid, args.test), "out": str(args.out),
                       "manufacturer": str(rng.choice(["VENDOR-A", "VENDOR-B", "VENDOR-C"]))})

@@ -18,6 +18,7 @@ CASES = [
     ("multiview_cnn", {"in_channels": 2, "fusion": "meanmax"}, (2, 3, 2, 16, 16), 16, 2),
     ("series_encoder", {"in_channels": 1}, (2, 5, 1, 16, 16), 8, 2),
     ("series_encoder", {"in_channels": 1, "pooling": "mean"}, (2, 5, 1, 16, 16), 8, 2),
+    ("series_encoder", {"in_channels": 1, "spatial_pool": "max"}, (2, 5, 1, 16, 16), 8, 2),
     ("cnn3d", {"in_channels": 1}, (2, 1, 8, 16, 16), 8, 3),
 ]
 
@@ -97,6 +98,28 @@ def test_series_attention_weights_mask_and_chunking():
     mean_model = build_model("series_encoder", pooling="mean", **TINY)
     _, wmean = mean_model(x, return_attention=True)
     assert torch.allclose(wmean, torch.full((2, 5), 0.2))
+
+
+def test_series_spatial_max_pool_keeps_a_small_finding_whatever_the_field_of_view():
+    """A 3x3 spot in one slice moves a max-pooled slice embedding as much in a 64x64 slice as in a 32x32 one;
+    averaged over the slice, its effect shrinks with the area (4x here) — a small nodule is averaged away."""
+    torch.manual_seed(0)
+
+    def effect(model: nn.Module, size: int) -> torch.Tensor:
+        x = torch.zeros(1, 3, 1, size, size)
+        spot = x.clone()
+        c = size // 2
+        spot[0, 1, 0, c - 1:c + 2, c - 1:c + 2] = 3.0
+        with torch.no_grad():
+            return (model.slice_features(spot) - model.slice_features(x))[0, 1].abs().sum()
+
+    for pool, ratio in (("max", 1.0), ("mean", 4.0)):
+        model = build_model("series_encoder", spatial_pool=pool, **TINY).eval()
+        small, large = effect(model, 32), effect(model, 64)
+        assert small > 0
+        assert float(small / large) == pytest.approx(ratio, rel=0.05)
+    with pytest.raises(ValueError, match="spatial_pool must be one of"):
+        build_model("series_encoder", spatial_pool="sum")
 
 
 def test_multiview_fusion_rules():

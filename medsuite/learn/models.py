@@ -98,9 +98,10 @@ class ConvEncoder(nn.Module):
         return self.blocks(self.stem(x))
 
 
-def _pool(features: torch.Tensor) -> torch.Tensor:
-    """Global average over the spatial axes: ``(B, C, *spatial) -> (B, C)``."""
-    return features.flatten(2).mean(dim=2)
+def _pool(features: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Global average (or maximum) over the spatial axes: ``(B, C, *spatial) -> (B, C)``."""
+    flat = features.flatten(2)
+    return flat.amax(dim=2) if how == "max" else flat.mean(dim=2)
 
 
 def _check_input(
@@ -228,6 +229,10 @@ class SeriesEncoder(nn.Module):
     and returned by ``forward(x, return_attention=True)``. ``mask`` ``(B, N)`` bool marks real slices
     (padding excluded). ``slice_chunk`` encodes that many slices at a time in eval mode, bounding memory
     for long series at inference; training always encodes the whole batch at once.
+
+    ``spatial_pool`` summarises each slice's feature map: ``'mean'`` suits findings that fill the slice;
+    ``'max'`` keeps a small finding (a nodule of a few pixels in a whole-chest slice) from being averaged away,
+    making the model multiple-instance over positions as well as slices.
     """
 
     def __init__(
@@ -243,11 +248,13 @@ class SeriesEncoder(nn.Module):
         norm: str = "batch",
         dropout: float = 0.0,
         slice_chunk: int | None = None,
+        spatial_pool: str = "mean",
     ) -> None:
         super().__init__()
         self.encoder = ConvEncoder(2, in_channels, width=width, depth=depth, subunits=subunits, norm=norm)
         self.in_channels, self.n_classes = in_channels, n_classes
         self.pooling = _choice("pooling", pooling, ("attention", "mean"))
+        self.spatial_pool = _choice("spatial_pool", spatial_pool, ("mean", "max"))
         self.slice_chunk = None if slice_chunk is None else _positive("slice_chunk", slice_chunk)
         d = self.embed_dim = self.encoder.out_channels
         if pooling == "attention":
@@ -269,9 +276,9 @@ class SeriesEncoder(nn.Module):
         b, n = x.shape[:2]
         flat = x.flatten(0, 1)
         if self.slice_chunk and not self.training:
-            pooled = torch.cat([_pool(self.encoder(c)) for c in flat.split(self.slice_chunk)])
+            pooled = torch.cat([_pool(self.encoder(c), self.spatial_pool) for c in flat.split(self.slice_chunk)])
         else:
-            pooled = _pool(self.encoder(flat))
+            pooled = _pool(self.encoder(flat), self.spatial_pool)
         return pooled.reshape(b, n, -1)
 
     def _weights(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
