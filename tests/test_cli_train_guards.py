@@ -285,6 +285,22 @@ def test_a_numeric_positive_class_means_that_label(cohort: Path, tmp_path: Path)
     assert wrong.exit_code == 2 and "data.positive: '2' is not one of the labels in 'label': ['0', '1']" in wrong.output
 
 
+def test_a_boolean_label_column_beside_a_label_column_trains(cohort: Path, tmp_path: Path) -> None:
+    """``label_column`` naming a True/False column of a table that also has a ``label`` column: the run uses
+    that column (as text, like ``data.positive``), not two columns called ``label``."""
+    import json
+
+    table = pd.read_csv(cohort / "nodules.csv")
+    table["suspicious"] = table["label"] == "malignant"  # written as True/False, read back as booleans
+    table["label"] = "ignored"
+    table.to_csv(tmp_path / "bool.csv", index=False)
+    result = train(cohort, tmp_path / "run", "data.label_column=suspicious", "data.positive=True",
+                   "report.baselines=[]", table=tmp_path / "bool.csv")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "run" / "malignancy.bundle" / "bundle.json").read_text())
+    assert meta["labels"] == ["False", "True"] and meta["predictor"]["positive"] == "True"
+
+
 def test_an_unstratifiable_split_names_its_fixes_and_stratify_false_is_used(cohort: Path, tmp_path: Path) -> None:
     from medsuite.data.splitters import PatientSplitter
     from medsuite.pipelines.config import load_config, splitter

@@ -57,8 +57,11 @@ class DataConfig(_Strict):
     @field_validator("positive", mode="before")
     @classmethod
     def _label_as_text(cls, value: Any) -> Any:
-        """Labels are compared as text: ``positive: 1`` (a 0/1 label column) means the label ``'1'``."""
-        if isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer():
+        """Labels are compared as text: ``positive: 1`` (a 0/1 label column) means the label ``'1'``, and
+        ``positive: true`` (a True/False column, as pandas writes one) the label ``'True'``."""
+        if isinstance(value, bool):
+            return str(value)
+        if isinstance(value, int | float) and float(value).is_integer():
             return str(int(value))
         return value
 
@@ -236,6 +239,16 @@ def _columns(table: Any) -> str:
     return ", ".join(names[:15]) + (f" ... ({len(names)} columns)" if len(names) > 15 else "")
 
 
+def labelled_table(table: Any, column: str) -> Any:
+    """``table`` with ``column`` as its ``label`` column, as text (``True``/``1`` read from a CSV become ``'True'``/
+    ``'1'``, matching ``data.positive``); a ``label`` column it already has is dropped, not duplicated (a series
+    table may carry several label columns, e.g. ``label`` and ``contrast``)."""
+    if column != "label":
+        table = table.drop(columns=["label"], errors="ignore").rename(columns={column: "label"})
+    labels = table["label"]
+    return table.assign(label=labels.where(labels.isna(), labels.astype(str)))
+
+
 def table_problems(cfg: PipelineConfig, table: Any) -> list[str]:
     """What in ``cfg`` disagrees with the table (one ``dotted.key: reason`` string per problem)."""
     from medsuite.data.tables import TableError, validate_nodule_table, validate_series_table
@@ -257,7 +270,7 @@ def table_problems(cfg: PipelineConfig, table: Any) -> list[str]:
         elif cfg.data.positive not in labels:
             problems.append(f"data.positive: {cfg.data.positive!r} is not one of the labels in {column!r}: {labels}")
         else:
-            labelled = table.rename(columns={column: "label"}) if column != "label" else table
+            labelled = labelled_table(table, column)
             try:
                 (validate_nodule_table if cfg.task == "nodule" else validate_series_table)(labelled)
             except TableError as exc:

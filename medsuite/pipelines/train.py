@@ -38,7 +38,13 @@ from medsuite.pipelines.baselines import (
     patch3d_baseline,
     radiomics_baseline,
 )
-from medsuite.pipelines.config import DRAWN_SPLIT_COLUMN, ConfigError, PipelineConfig, splitter
+from medsuite.pipelines.config import (
+    DRAWN_SPLIT_COLUMN,
+    ConfigError,
+    PipelineConfig,
+    labelled_table,
+    splitter,
+)
 from medsuite.pipelines.evaluation import Evaluation, compare_with_baselines, evaluate, write_report
 from medsuite.pipelines.radiomics import feature_table
 from medsuite.pipelines.tasks import TaskLearner
@@ -83,9 +89,7 @@ def build_dataloaders(cfg: PipelineConfig, source: VolumeSource, table: Any = No
 def _table(cfg: PipelineConfig) -> Any:
     from medsuite.data.tables import read_table
 
-    table = read_table(cfg.data.table)
-    if cfg.data.label_column != "label":
-        table = table.rename(columns={cfg.data.label_column: "label"})
+    table = labelled_table(read_table(cfg.data.table), cfg.data.label_column)
     if not cfg.data.include_phi:  # ids holding patient ids would reach the report, scores and the case index
         from medsuite.io.phi import Pseudonymizer
 
