@@ -20,6 +20,7 @@ _EXPORTS = {
     "ScoreConfig": "medsuite.pipelines.scoring",
     "Summary": "medsuite.pipelines.scoring",
     "run_demo": "medsuite.pipelines.demo",
+    "series_from_nodules": "medsuite.pipelines.series_pooling",
 }
 __all__ = [
     "ConfigError",
@@ -35,6 +36,7 @@ __all__ = [
     "run_demo",
     "run_training",
     "score",
+    "series_from_nodules",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
@@ -45,4 +47,5 @@ if TYPE_CHECKING:
     from medsuite.pipelines.evaluate import evaluate_bundle
     from medsuite.pipelines.evaluation import report_from_scores
     from medsuite.pipelines.scoring import ScoreConfig, Summary, score
+    from medsuite.pipelines.series_pooling import series_from_nodules
     from medsuite.pipelines.train import TrainResult, run_training
