@@ -288,6 +288,7 @@ def test_a_numeric_positive_class_means_that_label(cohort: Path, tmp_path: Path)
 def test_a_boolean_label_column_beside_a_label_column_trains(cohort: Path, tmp_path: Path) -> None:
     """``label_column`` naming a True/False column of a table that also has a ``label`` column: the run uses
     that column (as text, like ``data.positive``), not two columns called ``label``."""
+    import html
     import json
 
     table = pd.read_csv(cohort / "nodules.csv")
@@ -299,6 +300,11 @@ def test_a_boolean_label_column_beside_a_label_column_trains(cohort: Path, tmp_p
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "run" / "malignancy.bundle" / "bundle.json").read_text())
     assert meta["labels"] == ["False", "True"] and meta["predictor"]["positive"] == "True"
+    # evaluating the bundle on that table reads the column it was trained on, and says so
+    evaluated = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run" / "malignancy.bundle"), str(tmp_path / "bool.csv"),
+                                         "--dicom-root", str(cohort), "--out", str(tmp_path / "eval"), "--n-boot", "50"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "(column 'suspicious')" in html.unescape((tmp_path / "eval" / "report.html").read_text())
 
 
 def test_an_unstratifiable_split_names_its_fixes_and_stratify_false_is_used(cohort: Path, tmp_path: Path) -> None:

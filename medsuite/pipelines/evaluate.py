@@ -20,6 +20,7 @@ from medsuite.interpret.index import CaseIndex
 from medsuite.io.atomic import atomic_write_json
 from medsuite.learn.bundle import load_bundle
 from medsuite.learn.predict import Predictor
+from medsuite.pipelines.config import labelled_table
 from medsuite.pipelines.evaluation import (
     evaluate_predictor,
     performance_sections,
@@ -53,6 +54,11 @@ def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.Pa
     bundle = load_bundle(bundle_path, device=device)
     predictor = Predictor.from_bundle(bundle, precision=precision, batch_size=batch_size)
     raw = read_table(table_path)
+    pipeline_config = (bundle.meta.get("train_config") or {}).get("config") or {}  # absent for a Python-API bundle
+    trained_on = (pipeline_config.get("data") or {}).get("label_column", "label")
+    label_column = trained_on if trained_on in raw.columns else "label"  # else a table made for this evaluation
+    if label_column in raw.columns:
+        raw = labelled_table(raw, label_column)
     if not include_phi:  # as `medsuite score` does: ids holding patient ids become keyed pseudonyms
         from medsuite.io.phi import Pseudonymizer
 
@@ -71,7 +77,8 @@ def evaluate_bundle(bundle_path: str | os.PathLike[str], table_path: str | os.Pa
     s = rep.section("Model and data")
     threshold = "arg-max" if predictor.threshold is None else f"{predictor.threshold:.4g}"
     rep.text(s, f"Bundle {bundle.name} (sha256 {bundle.sha256[:12]}), task {bundle.task}, threshold {threshold}, "
-                f"labels {vocab}" + (f", positive class {predictor.positive!r}" if predictor.positive else "")
+                f"labels {vocab} (column {label_column!r})"
+                + (f", positive class {predictor.positive!r}" if predictor.positive else "")
                 + f"; {len(table)} items from {table['patient_id'].nunique()} patients.")
     rep.text(s, predictor_sentence(predictor.settings))
     performance_sections(rep, evaluation, block=bundle.block, dataset=dataset, vocab=vocab)
