@@ -53,11 +53,11 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _free_range(width: int) -> int:
-    """The first port of ``width`` consecutive free loopback ports (worker ports of one node)."""
+def _free_range(width: int, avoid: set[int]) -> int:
+    """The first port of ``width`` consecutive free loopback ports (worker ports of one node), none in ``avoid``."""
     for _ in range(50):
         base = _free_ports(1)[0]
-        if base + width > 65000:
+        if base + width > 65000 or any(base <= p < base + width for p in avoid):
             continue
         socks = []
         try:
@@ -72,6 +72,16 @@ def _free_range(width: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no range of free loopback ports")
+
+
+def _ports_outside(n: int, reserved: range, taken: set[int]) -> list[int]:
+    """``n`` free loopback ports, none in ``reserved`` (a node's worker range) or ``taken``: Ray refuses to
+    start a node whose component ports overlap, and free ports drawn one by one can land in that range."""
+    for _ in range(50):
+        ports = _free_ports(n)
+        if not any(p in reserved or p in taken for p in ports):
+            return ports
+    raise RuntimeError(f"no {n} free loopback ports outside {reserved}")
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -162,12 +172,14 @@ class LoopbackCluster:
         self.nodes: list[Node] = []
         self.port = _free_ports(1)[0]
         self.address = f"127.0.0.1:{self.port}"
+        self._reserved: set[int] = {self.port}  # ports handed to nodes so far
 
     def _start(self, name: str, head: bool, num_cpus: int) -> Node:
         temp = self.root / name
         temp.mkdir(parents=True, exist_ok=True)
-        ports = _free_ports(7)
-        base = _free_range(60)
+        base = _free_range(60, avoid=self._reserved)
+        ports = _ports_outside(7, range(base, base + 60), taken=self._reserved)
+        self._reserved |= {*range(base, base + 60), *ports}  # not bound until the node starts: keep them apart
         args = [sys.executable, str(Path(__file__).resolve()), "start", "--block", "--node-ip-address", "127.0.0.1",
                 "--num-cpus", str(num_cpus), "--num-gpus", "0", "--temp-dir", str(temp),
                 "--object-store-memory", str(self.object_store), "--disable-usage-stats",
