@@ -1,9 +1,12 @@
-"""`medsuite train CONFIG` with the demo's ``num_workers: 1``, SIGKILLed during epoch 3 and continued with
-``--resume``, ends bit-identical to an uninterrupted run (issue 17 item 4, as a user meets it): every tensor
-of the final checkpoint, and the bundle's weights."""
+"""`medsuite train CONFIG` with the demo's ``num_workers: 1``, SIGKILLed in epoch 3 to 6 of 6 and continued
+with ``--resume``, ends bit-identical to an uninterrupted run (issue 17 item 4, as a user meets it): every tensor
+of the final checkpoint, and the bundle's weights. The run is frozen (SIGSTOP) the moment its checkpoint says
+two to four epochs are done, so the kill never comes after the last epoch however fast the machine is."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +19,8 @@ from process_support import env, kill9_and_check_orphans, start, temp_leftovers
 
 from medsuite.learn.checkpoint import load_checkpoint
 
+EPOCHS = 6
+
 
 def _config(root, out) -> dict:
     return {
@@ -24,7 +29,7 @@ def _config(root, out) -> dict:
                  "cache_dir": str(root / "cache"), "split": {"column": "split"}, "bs": 2, "num_workers": 1},
         "block": {"type": "SliceStack", "k": 3, "size": 32, "spacing_mm": 2.0, "pixel_mm": 0.8, "window": "lung"},
         "model": {"arch": "slice_cnn", "kwargs": {"width": 4, "depth": 2, "subunits": 1}},
-        "train": {"epochs": 4, "lr": 0.003, "seed": 0, "device": "cpu", "amp": False},
+        "train": {"epochs": EPOCHS, "lr": 0.003, "seed": 0, "device": "cpu", "amp": False},
         "report": {"baselines": [], "n_boot": 100, "top_losses": 0},
     }
 
@@ -42,20 +47,23 @@ def test_train_killed_in_epoch_3_and_resumed_matches_the_uninterrupted_run(tmp_p
                           capture_output=True, text=True, env=env(), timeout=900)
     assert full.returncode == 0, full.stderr[-3000:]
 
-    proc = start(["-m", "medsuite", "train", str(configs["killed"]), "--quiet"])
+    proc = start(["-m", "medsuite", "train", str(configs["killed"]), "--quiet"], start_new_session=True)
     ckpt = tmp_path / "killed" / "checkpoints" / "last.safetensors"
     deadline = time.monotonic() + 600
+    frozen = False
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if load_checkpoint(ckpt).meta["state"]["epoch"] == 2:  # epochs 1-2 done: now in epoch 3
+            if load_checkpoint(ckpt).meta["state"]["epoch"] in (2, 3, 4):  # two to four of six epochs done
+                os.killpg(proc.pid, signal.SIGSTOP)  # nothing moves between here and the kill
+                frozen = True
                 break
         except (FileNotFoundError, ValueError, KeyError):
             pass
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    assert not kill9_and_check_orphans(proc)  # in epoch 3 (or, on a fast machine, 4): its batches are lost
+        time.sleep(0.02)
+    assert frozen, f"the run ended (exit {proc.poll()}) before its checkpoint showed epoch 2, 3 or 4"
+    assert not kill9_and_check_orphans(proc, then_continue=True)  # the epoch under way loses its batches
     state = load_checkpoint(ckpt).meta["state"]
-    assert state["epoch"] in (2, 3) and not state["finished"]
+    assert state["epoch"] in (2, 3, 4, 5) and not state["finished"]
 
     resumed = subprocess.run([sys.executable, "-m", "medsuite", "train", str(configs["killed"]), "--resume",
                               "--quiet"], capture_output=True, text=True, env=env(), timeout=900)
