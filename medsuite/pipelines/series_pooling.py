@@ -32,13 +32,8 @@ def series_from_nodules(scores: pd.DataFrame, how: str = "max") -> pd.DataFrame:
     if bad.any():
         raise ValueError(f"nodule scores: probability of nodule {scores.loc[bad, 'nodule_id'].iloc[0]!r} is "
                          f"{scores.loc[bad, 'probability'].iloc[0]}, not in [0, 1]")
-    table = scores.assign(probability=p.astype(np.float64))
-    groups = table.groupby("series_uid", sort=True)
-    top = table.loc[groups["probability"].idxmax()].set_index("series_uid")
-    if how == "max":
-        pooled = groups["probability"].max()
-    else:
-        pooled = 1.0 - groups["probability"].apply(lambda q: float(np.prod(1.0 - q.to_numpy())))
-    return pd.DataFrame({"series_uid": pooled.index, "probability": pooled.to_numpy(),
-                         "n_nodules": groups.size().reindex(pooled.index).to_numpy(),
-                         "top_nodule_id": top["nodule_id"].reindex(pooled.index).to_numpy()}).reset_index(drop=True)
+    table = scores.assign(probability=p.astype(np.float64)).sort_values("probability", ascending=False, kind="stable")
+    pool = "max" if how == "max" else (lambda q: 1.0 - float(np.prod(1.0 - q.to_numpy())))
+    out = table.groupby("series_uid", sort=True).agg(probability=("probability", pool), n_nodules=("nodule_id", "size"),
+                                                     top_nodule_id=("nodule_id", "first"))
+    return out.reset_index()
