@@ -63,10 +63,11 @@ def ceiling_row(train: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> 
     """Test AUC (bootstrap CI) of the classifier with the best grouped 5-fold CV AUC on ``train``."""
     x, y, groups = train[columns].to_numpy(float), train["y"].to_numpy(), train["patient_id"].astype(str).to_numpy()
     cv = GroupKFold(n_splits=5)
+    models = candidates()
     scores = {name: float(np.mean(cross_val_score(model, x, y, groups=groups, cv=cv, scoring="roc_auc")))
-              for name, model in candidates().items()}
+              for name, model in models.items()}  # cross_val_score fits clones: the models stay unfitted
     best = max(scores, key=scores.get)
-    model = candidates()[best].fit(x, y)
+    model = models[best].fit(x, y)
     p = model.predict_proba(test[columns].to_numpy(float))[:, 1]
     auc = roc_auc_ci(test["y"].to_numpy(), p, n_boot=1000, seed=0)
     return {"model": best, "cv_auc": scores[best], "auc": auc["value"], "ci_low": auc["ci_low"], "ci_high": auc["ci_high"]}

@@ -359,10 +359,16 @@ def symlinked_root(b: Path, tmp: Path) -> Path:
     return link
 
 
-def member_symlink_to_dev_zero(b: Path, tmp: Path) -> Path:
-    (b / "index" / "cases.json").unlink()
-    (b / "index" / "cases.json").symlink_to("/dev/zero")
+def _cases_json_replaced(b: Path, make: Callable[[Path], None]) -> Path:
+    """The bundle with its case index ``index/cases.json`` replaced by what ``make`` puts at that path."""
+    member = b / "index" / "cases.json"
+    member.unlink()
+    make(member)
     return b
+
+
+def member_symlink_to_dev_zero(b: Path, tmp: Path) -> Path:
+    return _cases_json_replaced(b, lambda m: m.symlink_to("/dev/zero"))
 
 
 def member_symlink_outside(b: Path, tmp: Path) -> Path:
@@ -373,9 +379,7 @@ def member_symlink_outside(b: Path, tmp: Path) -> Path:
 
 
 def member_fifo(b: Path, tmp: Path) -> Path:
-    (b / "index" / "cases.json").unlink()
-    os.mkfifo(b / "index" / "cases.json")
-    return b
+    return _cases_json_replaced(b, os.mkfifo)
 
 
 def root_fifo(b: Path, tmp: Path) -> Path:
