@@ -288,14 +288,8 @@ def zip_nested(b: Path, tmp: Path) -> Path:
 
 
 def zip_many_members(b: Path, tmp: Path) -> Path:
-    z = tmp / "many.zip"
-    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_STORED) as zf:
-        for f in sorted(b.rglob("*")):
-            if f.is_file():
-                zf.writestr(f.relative_to(b).as_posix(), f.read_bytes())
-        for i in range(200_000):
-            zf.writestr(f"x/{i}", b"")
-    return z
+    return zip_folder(b, tmp / "many.zip", extra=[(f"x/{i}", b"") for i in range(200_000)],
+                      compression=zipfile.ZIP_STORED)
 
 
 def zip_long_names(b: Path, tmp: Path) -> Path:
@@ -337,11 +331,7 @@ def zip_truncated(b: Path, tmp: Path) -> Path:
 
 def zip_bzip2_bomb_listed(b: Path, tmp: Path) -> Path:
     """A listed member, honest sizes, but 900 MB of zeros: refused by its size before inflating."""
-    z = tmp / "bz.zip"
-    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_BZIP2) as zf:
-        for f in sorted(b.rglob("*")):
-            if f.is_file():
-                zf.writestr(f.relative_to(b).as_posix(), f.read_bytes())
+    z = zip_folder(b, tmp / "bz.zip", compression=zipfile.ZIP_BZIP2)
     patch_zip_size(z, "index/cases.json", 900 * 2**20)
     return z
 
