@@ -312,6 +312,10 @@ def test_convert_never_silently_drops_an_unreadable_end_slice(tmp_path, monkeypa
     sidecar = json.loads((tmp_path / "o.json").read_text())
     assert sidecar["complete"] is False and sidecar["unread_files"] == 1 and sidecar["nifti"] == "o.nii.gz"
     assert paths[-1].name not in json.dumps(sidecar)  # facts, not file names (they may carry patient data)
+    one = tmp_path / "one.nii.gz"  # one file of that stack: refused too, not converted as a lone slice
+    result = CliRunner().invoke(app, ["convert", str(paths[0]), str(one)])
+    assert result.exit_code == 1 and not one.exists() and "--allow-missing-files" in result.output, result.output
+    assert "on its own" not in result.output
     folder = tmp_path / "each"  # one NIfTI per stack: the stack is refused, the batch exits 1
     result = CliRunner().invoke(app, ["convert", str(tmp_path / "in"), str(folder)])
     assert result.exit_code == 1 and "FAILED" in result.output and not list(folder.glob("*.nii.gz"))

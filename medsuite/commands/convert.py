@@ -144,6 +144,8 @@ def _convert_path(src: Path, out: Path, *, series, stack, which, options, force:
         try:
             _convert_row(found.row, out, which=which, options=options, force=force)
             return
+        except _Incomplete:
+            raise  # converting the one file on its own would hide the very slices the refusal is about
         except _Failure as exc:
             reason = str(exc)
     else:
@@ -161,7 +163,7 @@ def _convert_row(row: pd.Series, target: Path, *, which, options, force: bool) -
     from medsuite.io.dicom import unread_neighbours
 
     if unread_neighbours(row) and not options.get("allow_missing"):
-        raise _Failure(f"stack {row['stack_id']}: {row['problems']}; not converted, since the volume may lack "
+        raise _Incomplete(f"stack {row['stack_id']}: {row['problems']}; not converted, since the volume may lack "
                        "these slices (pass --allow-missing-files to convert the files that could be read; the "
                        "NIfTI's .json sidecar then records it)")
     if row.get("status") == "warning" and row.get("problems"):
@@ -264,6 +266,10 @@ def _output_name(row: pd.Series, table: pd.DataFrame) -> str:
 
 class _Failure(Exception):
     """One input could not be converted; the message names it and says why."""
+
+
+class _Incomplete(_Failure):
+    """A stack refused because files beside it could not be read: final, never retried file by file."""
 
 
 def _guard(action: Callable[[], T]) -> T:
