@@ -27,12 +27,11 @@ from medsuite.data.cache_dir import default_cache_dir
 from medsuite.data.source import VolumeSource
 from medsuite.data.splitters import ColumnSplitter, PatientSplitter, StratifiedPatientSplitter
 from medsuite.data.tables import read_table, validate_nodule_table
-from medsuite.pipelines.tasks import TaskLearner, default_arch, make_learner
+from medsuite.pipelines.tasks import TaskLearner, make_learner
 
 # Seven axial planes 2 mm apart (12 mm deep), 40x40 pixels of 0.8 mm (a 32 mm field), lung and mediastinum windows.
 DEFAULT_BLOCK = SliceStack(k=7, size=40, spacing_mm=2.0, pixel_mm=0.8, window=("lung", "mediastinum"))
 # The residual slice CNN for it: 16 channels, three strided blocks of one unit (40 -> 5 pixels), 53k weights.
-DEFAULT_ARCH_KWARGS: dict[str, Any] = {"width": 16, "depth": 3, "subunits": 1}
 DEFAULT_EPOCHS = 60
 # Size is what readers weigh most, and the table's diameter (readers' own measurement) is more than one outline
 # shows: exported nodule predictors fuse it late with the image's score (`medsuite.learn.predict.Fusion`).
@@ -167,12 +166,10 @@ class NoduleLearner(TaskLearner):
 def learner(dls: DataLoaders, arch: str | None = None, *, positive: str | None = None,
             path: str | os.PathLike[str] | None = None, arch_kwargs: dict[str, Any] | None = None,
             **kwargs: Any) -> NoduleLearner:
-    """A Learner with the default 2.5D CNN for the block (`DEFAULT_ARCH_KWARGS` for the slice CNN, which your
+    """A Learner with the default 2.5D CNN for the block (`tasks.TASK_ARCH_DEFAULTS` for the slice CNN, which your
     ``arch_kwargs`` override), AdamW, one-cycle and an AUC metric; its `export` fuses the table's diameter.
 
     The positive class comes from ``dls`` (given once, to `dataloaders`); ``positive`` may repeat it but a
     different value is an error. Without ``path`` nothing is written during training (no checkpoints)."""
-    name = arch or default_arch(dls.block, len(dls.vocab))[0]
-    defaults = DEFAULT_ARCH_KWARGS if name == "slice_cnn" else {}
-    return make_learner(dls, task="nodule", arch=arch, positive=positive, path=path,
-                        arch_kwargs={**defaults, **(arch_kwargs or {})}, learner_cls=NoduleLearner, **kwargs)
+    return make_learner(dls, task="nodule", arch=arch, positive=positive, path=path, arch_kwargs=arch_kwargs,
+                        learner_cls=NoduleLearner, **kwargs)

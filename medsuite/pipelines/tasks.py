@@ -55,14 +55,21 @@ def default_arch(block: InputBlock, n_classes: int) -> tuple[str, dict[str, Any]
     raise ValueError(f"no default architecture for block {type(block).__name__}")
 
 
+# A task's own defaults for an architecture, chosen by cross-validation (docs/nodule-malignancy.md): the nodule
+# slice CNN is narrower and shallower than the library's general default.
+TASK_ARCH_DEFAULTS: dict[Task, dict[str, dict[str, Any]]] = {"nodule": {"slice_cnn": {"width": 16, "depth": 3, "subunits": 1}}}
+
+
 def model_choice(block: InputBlock, n_classes: int, arch: str | None = None,
-                 arch_kwargs: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+                 arch_kwargs: dict[str, Any] | None = None, *, task: Task | None = None) -> tuple[str, dict[str, Any]]:
     """The architecture to build and its arguments: ``arch`` (default: the block's own) with ``arch_kwargs``
-    over the arguments that fit the block. One choice for training and for checking a config before it."""
+    over the task's defaults for it (`TASK_ARCH_DEFAULTS`) over the arguments that fit the block. One choice
+    for training and for checking a config before it."""
     default_name, default_kwargs = default_arch(block, n_classes)
     name = arch or default_name
     base = default_kwargs if name == default_name else {"in_channels": default_kwargs["in_channels"], "n_classes": n_classes}
-    return name, {**base, **(arch_kwargs or {})}
+    task_defaults = TASK_ARCH_DEFAULTS.get(task or "", {}).get(name, {})
+    return name, {**base, **task_defaults, **(arch_kwargs or {})}
 
 
 def plain_loader(dls: Any, split: str, bs: int | None = None) -> torch.utils.data.DataLoader:
@@ -233,7 +240,7 @@ def make_learner(dls: Any, *, task: Task, arch: str | None = None, arch_kwargs: 
     With ``seed`` the initial weights are drawn from that seed inside a forked RNG: the caller's global
     random state is left exactly as it was.
     """
-    name, args = model_choice(dls.block, len(dls.vocab), arch, arch_kwargs)
+    name, args = model_choice(dls.block, len(dls.vocab), arch, arch_kwargs, task=task)
     positive = resolve_positive(dls, positive)
     seed = kwargs.get("seed")
     with torch.random.fork_rng(devices=[]):

@@ -218,7 +218,8 @@ def _check_model(cfg: PipelineConfig, table: Any) -> None:
     from medsuite.pipelines.tasks import model_choice
 
     block = block_from_spec(cfg.block.model_dump())
-    name, args = model_choice(block, int(table["label"].astype(str).nunique()), cfg.model.arch, cfg.model.kwargs)
+    name, args = model_choice(block, int(table["label"].astype(str).nunique()), cfg.model.arch, cfg.model.kwargs,
+                              task=cfg.task)
     try:
         model = build_model(name, **args)
     except (TypeError, ValueError, KeyError) as exc:
