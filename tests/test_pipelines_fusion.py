@@ -138,3 +138,23 @@ def test_viewer_stability_of_a_fused_bundle_uses_the_nodule_covariates(fused_bun
     assert res["low"] <= res["centre"] <= res["high"] and res["n_flips"] == len(predictor.tta)
     with pytest.raises(PredictorError, match="density"):  # without the covariates a fused score cannot be recomputed
         stability(predictor, bundle.block, volume, center)
+
+
+def test_default_diameters_are_never_fused(tmp_path, caplog):
+    """A table whose diameters are partly defaults (LUNA16 candidates: ``diameter_source``) gives the label away
+    through them: the default export fuses nothing and says why, and an explicit column still fuses."""
+    root = tmp_path / "cohort"
+    table = make_cohort(root, patients=8, nodules_per_patient=2)
+    table["diameter_source"] = np.where(table["label"] == "malignant", "annotation", "default")
+    table["density"] = np.linspace(1, 2, len(table))
+    table.to_csv(root / "nodules.csv", index=False)
+    dls = nodule.dataloaders(root / "nodules.csv", dicom_root=root, block=SliceStack(k=3, size=24, window="lung"),
+                             bs=8, cache_dir=tmp_path / "cache")
+    learn = nodule.learner(dls, progress=False, seed=0)
+    learn.fit_one_cycle(1, 3e-3)
+    with caplog.at_level("WARNING"):
+        fitted = learn.fit_predictor(tta=False, fuse=["diameter_mm"])
+    assert fitted.predictor.settings.fusion is None
+    assert "not fused with diameter_mm" in caplog.text
+    other = learn.fit_predictor(tta=False, fuse=["diameter_mm", "density"])
+    assert other.predictor.settings.fusion.covariates == ("density",)

@@ -203,6 +203,15 @@ def luna16_annotations(path: str | Path, *, scans: str | Path | None = None, lid
     return _finish(table, lidc_db, str(path))
 
 
+def assumed_diameters(table: pd.DataFrame) -> int:
+    """Rows whose ``diameter_mm`` is a default, not a measurement (column ``diameter_source`` other than
+    ``annotation``; 0 without that column). Where some are, the diameter tells the label apart: nothing may
+    learn from it (no fusion, no size or radiomics baseline)."""
+    if "diameter_source" not in table.columns:
+        return 0
+    return int((table["diameter_source"].astype(str) != "annotation").sum())
+
+
 def luna16_candidates(path: str | Path, *, annotations: str | Path | None = None, scans: str | Path | None = None,
                       default_diameter_mm: float = 6.0, lidc_db: str | Path | None | bool = True) -> pd.DataFrame:
     """Nodule table from ``candidates.csv`` (label ``nodule`` for class 1, ``non_nodule`` for class 0);

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from medsuite.data.blocks import InputBlock, MultiView, Patch3D, SeriesSlices, SliceStack
+from medsuite.data.luna16 import assumed_diameters
 from medsuite.learn.learner import Learner
 from medsuite.learn.metrics import classification_report, roc_auc
 from medsuite.learn.models import build_model
@@ -157,7 +158,15 @@ class TaskLearner(Learner):
             missing = [c for c in fuse if c not in items.columns]
             if missing:
                 raise ValueError(f"fuse: the table has no column(s) {missing} to fuse with the image")
-            if len(np.unique(targets)) < 2:
+            leaky = [s for s in ("train", "valid", "test") if getattr(self.dls, s) is not None
+                     and assumed_diameters(self.dls.items(s))]
+            if "diameter_mm" in fuse and leaky:
+                log.warning("not fused with diameter_mm: the %s split(s) hold default diameters (column "
+                            "diameter_source), which give the label away", "/".join(leaky))
+                fuse = [c for c in fuse if c != "diameter_mm"]
+            if not fuse:
+                items = None
+            elif len(np.unique(targets)) < 2:
                 log.warning("the validation split has a single class: no fusion with %s fitted", list(fuse))
                 items = None
             else:

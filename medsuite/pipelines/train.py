@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from medsuite.data.blocks import block_from_spec
+from medsuite.data.luna16 import assumed_diameters
 from medsuite.data.source import SourceError, VolumeSource
 from medsuite.interpret.index import CaseIndex
 from medsuite.io.atomic import atomic_write_text
@@ -156,32 +157,35 @@ def choose_lr(learn: TaskLearner, cfg: PipelineConfig, run_dir: Path, resume: bo
     return lr, result
 
 
+SIZE_BASELINES = ("diameter", "radiomics")  # they read the table's diameter
+
+
 def baseline_problem(table: Any) -> str | None:
     """Why the size and radiomics baselines cannot be fitted on this table, or None: where some diameters are a
     default rather than a measurement (LUNA16 candidates: column ``diameter_source``), the diameter tells the
     label apart (both baselines read it), so a comparison with them would be meaningless."""
-    if "diameter_source" not in table.columns:
-        return None
-    assumed = int((table["diameter_source"].astype(str) != "annotation").sum())
+    assumed = assumed_diameters(table)
     if not assumed:
         return None
     return (f"{assumed} of {len(table)} rows have a default diameter, not a measured one (column diameter_source): "
             "the diameter says nothing of their nodule, or gives their label away; no size or radiomics baseline")
 
 
-def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: str) -> list[BaselineResult]:
-    """The configured baselines (diameter, radiomics + random forest, the Patch3D 3D CNN; the series' largest
-    nodule diameter), fitted on train, scored on the held-out split."""
+def run_baselines(cfg: PipelineConfig, dls: Any, source: VolumeSource, split: str,
+                  names: Sequence[str] | None = None) -> list[BaselineResult]:
+    """The baselines ``names`` (default: the configured ones; diameter, radiomics + random forest, the Patch3D
+    3D CNN; the series' largest nodule diameter), fitted on train, scored on the held-out split."""
+    names = cfg.report.baselines if names is None else names
     train, test = dls.items("train"), dls.items(split)
     results = []
-    if "diameter" in cfg.report.baselines:
+    if "diameter" in names:
         results.append(diameter_baseline(train, test, cfg.data.positive))
-    if "largest_diameter" in cfg.report.baselines:
+    if "largest_diameter" in names:
         results.append(largest_diameter_baseline(train, test, cfg.data.positive))
-    if "radiomics" in cfg.report.baselines:
+    if "radiomics" in names:
         f_train, f_test = feature_table(train, source.get), feature_table(test, source.get)
         results.append(radiomics_baseline(f_train, train["label"], f_test, test["label"], cfg.data.positive, seed=cfg.train.seed))
-    if "patch3d" in cfg.report.baselines:
+    if "patch3d" in names:
         splits = {"train": train, "valid": dls.items("valid"), split: test}
         results.append(patch3d_baseline(splits, split, source, cfg.data.positive, bs=cfg.data.bs,
                                         num_workers=cfg.data.num_workers, seed=cfg.train.seed))
@@ -376,12 +380,13 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
         with stage("evaluate"):
             evaluation: Evaluation = evaluate(learn, split, predictor=predictor, n_boot=cfg.report.n_boot,
                                               index=CaseIndex.from_bundle(exported))
-        skipped = baseline_problem(table) if cfg.report.baselines else None
+        skipped = baseline_problem(table) if set(cfg.report.baselines) & set(SIZE_BASELINES) else None
         if skipped:
             log.warning("baselines skipped: %s", skipped)
-        elif cfg.report.baselines:
+        names = [b for b in cfg.report.baselines if not (skipped and b in SIZE_BASELINES)]
+        if names:
             with stage("baselines"):
-                baselines = run_baselines(cfg, dls, source, split)
+                baselines = run_baselines(cfg, dls, source, split, names)
                 compare_with_baselines(evaluation, baselines, n_boot=max(cfg.report.n_boot, 1000))
         with stage("report"):
             report = write_report(run_dir, title=f"medsuite — {cfg.name} ({cfg.task})", learn=learn, evaluation=evaluation,
