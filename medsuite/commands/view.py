@@ -83,23 +83,18 @@ def command(
     raise typer.Exit(run_viewer(argv))
 
 
-def _end_with_parent() -> None:
-    """In the viewer's process, before Streamlit starts: the kernel sends it SIGTERM when `medsuite view`
-    ends in any way (SIGTERM, kill -9), so that no server is left listening without its parent."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def run_viewer(argv: list[str]) -> int:
     """Run the Streamlit server as a child that ends with this process; returns its exit status (Ctrl+C,
     which reaches both processes, is the normal way to stop it: 0)."""
-    linux = sys.platform.startswith("linux")
-    proc = subprocess.Popen(argv, preexec_fn=_end_with_parent if linux else None)  # noqa: PLW1509 - no threads yet
+    import functools
+    import signal
+
+    from medsuite.io.workers import parent_death_signal
+
+    # In the viewer's process, before Streamlit starts: the kernel sends it SIGTERM when `medsuite view` ends in
+    # any way (SIGTERM, kill -9), so that no server is left listening without its parent.
+    preexec = functools.partial(parent_death_signal, signal.SIGTERM) if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(argv, preexec_fn=preexec)  # noqa: PLW1509 - no threads yet
     try:
         return proc.wait()
     except KeyboardInterrupt:

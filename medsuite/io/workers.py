@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["die_with_parent", "worker_pool"]
+__all__ = ["die_with_parent", "parent_death_signal", "worker_pool"]
 
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.5
@@ -31,6 +31,18 @@ def _watch(parent: int) -> None:
         if os.getppid() != parent:
             os._exit(1)  # no cleanup: the parent that would collect our results is gone
         time.sleep(_POLL_S)
+
+
+def parent_death_signal(sig: int) -> None:
+    """Linux: have the kernel send ``sig`` to this process when its parent dies (``PR_SET_PDEATHSIG``); exits
+    at once if the parent already died. Elsewhere nothing. Safe in a ``preexec_fn`` (no threads, no imports)."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # died between getppid and prctl
+        os._exit(1)
 
 
 def die_with_parent(owner_pid: int | None = None) -> None:
@@ -44,13 +56,7 @@ def die_with_parent(owner_pid: int | None = None) -> None:
     if owner_pid is not None and parent != owner_pid and parent == 1:
         os._exit(1)  # the owner died before we even started
     if sys.platform.startswith("linux") and owner_pid is not None and parent == owner_pid:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:  # died between getppid and prctl
-            os._exit(1)
+        parent_death_signal(signal.SIGKILL)
     threading.Thread(target=_watch, args=(parent,), name="die-with-parent", daemon=True).start()
 
 
