@@ -312,19 +312,24 @@ def baselines(table: pd.DataFrame, folds: np.ndarray, feats: pd.DataFrame) -> pd
 
 
 def late_fused(runs: pd.DataFrame, diameters: pd.Series) -> np.ndarray:
-    """Out-of-fold P(malignant) of the late fusion that exported nodule predictors use (logistic regression on
-    the image's log-odds and the log diameter), cross-fitted: fold f's fusion is fitted on the other folds'
-    out-of-fold predictions, so no nodule's own label is used to score it."""
-    from sklearn.linear_model import LogisticRegression
+    """Out-of-fold P(malignant) of the late fusion that exported nodule predictors use (`fit_fusion`: logistic
+    regression on the image's log-odds and the log diameter), cross-fitted: fold f's fusion is fitted on the
+    other folds' out-of-fold predictions, so no nodule's own label is used to score it."""
+    import torch
 
-    p = np.clip(runs["p"].to_numpy(float), 1e-6, 1 - 1e-6)
-    d = np.log(np.clip(runs["nodule_id"].map(diameters).to_numpy(float), 0.5, None))
-    x = np.c_[np.log(p / (1 - p)), d]
+    from medsuite.learn.predict import fit_fusion
+
+    p = runs["p"].to_numpy(float)
+    probs = np.c_[1 - p, p]
+    diameter = runs["nodule_id"].map(diameters).to_numpy(float)
     y, fold = runs["y"].to_numpy(int), runs["fold"].to_numpy()
     out = np.zeros(len(runs))
     for f in np.unique(fold):
-        fit = LogisticRegression(C=1e6, max_iter=1000).fit(x[fold != f], y[fold != f])
-        out[fold == f] = fit.predict_proba(x[fold == f])[:, 1]
+        fit, held = fold != f, fold == f
+        fusion = fit_fusion(probs[fit], y[fit], {"diameter_mm": diameter[fit]}, ["diameter_mm"], positive_index=1,
+                            split="other folds")
+        design = fusion.design({"diameter_mm": diameter[held]}, int(held.sum()))
+        out[held] = fusion.apply(torch.as_tensor(probs[held]), torch.as_tensor(design), 1)[:, 1].numpy()
     return out
 
 
