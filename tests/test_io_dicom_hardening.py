@@ -321,6 +321,23 @@ def test_convert_never_silently_drops_an_unreadable_end_slice(tmp_path, monkeypa
     assert result.exit_code == 1 and "FAILED" in result.output and not list(folder.glob("*.nii.gz"))
 
 
+def test_the_sidecar_of_a_4d_nifti_describes_every_volume(tmp_path):
+    """Facts shared by the volumes once; a fact that differs, one entry per volume; no single-volume index."""
+    from medsuite.commands.convert import _sidecar
+    from medsuite.io.volume import Volume
+
+    def volume(index: int, interpolated: list[int]) -> Volume:
+        return Volume(np.zeros((3, 2, 2), np.int16), spacing=(1.0, 1.0, 1.0),
+                      meta={"unread_files": 1, "interpolated_slices": interpolated, "volume": {"index": index, "count": 2}})
+
+    _sidecar([volume(0, []), volume(1, [2])], tmp_path / "four.nii.gz")
+    sidecar = json.loads((tmp_path / "four.json").read_text())
+    assert sidecar["complete"] is False and sidecar["unread_files"] == 1 and sidecar["volumes"] == 2
+    assert sidecar["interpolated_slices"] == [None, [2]] and "volume" not in sidecar
+    _sidecar([volume(1, [2])], tmp_path / "one.nii.gz")  # one volume of the stack: its index is a fact
+    assert json.loads((tmp_path / "one.json").read_text())["volume"] == {"index": 1, "count": 2}
+
+
 def test_a_complete_stack_gets_no_sidecar_and_a_stale_one_is_removed(tmp_path):
     _series(tmp_path / "in", n=5)
     out = tmp_path / "o.nii.gz"

@@ -180,7 +180,7 @@ def _convert_files(source, target: Path, *, stack, which, options, force: bool) 
     read_options = {"z_spacing": options.get("z_spacing")}
     if which == "all":
         volumes = _guard(lambda: read_series_volumes(source, stack=stack, **read_options))
-        _sidecar(volumes[0], target)
+        _sidecar(volumes, target)
         _guard(lambda: write_nifti_4d(volumes, target))
         _report(target, volumes[0], f"; {len(volumes)} volumes (4D)")
         return
@@ -199,7 +199,7 @@ def _write(read: Callable[[], Volume], target: Path, *, force: bool, what: str) 
     if target.exists() and not force:
         raise _Failure(f"{target}: already exists (use --force to overwrite)")
     volume = _guard(read)
-    _sidecar(volume, target)
+    _sidecar([volume], target)
     _guard(lambda: write_nifti(volume, target))
     _report(target, volume, what)
 
@@ -217,19 +217,26 @@ def sidecar_path(target: Path) -> Path:
     return target.with_name(name + ".json")
 
 
-def _sidecar(volume: Volume, target: Path) -> None:
+def _sidecar(volumes: list[Volume], target: Path) -> None:
     """Write ``<out>.json`` when the volume is not simply what was acquired (files that could not be read,
     interpolated or regridded slices, a tilt correction, one volume of a 4D stack): what NIfTI cannot say.
+    For a 4D NIfTI of several volumes a fact that differs between them is a list, one entry per volume.
     Written before the NIfTI, so that a NIfTI never stands without it; an older sidecar of ours that no
     longer applies is removed."""
     from medsuite.io.atomic import atomic_write_json
 
     path = sidecar_path(target)
-    meta = volume.meta
-    facts = {k: meta[k] for k in SIDECAR_KEYS if meta.get(k) not in (None, [], "", 0)}
+    per = [{k: v.meta[k] for k in SIDECAR_KEYS if v.meta.get(k) not in (None, [], "", 0)} for v in volumes]
+    if len(volumes) > 1:  # all of them are written: "one volume of a 4D stack" no longer applies
+        per = [{k: v for k, v in f.items() if k != "volume"} for f in per]
+    keys = [k for k in SIDECAR_KEYS if any(k in f for f in per)]
+    facts = {k: per[0].get(k) if all(f.get(k) == per[0].get(k) for f in per) else [f.get(k) for f in per]
+             for k in keys}
     if facts:
+        complete = not any(v.meta.get("unread_files") for v in volumes)
         _guard(lambda: atomic_write_json(path, {"written_by": "medsuite convert", "nifti": target.name,
-                                                "complete": not meta.get("unread_files"), **facts}))
+                                                "complete": complete, **facts,
+                                                **({"volumes": len(volumes)} if len(volumes) > 1 else {})}))
         return
     try:
         import json
