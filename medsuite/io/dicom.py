@@ -388,7 +388,9 @@ def stack_row(stack_id: str, stack: Stack, extra: Sequence[Problem] = ()) -> dic
     }
 
 
-_NEIGHBOUR_COUNT = re.compile(r"(\d+) file\(s\) in this folder could not be read")
+# The warning's text carries its count (a Problem is a code and a message): one phrase writes and reads it.
+_NEIGHBOUR_PHRASE = " file(s) in this folder could not be read"
+_NEIGHBOUR_COUNT = re.compile(r"(\d+)" + re.escape(_NEIGHBOUR_PHRASE))
 
 
 def unread_neighbours(row: Any) -> int:
@@ -409,7 +411,7 @@ def _neighbour_problems(skipped: list[Skip]) -> dict[str, list[Problem]]:
     out: dict[str, list[Problem]] = {}
     for folder, items in by_folder.items():
         shown = "; ".join(f"{Path(p).name}: {r}" for p, _, r in items[:3]) + (" ..." if len(items) > 3 else "")
-        out[folder] = [Problem(Code.UNREADABLE_NEIGHBOUR, f"{len(items)} file(s) in this folder could not be read and may be slices of it ({shown})")]
+        out[folder] = [Problem(Code.UNREADABLE_NEIGHBOUR, f"{len(items)}{_NEIGHBOUR_PHRASE} and may be slices of it ({shown})")]
     return out
 
 
