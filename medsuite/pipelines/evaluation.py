@@ -50,6 +50,11 @@ class Evaluation:
     comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
+    def baseline_costs(self) -> dict[str, dict[str, Any]]:
+        """The training cost of each baseline that records one (the deep ones), by name."""
+        return {b.name: b.cost for b in self.baselines if b.cost}
+
+    @property
     def positive_index(self) -> int:
         if self.settings.positive_index is None:
             raise ValueError(f"a {len(self.settings.labels)}-class evaluation has no positive class")
@@ -365,7 +370,7 @@ def performance_sections(rep: Report, evaluation: Evaluation, *, block: Any, dat
     if evaluation.comparisons:
         s = rep.section("Against the baselines (paired, same items)")
         rows = []
-        costs = {b.name: b.cost for b in evaluation.baselines if b.cost}
+        costs = evaluation.baseline_costs
         for name, c in evaluation.comparisons.items():
             rows.append({"baseline": name, "baseline AUC": c["auc_b"], "model AUC": c["auc_a"], "difference": c["difference"],
                          "DeLong 95% CI": f"[{c['delong']['ci_low']:.3f}, {c['delong']['ci_high']:.3f}]", "DeLong p": c["delong"]["p_value"],

@@ -391,7 +391,7 @@ def run_training(cfg: PipelineConfig, *, resume: bool = False, bundle_path: Path
         with stage("report"):
             report = write_report(run_dir, title=f"medsuite — {cfg.name} ({cfg.task})", learn=learn, evaluation=evaluation,
                                   lr_result=lr_result, lr=lr, top_losses=cfg.report.top_losses)
-        costs = {b.name: b.cost for b in evaluation.baselines if b.cost}  # deep baselines: their training cost
+        costs = evaluation.baseline_costs
         metrics = {"split": split, "lr": lr, "threshold": threshold, "report": evaluation.report,
                    "knn_agreement": evaluation.knn_agreement, "comparisons": evaluation.comparisons, "timings": timings,
                    **({"baselines_skipped": skipped} if skipped else {}), **({"baseline_costs": costs} if costs else {})}
