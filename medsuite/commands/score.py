@@ -15,9 +15,7 @@ from typing import Annotated
 
 import typer
 
-from medsuite.cli import USAGE_EXIT
-
-EXIT_USAGE = USAGE_EXIT["score"]  # = medsuite.pipelines.scoring.EXIT_USAGE (not imported here: it loads pandas)
+EXIT_USAGE = 3  # = medsuite.pipelines.scoring.EXIT_USAGE (not imported here: it loads pandas)
 
 def command(
     bundle: Annotated[Path, typer.Argument(help="Model bundle: a folder or a .zip made by export_bundle.")],
