@@ -296,6 +296,9 @@ def _worker(local: int, fn: Callable[..., Any], nprocs: int, port: int, backend:
             queue.put(result)
             # tensors travel through shared memory owned by this process: stay alive until read
             received.wait(timeout=600)
+        # Leave the group together: a rank that tears its gloo threads down while another still holds the
+        # group (rank 0 above) died now and then with "terminate called without an active exception".
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
